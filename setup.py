@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ldm",
+    version="0.1.0",
+    description="Latent diffusion / Stable Diffusion: original configs and checkpoints, "
+                "offline, safe loading, any device",
+    packages=find_packages(include=["ldm", "ldm.*"]),
+    package_data={"ldm": ["modules/encoders/data/*"]},
+    py_modules=["main"],
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "pytorch-lightning>=2.0",
+        "omegaconf>=2.1",
+        "einops>=0.6",
+        "transformers>=4.30",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "kornia>=0.6",
+        "safetensors>=0.3",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout"],
+        "openclip": ["open-clip-torch>=2.7"],
+        "bench": ["diffusers>=0.30"],
+    },
+)
