@@ -117,15 +117,23 @@ _INERT_PICKLE_NAMES = (
 )
 
 
-def _safe_globals() -> list:
-    names: list = [(_InertPickledName, name) for name in _INERT_PICKLE_NAMES]
-    # numpy scalars / dtypes appear in some Lightning callback states (best_model_score etc.).
-    names += [np.dtype, np.core.multiarray.scalar] if hasattr(np, "core") else []
-    for dtype_name in ("Float64DType", "Float32DType", "Int64DType"):
-        dtype_cls = getattr(getattr(np, "dtypes", None), dtype_name, None)
-        if dtype_cls is not None:
-            names.append(dtype_cls)
+def _numpy_globals() -> list:
+    """numpy objects that Lightning callback states hold (scores, arrays). numpy 1.x pickles them
+    under ``numpy.core``, numpy 2.x under ``numpy._core``: allow both spellings."""
+    core = getattr(np, "_core", None) or np.core
+    reconstruct, scalar = core.multiarray._reconstruct, core.multiarray.scalar
+    names: list = [np.ndarray, np.dtype]
+    for module in ("numpy.core", "numpy._core"):
+        names += [(reconstruct, f"{module}.multiarray._reconstruct"),
+                  (scalar, f"{module}.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        names += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
     return names
+
+
+def _safe_globals() -> list:
+    return [(_InertPickledName, name) for name in _INERT_PICKLE_NAMES] + _numpy_globals()
 
 
 def _describe_load_failure(path: str, err: Exception) -> str:

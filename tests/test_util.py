@@ -1,0 +1,199 @@
+"""ldm/util.py: config instantiation and the one safe checkpoint loader."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.util import (CheckpointError, compare_state_dict, count_params, get_obj_from_str,
+                      instantiate_from_config, load_checkpoint, load_state_dict_checked,
+                      save_checkpoint, select_ema_weights)
+
+
+class _TwoLayer(torch.nn.Module):
+    def __init__(self, width: int = 3):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = torch.nn.Linear(width, width)
+        self.first_stage_model = torch.nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.first_stage_model(self.model.diffusion_model(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# instantiate_from_config
+# ---------------------------------------------------------------------------------------------
+def test_instantiate_builds_target_with_params():
+    layer = instantiate_from_config(OmegaConf.create(
+        {"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 5}}))
+    assert isinstance(layer, torch.nn.Linear) and layer.weight.shape == (5, 3)
+
+
+def test_instantiate_without_params_uses_defaults():
+    assert isinstance(instantiate_from_config({"target": "torch.nn.Identity"}), torch.nn.Identity)
+
+
+@pytest.mark.parametrize("marker", ["__is_first_stage__", "__is_unconditional__"])
+def test_instantiate_special_markers_give_none(marker):
+    assert instantiate_from_config(marker) is None
+
+
+def test_instantiate_without_target_raises_key_error():
+    with pytest.raises(KeyError, match="Expected key `target`"):
+        instantiate_from_config({"params": {}})
+
+
+def test_get_obj_from_str_resolves_dotted_path():
+    assert get_obj_from_str("torch.nn.Linear") is torch.nn.Linear
+
+
+def test_count_params_counts_every_parameter(capsys):
+    assert count_params(torch.nn.Linear(3, 5), verbose=True) == 20
+    assert "Linear has 0.00 M params." in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, suffix):
+    model = _TwoLayer()
+    path = tmp_path / f"model{suffix}"
+    save_checkpoint(model.state_dict(), path, metadata={"global_step": 7})
+    state_dict, metadata = load_checkpoint(path)
+    assert metadata["global_step"] == 7
+    restored = _TwoLayer()
+    load_state_dict_checked(restored, state_dict, verbose=False)
+    x = torch.randn(4, 3)
+    assert torch.equal(model(x), restored(x))
+
+
+def test_bare_state_dict_without_wrapper_loads(tmp_path):
+    model = _TwoLayer()
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    state_dict, metadata = load_checkpoint(tmp_path / "bare.pt")
+    assert set(state_dict) == set(model.state_dict()) and metadata == {}
+
+
+def test_lightning_checkpoint_with_callback_classes_loads_without_unpickling_them(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    model = _TwoLayer()
+    torch.save({"state_dict": model.state_dict(), "global_step": 470000, "epoch": 3,
+                "callbacks": {ModelCheckpoint: {"best_model_score": np.float64(0.5),
+                                                "history": np.arange(3.0)}}},
+               tmp_path / "lightning.ckpt")
+    state_dict, metadata = load_checkpoint(tmp_path / "lightning.ckpt")
+    assert metadata == {"global_step": 470000, "epoch": 3}
+    assert set(state_dict) == set(model.state_dict())
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > exploit-ran.txt",))
+
+
+def test_pickle_that_would_execute_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "exploit-ran.txt").exists()
+
+
+def test_plain_pickle_file_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not (tmp_path / "exploit-ran.txt").exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_truncated_file_gives_clear_error(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    save_checkpoint(_TwoLayer().state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_garbage_file_gives_clear_error(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_missing_and_empty_files_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.ckpt")
+
+
+def test_save_does_not_leave_temporary_files(tmp_path):
+    save_checkpoint(_TwoLayer().state_dict(), tmp_path / "a.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a state dict to a model
+# ---------------------------------------------------------------------------------------------
+def test_wrong_layout_is_reported_per_component_and_refused_when_strict():
+    model = _TwoLayer(width=3)
+    other = _TwoLayer(width=4).state_dict()
+    report = compare_state_dict(model, other)
+    assert "UNet (model.diffusion_model)" in report.mismatched
+    with pytest.raises(CheckpointError, match="does not fit the config.*UNet"):
+        load_state_dict_checked(model, other, verbose=False)
+
+
+def test_missing_and_unexpected_keys_are_named():
+    model = _TwoLayer()
+    state_dict = dict(model.state_dict())
+    del state_dict["first_stage_model.bias"]
+    state_dict["cond_stage_model.extra"] = torch.zeros(1)
+    report = compare_state_dict(model, state_dict)
+    assert report.missing == {"autoencoder (first_stage_model)": ["first_stage_model.bias"]}
+    assert report.unexpected == {"conditioning encoder (cond_stage_model)": ["cond_stage_model.extra"]}
+
+
+def test_old_transformers_position_ids_are_ignored():
+    model = _TwoLayer()
+    state_dict = dict(model.state_dict())
+    state_dict["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    assert compare_state_dict(model, state_dict).ok
+
+
+def test_skip_prefixes_are_reported_in_one_line_not_as_errors():
+    model = _TwoLayer()
+    model.checkpoint_skip_prefixes = lambda: {"depth_model.": "MiDaS is not built in"}
+    state_dict = dict(model.state_dict())
+    state_dict.update({f"depth_model.w{i}": torch.zeros(1) for i in range(5)})
+    report = load_state_dict_checked(model, state_dict, verbose=False)
+    assert report.ok
+    assert report.lines() == ["skipped 5 checkpoint tensors: MiDaS is not built in"]
+
+
+def test_ema_selection_replaces_unet_weights_with_their_shadows():
+    model = _TwoLayer()
+    state_dict = dict(model.state_dict())
+    shadow = torch.full_like(state_dict["model.diffusion_model.weight"], 3.0)
+    state_dict["model_ema.diffusion_modelweight"] = shadow
+    selected = select_ema_weights(state_dict, model)
+    assert torch.equal(selected["model.diffusion_model.weight"], shadow)
+    assert not any(k.startswith("model_ema.") for k in selected)
+
+
+def test_ema_selection_without_ema_weights_says_so():
+    with pytest.raises(CheckpointError, match="no EMA weights"):
+        select_ema_weights(_TwoLayer().state_dict(), _TwoLayer())
