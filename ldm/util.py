@@ -54,6 +54,7 @@ def log_txt_as_img(wh: Tuple[int, int], xc: List[str], size: int = 10) -> torch.
     """Render captions as images (B, 3, H, W) in [-1, 1], wrapped at 40 chars per 256 px."""
     from PIL import Image, ImageDraw, ImageFont
 
+    size = max(1, int(size))
     images = []
     chars_per_line = int(40 * (wh[0] / 256))
     try:

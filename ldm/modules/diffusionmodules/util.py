@@ -3,6 +3,7 @@ embeddings and small layer factories, with the formulas and defaults of the orig
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -36,11 +37,11 @@ def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-
     ``cosine`` the improved-DDPM schedule, ``sqrt_linear`` linear in beta, ``sqrt`` its
     square root, ``squaredcos_cap_v2`` the Karlo/unCLIP cosine schedule.
     """
+    cpu = dict(dtype=torch.float64, device="cpu")  # host maths, also while building on "meta"
     if schedule == "linear":
-        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep,
-                               dtype=torch.float64) ** 2
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, n_timestep, **cpu) ** 2
     elif schedule == "cosine":
-        steps = torch.arange(n_timestep + 1, dtype=torch.float64) / n_timestep + cosine_s
+        steps = torch.arange(n_timestep + 1, **cpu) / n_timestep + cosine_s
         alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
         alphas = alphas / alphas[0]
         betas = (1 - alphas[1:] / alphas[:-1]).clamp(min=0, max=0.999)
@@ -48,13 +49,30 @@ def make_beta_schedule(schedule: str, n_timestep: int, linear_start: float = 1e-
         return betas_for_alpha_bar(
             n_timestep, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
     elif schedule == "sqrt_linear":
-        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64)
+        betas = torch.linspace(linear_start, linear_end, n_timestep, **cpu)
     elif schedule == "sqrt":
-        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64) ** 0.5
+        betas = torch.linspace(linear_start, linear_end, n_timestep, **cpu) ** 0.5
     else:
         raise ValueError(f"unknown beta schedule '{schedule}'; expected one of linear, cosine, "
                          "sqrt_linear, sqrt, squaredcos_cap_v2")
     return betas.numpy()
+
+
+def forward_process_arrays(betas: np.ndarray) -> "OrderedDict[str, np.ndarray]":
+    """The arrays of q(x_t | x_0) for a beta schedule, in float64, in the order the original
+    registers them (Ho et al. 2020, eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps)."""
+    betas = np.asarray(betas, dtype=np.float64)
+    alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
+    return OrderedDict([
+        ("betas", betas),
+        ("alphas_cumprod", alphas_cumprod),
+        ("alphas_cumprod_prev", np.append(1.0, alphas_cumprod[:-1])),
+        ("sqrt_alphas_cumprod", np.sqrt(alphas_cumprod)),
+        ("sqrt_one_minus_alphas_cumprod", np.sqrt(1.0 - alphas_cumprod)),
+        ("log_one_minus_alphas_cumprod", np.log(1.0 - alphas_cumprod)),
+        ("sqrt_recip_alphas_cumprod", np.sqrt(1.0 / alphas_cumprod)),
+        ("sqrt_recipm1_alphas_cumprod", np.sqrt(1.0 / alphas_cumprod - 1)),
+    ])
 
 
 def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int,
@@ -73,6 +91,10 @@ def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int,
     else:
         raise NotImplementedError(f"no DDIM discretization '{ddim_discr_method}'")
     steps_out = ddim_timesteps + 1
+    if steps_out.max() >= num_ddpm_timesteps:
+        raise ValueError(f"{num_ddim_timesteps} DDIM steps do not fit a {num_ddpm_timesteps}-step "
+                         f"schedule with the original '{ddim_discr_method}' grid; choose a step count "
+                         f"such that {num_ddpm_timesteps} // steps leaves no remainder, or more steps")
     if verbose:
         print(f"Selected timesteps for ddim sampler: {steps_out}")
     return steps_out

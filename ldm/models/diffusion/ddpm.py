@@ -1,0 +1,808 @@
+"""Gaussian diffusion models: pixel-space DDPM (Ho et al. 2020) and the latent diffusion model of
+Rombach et al. 2022 ("High-Resolution Image Synthesis with Latent Diffusion Models"), with the
+constructor parameters, buffers, state-dict keys and formulas of the original code.
+
+The task models (inpainting, depth, upscaling, unCLIP) live in
+:mod:`ldm.models.diffusion.latent_tasks`; they are importable from here as well, because the
+original configs name them ``ldm.models.diffusion.ddpm.<Name>``.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+from contextlib import contextmanager
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from omegaconf import ListConfig
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from ldm.models.diffusion.image_logging import (CLASS_CONDITIONING_KEYS, DiffusionImageLogging,
+                                                LatentImageLogging)
+from ldm.models.diffusion.latent_sampling import LatentAncestralSampling
+from ldm.modules.diffusionmodules.util import (extract_into_tensor, forward_process_arrays,
+                                               make_beta_schedule, noise_like)
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.ema import LitEma
+from ldm.util import CheckpointError, count_params, default, exists, instantiate_from_config, load_checkpoint
+
+__conditioning_keys__ = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
+
+CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adm", "hybrid-adm", "crossattn-adm")
+PARAMETERIZATIONS = ("eps", "x0", "v")
+# Batch keys whose values are handed to the conditioning encoder as they are (strings, boxes).
+RAW_CONDITIONING_KEYS = ("caption", "coordinates_bbox", "txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Module helpers
+# ---------------------------------------------------------------------------------------------
+def disabled_train(self, mode: bool = True):
+    """Stand-in for ``nn.Module.train`` on frozen submodules, so that train/eval switches of the
+    parent never change their mode."""
+    return self
+
+
+def keep_in_eval_mode(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode for good: its ``train`` no longer changes anything."""
+    module = module.eval()
+    module.train = types.MethodType(disabled_train, module)
+    return module
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Keep ``module`` in eval mode for good and stop its gradients."""
+    module = keep_in_eval_mode(module)
+    for param in module.parameters():
+        param.requires_grad = False
+    return module
+
+
+def uniform_on_device(r1: float, r2: float, shape, device) -> torch.Tensor:
+    """Uniform samples between ``r2`` and ``r1``."""
+    return (r1 - r2) * torch.rand(*shape, device=device) + r2
+
+
+def fit_tensor_to_shape(old: torch.Tensor, new_shape: torch.Size) -> torch.Tensor:
+    """Tile ``old`` cyclically along its first two axes to ``new_shape`` (``make_it_fit``).
+
+    As in the original, 2+-D tensors are divided per input column by one plus the number of
+    times that column of ``old`` is reused, so that the larger layer starts near the old one."""
+    if old.dim() != len(new_shape) or tuple(old.shape[2:]) != tuple(new_shape[2:]):
+        raise CheckpointError(f"make_it_fit can only grow the first two axes, not {tuple(old.shape)} "
+                              f"-> {tuple(new_shape)}")
+    rows = torch.arange(new_shape[0]) % old.shape[0]
+    if old.dim() == 1:
+        return old[rows].clone()
+    cols = torch.arange(new_shape[1]) % old.shape[1]
+    tiled = old.index_select(0, rows).index_select(1, cols).clone()
+    uses_plus_one = 1.0 + torch.bincount(cols, minlength=old.shape[1]).to(tiled.dtype)
+    divisor = uses_plus_one[cols].reshape(1, -1, *((1,) * (old.dim() - 2)))
+    return tiled / divisor
+
+
+class DiffusionWrapper(pl.LightningModule):
+    """Holds the denoising network (``diffusion_model``) and routes the conditioning to it:
+    ``concat`` joins tensors to the input channels, ``crossattn`` passes a context for the
+    attention layers (joined along the token axis), ``adm`` passes a class/embedding vector ``y``."""
+
+    def __init__(self, diff_model_config, conditioning_key: Optional[str]):
+        super().__init__()
+        if conditioning_key not in CONDITIONING_KEYS:
+            raise ValueError(f"unknown conditioning_key '{conditioning_key}'; expected one of "
+                             f"{', '.join(str(k) for k in CONDITIONING_KEYS)}")
+        # SAI configs may put ``sequential_crossattn`` beside ``target``: pass the context list
+        # to the UNet as it is instead of joining it (the caller's config is left unchanged).
+        self.sequential_cross_attn = bool(diff_model_config.get("sequential_crossattn", False))
+        if "sequential_crossattn" in diff_model_config:
+            diff_model_config = {k: v for k, v in diff_model_config.items() if k != "sequential_crossattn"}
+        self.diffusion_model = instantiate_from_config(diff_model_config)
+        self.conditioning_key = conditioning_key
+
+    def _context(self, c_crossattn: list):
+        return c_crossattn if self.sequential_cross_attn else torch.cat(c_crossattn, 1)
+
+    def _require_adm(self, c_adm) -> None:
+        if c_adm is None:
+            raise ValueError(f"conditioning_key '{self.conditioning_key}' needs c_adm "
+                             "(the class / embedding vector), got None")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c_concat: list = None,
+                c_crossattn: list = None, c_adm: torch.Tensor = None):
+        key = self.conditioning_key
+        if key is None:
+            return self.diffusion_model(x, t)
+        if key == "concat":
+            return self.diffusion_model(torch.cat([x] + list(c_concat), dim=1), t)
+        if key == "crossattn":
+            context = self._context(c_crossattn)
+            if hasattr(self, "scripted_diffusion_model"):
+                return self.scripted_diffusion_model(x, t, context)
+            return self.diffusion_model(x, t, context=context)
+        if key == "hybrid":
+            return self.diffusion_model(torch.cat([x] + list(c_concat), dim=1), t,
+                                        context=torch.cat(c_crossattn, 1))
+        if key == "hybrid-adm":
+            self._require_adm(c_adm)
+            return self.diffusion_model(torch.cat([x] + list(c_concat), dim=1), t,
+                                        context=torch.cat(c_crossattn, 1), y=c_adm)
+        if key == "crossattn-adm":
+            self._require_adm(c_adm)
+            return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1), y=c_adm)
+        return self.diffusion_model(x, t, y=c_crossattn[0])  # "adm"
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM in pixel space
+# ---------------------------------------------------------------------------------------------
+class DDPM(DiffusionImageLogging, pl.LightningModule):
+    """Denoising diffusion probabilistic model with a fixed variance schedule, in pixel space
+    (Ho et al. 2020). Predicts the noise (``eps``), the clean image (``x0``) or the velocity
+    ``v`` of Salimans & Ho 2022 (``parameterization``)."""
+
+    def __init__(self, unet_config, timesteps=1000, beta_schedule="linear", loss_type="l2",
+                 ckpt_path=None, ignore_keys=[], load_only_unet=False, monitor="val/loss",
+                 use_ema=True, first_stage_key="image", image_size=256, channels=3,
+                 log_every_t=100, clip_denoised=True, linear_start=1e-4, linear_end=2e-2,
+                 cosine_s=8e-3, given_betas=None, original_elbo_weight=0., v_posterior=0.,
+                 l_simple_weight=1., conditioning_key=None, parameterization="eps",
+                 scheduler_config=None, use_positional_encodings=False, learn_logvar=False,
+                 logvar_init=0., make_it_fit=False, ucg_training=None, reset_ema=False,
+                 reset_num_ema_updates=False):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of eps, x0, v; got '{parameterization}'")
+        if loss_type not in ("l1", "l2"):
+            raise ValueError(f"loss_type must be 'l1' or 'l2', got '{loss_type}'")
+        self.parameterization = parameterization
+        print(f"{self.__class__.__name__}: Running in {self.parameterization}-prediction mode")
+        self.cond_stage_model = None
+        self.clip_denoised = clip_denoised
+        self.log_every_t = log_every_t
+        self.first_stage_key = first_stage_key
+        self.image_size = image_size
+        self.channels = channels
+        self.use_positional_encodings = use_positional_encodings
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        count_params(self.model, verbose=True)
+        self.use_ema = use_ema
+        if self.use_ema:
+            self.model_ema = LitEma(self.model)
+            print(f"Keeping EMAs of {len(list(self.model_ema.buffers()))}.")
+        self.use_scheduler = scheduler_config is not None
+        if self.use_scheduler:
+            self.scheduler_config = scheduler_config
+        self.v_posterior = v_posterior
+        self.original_elbo_weight = original_elbo_weight
+        self.l_simple_weight = l_simple_weight
+        if monitor is not None:
+            self.monitor = monitor
+        self.make_it_fit = make_it_fit
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+        self._reset_ema_after_loading(ckpt_path, reset_ema, reset_num_ema_updates)
+        self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
+                               linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+        self.loss_type = loss_type
+        self.learn_logvar = learn_logvar
+        logvar = torch.full(fill_value=logvar_init, size=(self.num_timesteps,))
+        self.logvar = nn.Parameter(logvar, requires_grad=True) if self.learn_logvar else logvar
+        self.ucg_training = ucg_training or dict()
+        if self.ucg_training:
+            self.ucg_prng = np.random.RandomState()
+
+    def _reset_ema_after_loading(self, ckpt_path, reset_ema: bool, reset_num_ema_updates: bool) -> None:
+        """``reset_ema``: restart the EMA from the loaded weights (for EMA-only checkpoints);
+        ``reset_num_ema_updates``: restart the EMA decay warm-up."""
+        if (reset_ema or reset_num_ema_updates) and not self.use_ema:
+            raise ValueError("reset_ema / reset_num_ema_updates need use_ema: True")
+        if reset_ema:
+            if ckpt_path is None:
+                raise ValueError("reset_ema needs a ckpt_path to take the weights from")
+            print("Resetting ema to pure model weights. This is useful when restoring from an ema-only checkpoint.")
+            self.model_ema = LitEma(self.model)
+        if reset_num_ema_updates:
+            print(" +++++++++++ WARNING: RESETTING NUM_EMA UPDATES TO ZERO +++++++++++ ")
+            self.model_ema.reset_num_updates()
+
+    # -- noise schedule --------------------------------------------------------------------
+    def register_schedule(self, given_betas=None, beta_schedule="linear", timesteps=1000,
+                          linear_start=1e-4, linear_end=2e-2, cosine_s=8e-3) -> None:
+        """Register the 12 schedule buffers (float64 maths, stored float32) and the
+        non-persistent ``lvlb_weights`` (Ho et al. 2020, eqs. 4, 6, 7 and 12)."""
+        if exists(given_betas):
+            betas = np.asarray(given_betas, dtype=np.float64)
+        else:
+            betas = make_beta_schedule(beta_schedule, timesteps, linear_start=linear_start,
+                                           linear_end=linear_end, cosine_s=cosine_s)
+        arrays = forward_process_arrays(betas)
+        self.num_timesteps = int(betas.shape[0])
+        self.linear_start = linear_start
+        self.linear_end = linear_end
+        alphas = 1.0 - betas
+        abar, abar_prev = arrays["alphas_cumprod"], arrays["alphas_cumprod_prev"]
+        # Posterior q(x_{t-1} | x_t, x_0), eqs. 6-7; its variance is 0 at t = 0, hence the clip.
+        posterior_variance = ((1 - self.v_posterior) * betas * (1.0 - abar_prev) / (1.0 - abar)
+                              + self.v_posterior * betas)
+        arrays["posterior_variance"] = posterior_variance
+        arrays["posterior_log_variance_clipped"] = np.log(np.maximum(posterior_variance, 1e-20))
+        arrays["posterior_mean_coef1"] = betas * np.sqrt(abar_prev) / (1.0 - abar)
+        arrays["posterior_mean_coef2"] = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
+        for name, array in arrays.items():
+            self.register_buffer(name, torch.tensor(array, dtype=torch.float32))
+        lvlb_weights = self._lvlb_weights(arrays)
+        if torch.isnan(lvlb_weights).all():
+            raise ValueError("the noise schedule gives NaN variational-bound weights everywhere")
+        self.register_buffer("lvlb_weights", lvlb_weights.to(self.betas.device), persistent=False)
+
+    def _lvlb_weights(self, arrays: Dict[str, np.ndarray]) -> torch.Tensor:
+        """Per-step weights of the variational bound, computed (on the host) in float32 from the
+        float32 buffers, as the original does; step 0 (infinite for eps) copies step 1."""
+        f32 = {name: torch.tensor(array, dtype=torch.float32, device="cpu") for name, array in arrays.items()}
+        if self.parameterization == "eps":
+            alphas = torch.tensor(1.0 - arrays["betas"], dtype=torch.float32, device="cpu")
+            weights = f32["betas"] ** 2 / (2 * f32["posterior_variance"] * alphas * (1 - f32["alphas_cumprod"]))
+        elif self.parameterization == "x0":
+            abar = f32["alphas_cumprod"]
+            weights = 0.5 * torch.sqrt(abar) / (2.0 * 1 - abar)  # sic: (2 - abar), as the original
+        else:
+            weights = torch.ones_like(f32["betas"])
+        weights[0] = weights[1]
+        return weights
+
+    # -- forward process and parameterizations ------------------------------------------------
+    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and log-variance of q(x_t | x_0) (Ho et al. 2020, eq. 4)."""
+        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
+        log_variance = extract_into_tensor(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al. 2020, eq. 4)."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps (eq. 4 solved for x_0)."""
+        return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+                - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise)
+
+    def get_v(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4)."""
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x.shape) * noise
+                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x.shape) * x)
+
+    def predict_start_from_z_and_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
+                - extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v)
+
+    def predict_eps_from_z_and_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t."""
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_t.shape) * v
+                + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * x_t)
+
+    def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""
+        mean = (extract_into_tensor(self.posterior_mean_coef1, t, x_t.shape) * x_start
+                + extract_into_tensor(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        variance = extract_into_tensor(self.posterior_variance, t, x_t.shape)
+        log_variance = extract_into_tensor(self.posterior_log_variance_clipped, t, x_t.shape)
+        return mean, variance, log_variance
+
+    def _start_from_model_output(self, x: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
+        if self.parameterization == "eps":
+            return self.predict_start_from_noise(x, t=t, noise=model_out)
+        if self.parameterization == "v":
+            return self.predict_start_from_z_and_v(x, t, model_out)
+        return model_out
+
+    def _training_target(self, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "v":
+            return self.get_v(x_start, noise, t)
+        return x_start
+
+    # -- ancestral sampling ---------------------------------------------------------------
+    def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool):
+        """Mean and variance of p(x_{t-1} | x_t): the posterior around the predicted x_0."""
+        x_recon = self._start_from_model_output(x, t, self.model(x, t))
+        if clip_denoised:
+            x_recon.clamp_(-1.0, 1.0)
+        return self.q_posterior(x_start=x_recon, x_t=x, t=t)
+
+    @torch.no_grad()
+    def p_sample(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
+                 repeat_noise: bool = False) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2); no noise at t = 0."""
+        model_mean, _, model_log_variance = self.p_mean_variance(x=x, t=t, clip_denoised=clip_denoised)
+        noise = noise_like(x.shape, x.device, repeat_noise)
+        nonzero_mask = (1 - (t == 0).float()).reshape(x.shape[0], *((1,) * (x.dim() - 1)))
+        return model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
+
+    @torch.no_grad()
+    def p_sample_loop(self, shape, return_intermediates: bool = False):
+        device = self.betas.device
+        img = torch.randn(shape, device=device)
+        intermediates = [img]
+        for i in tqdm(reversed(range(0, self.num_timesteps)), desc="Sampling t", total=self.num_timesteps):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            img = self.p_sample(img, t, clip_denoised=self.clip_denoised)
+            if i % self.log_every_t == 0 or i == self.num_timesteps - 1:
+                intermediates.append(img)
+        return (img, intermediates) if return_intermediates else img
+
+    @torch.no_grad()
+    def sample(self, batch_size: int = 16, return_intermediates: bool = False):
+        shape = (batch_size, self.channels, self.image_size, self.image_size)
+        return self.p_sample_loop(shape, return_intermediates=return_intermediates)
+
+    # -- training ---------------------------------------------------------------------------
+    def get_loss(self, pred: torch.Tensor, target: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        if self.loss_type == "l1":
+            loss = (target - pred).abs()
+            return loss.mean() if mean else loss
+        if self.loss_type == "l2":
+            return F.mse_loss(target, pred) if mean else F.mse_loss(target, pred, reduction="none")
+        raise NotImplementedError(f"unknown loss type '{self.loss_type}'")
+
+    def p_losses(self, x_start: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        """Simple loss (Ho et al. 2020, eq. 14) weighted by ``l_simple_weight``, plus
+        ``original_elbo_weight`` times the variational-bound-weighted loss."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_out = self.model(x_noisy, t)
+        target = self._training_target(x_start, noise, t)
+        loss = self.get_loss(model_out, target, mean=False).mean(dim=[1, 2, 3])
+        prefix = "train" if self.training else "val"
+        loss_vlb = (self.lvlb_weights[t] * loss).mean()
+        total = loss.mean() * self.l_simple_weight + self.original_elbo_weight * loss_vlb
+        loss_dict = {f"{prefix}/loss_simple": loss.mean(), f"{prefix}/loss_vlb": loss_vlb,
+                     f"{prefix}/loss": total}
+        return total, loss_dict
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
+        return self.p_losses(x, t, *args, **kwargs)
+
+    def get_input(self, batch: Mapping, k: str) -> torch.Tensor:
+        """The batch's images (B, H, W[, C]) as a contiguous float (B, C, H, W) tensor."""
+        x = batch[k]
+        if len(x.shape) == 3:
+            x = x[..., None]
+        x = rearrange(x, "b h w c -> b c h w")
+        return x.to(memory_format=torch.contiguous_format).float()
+
+    def shared_step(self, batch: Mapping):
+        x = self.get_input(batch, self.first_stage_key)
+        return self(x)
+
+    def apply_ucg_training(self, batch: Mapping) -> None:
+        """Unconditional-guidance training: replace each item of ``batch[key]`` by the
+        configured ``val`` ("" when None) with probability ``p`` (``ucg_training``), in place."""
+        for key, setting in self.ucg_training.items():
+            p = setting["p"]
+            val = "" if setting["val"] is None else setting["val"]
+            for i in range(len(batch[key])):
+                if self.ucg_prng.choice(2, p=[1 - p, p]):
+                    batch[key][i] = val
+
+    def _batch_size(self, batch: Mapping) -> int:
+        return len(batch[self.first_stage_key])
+
+    def training_step(self, batch, batch_idx):
+        self.apply_ucg_training(batch)
+        loss, loss_dict = self.shared_step(batch)
+        batch_size = self._batch_size(batch)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True,
+                 on_epoch=False, batch_size=batch_size)
+        if self.use_scheduler:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        """Validation losses with the training weights and, under ``_ema`` names, with the EMA weights."""
+        batch_size = self._batch_size(batch)
+        _, loss_dict_no_ema = self.shared_step(batch)
+        loss_dict_ema = loss_dict_no_ema  # without EMA the "_ema" metrics (configs monitor them) are the same
+        if self.use_ema:
+            with self.ema_scope():
+                _, loss_dict_ema = self.shared_step(batch)
+        self.log_dict(loss_dict_no_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True,
+                      batch_size=batch_size)
+        self.log_dict({key + "_ema": value for key, value in loss_dict_ema.items()}, prog_bar=False,
+                      logger=True, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def on_train_batch_end(self, *args, **kwargs):
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    @contextmanager
+    def ema_scope(self, context: Optional[str] = None):
+        """Run the block with the EMA weights in ``self.model``; put the training weights back after."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                print(f"{context}: Switched to EMA weights")
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+                if context is not None:
+                    print(f"{context}: Restored training weights")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_skip_prefixes(self) -> Dict[str, str]:
+        """Checkpoint key prefixes this model deliberately does not load, with the reason."""
+        return {}
+
+    @torch.no_grad()
+    def init_from_ckpt(self, path: str, ignore_keys=list(), only_model: bool = False) -> None:
+        """Load a ``.ckpt``/``.safetensors`` file (bare or ``state_dict``-wrapped), dropping keys
+        that start with any of ``ignore_keys``; non-strict, reports what did not match."""
+        sd, _ = load_checkpoint(path)
+        sd = dict(sd)
+        for key in list(sd):
+            if any(key.startswith(prefix) for prefix in ignore_keys):
+                print(f"Deleting key {key} from state_dict.")
+                del sd[key]
+        sd = self._fit_checkpoint_to_model(sd)
+        target = self.model if only_model else self
+        try:
+            missing, unexpected = target.load_state_dict(sd, strict=False)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} has tensors of other shapes than the model (set make_it_fit "
+                                  f"or ignore_keys): {str(err).splitlines()[-1].strip()}") from None
+        print(f"Restored from {path} with {len(missing)} missing and {len(unexpected)} unexpected keys")
+        if missing:
+            print(f"Missing Keys:\n {missing}")
+        if unexpected:
+            print(f"\nUnexpected Keys:\n {unexpected}")
+
+    def _fit_checkpoint_to_model(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """With ``make_it_fit``, grow checkpoint tensors to this model's larger shapes."""
+        if not self.make_it_fit:
+            return sd
+        own = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        for name, tensor in tqdm(own.items(), desc="Fitting old weights to new weights"):
+            if name in sd and sd[name].shape != tensor.shape:
+                sd[name] = fit_tensor_to_shape(sd[name], tensor.shape).to(tensor.dtype)
+        return sd
+
+    def _learning_rate(self) -> float:
+        if not hasattr(self, "learning_rate"):
+            raise AttributeError(f"{self.__class__.__name__}.learning_rate is not set; main.py sets it from "
+                                 "model.base_learning_rate, set it yourself when training another way")
+        return self.learning_rate
+
+    def trainable_parameters(self) -> List[torch.Tensor]:
+        """What the optimizer updates: the diffusion model (+ ``logvar`` when learned)."""
+        params = list(self.model.parameters())
+        if self.learn_logvar:
+            params.append(self.logvar)
+        return params
+
+    def configure_optimizers(self):
+        """AdamW at ``self.learning_rate``; with ``scheduler_config`` also a per-step LambdaLR
+        whose factor is ``instantiate_from_config(scheduler_config).schedule``."""
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=self._learning_rate())
+        if not self.use_scheduler:
+            return opt
+        if "target" not in self.scheduler_config:
+            raise KeyError("scheduler_config needs a 'target' (e.g. ldm.lr_scheduler.LambdaLinearScheduler)")
+        schedule = instantiate_from_config(self.scheduler_config)
+        print("Setting up LambdaLR scheduler...")
+        scheduler = {"scheduler": LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step", "frequency": 1}
+        return [opt], [scheduler]
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent diffusion
+# ---------------------------------------------------------------------------------------------
+class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, DDPM):
+    """Diffusion in the latent space of a frozen autoencoder (``first_stage_model``), conditioned
+    through ``cond_stage_model`` (Rombach et al. 2022). Latents are ``scale_factor`` times the
+    autoencoder's posterior samples."""
+
+    def __init__(self, first_stage_config, cond_stage_config, num_timesteps_cond=None,
+                 cond_stage_key="image", cond_stage_trainable=False, concat_mode=True,
+                 cond_stage_forward=None, conditioning_key=None, scale_factor=1.0,
+                 scale_by_std=False, force_null_conditioning=False, *args, **kwargs):
+        self.force_null_conditioning = force_null_conditioning
+        self.num_timesteps_cond = default(num_timesteps_cond, 1)
+        self.scale_by_std = scale_by_std
+        timesteps = kwargs.get("timesteps", 1000)
+        if self.num_timesteps_cond > timesteps:
+            raise ValueError(f"num_timesteps_cond ({self.num_timesteps_cond}) exceeds timesteps ({timesteps})")
+        if conditioning_key is None:  # the original's default, from before DiffusionWrapper existed
+            conditioning_key = "concat" if concat_mode else "crossattn"
+        if cond_stage_config == "__is_unconditional__" and not self.force_null_conditioning:
+            conditioning_key = None
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        reset_ema = kwargs.pop("reset_ema", False)
+        reset_num_ema_updates = kwargs.pop("reset_num_ema_updates", False)
+        ignore_keys = kwargs.pop("ignore_keys", [])
+        super().__init__(conditioning_key=conditioning_key, *args, **kwargs)
+        self.concat_mode = concat_mode
+        self.cond_stage_trainable = cond_stage_trainable
+        self.cond_stage_key = cond_stage_key
+        try:
+            self.num_downs = len(first_stage_config.params.ddconfig.ch_mult) - 1
+        except (AttributeError, KeyError, TypeError):
+            self.num_downs = 0
+        if not scale_by_std:
+            self.scale_factor = scale_factor
+        else:
+            self.register_buffer("scale_factor", torch.tensor(scale_factor))
+        self.instantiate_first_stage(first_stage_config)
+        self.instantiate_cond_stage(cond_stage_config)
+        self.cond_stage_forward = cond_stage_forward
+        self.clip_denoised = False
+        self.bbox_tokenizer = None
+        self.restarted_from_ckpt = False
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+            self.restarted_from_ckpt = True
+        self._reset_ema_after_loading(ckpt_path, reset_ema, reset_num_ema_updates)
+
+    # -- schedule ---------------------------------------------------------------------------
+    def make_cond_schedule(self) -> None:
+        """Timesteps at which a trainable conditioning is noised when ``num_timesteps_cond`` > 1."""
+        self.cond_ids = torch.full(size=(self.num_timesteps,), fill_value=self.num_timesteps - 1, dtype=torch.long)
+        ids = torch.round(torch.linspace(0, self.num_timesteps - 1, self.num_timesteps_cond)).long()
+        self.cond_ids[:self.num_timesteps_cond] = ids
+
+    def register_schedule(self, given_betas=None, beta_schedule="linear", timesteps=1000,
+                          linear_start=1e-4, linear_end=2e-2, cosine_s=8e-3) -> None:
+        super().register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        self.shorten_cond_schedule = self.num_timesteps_cond > 1
+        if self.shorten_cond_schedule:
+            self.make_cond_schedule()
+
+    # -- the two stages ---------------------------------------------------------------------
+    def instantiate_first_stage(self, config) -> None:
+        self.first_stage_model = freeze_module(instantiate_from_config(config))
+
+    def instantiate_cond_stage(self, config) -> None:
+        """Build the conditioning encoder: frozen unless ``cond_stage_trainable``;
+        ``__is_first_stage__`` reuses the autoencoder, ``__is_unconditional__`` means none."""
+        special = config if isinstance(config, str) else None
+        if self.cond_stage_trainable:
+            if special is not None:
+                raise ValueError(f"cond_stage_config '{special}' cannot be trainable")
+            self.cond_stage_model = instantiate_from_config(config)
+        elif special == "__is_first_stage__":
+            print("Using first stage also as cond stage.")
+            self.cond_stage_model = self.first_stage_model
+        elif special == "__is_unconditional__":
+            print(f"Training {self.__class__.__name__} as an unconditional model.")
+            self.cond_stage_model = None
+        else:
+            self.cond_stage_model = freeze_module(instantiate_from_config(config))
+
+    def get_first_stage_encoding(self, encoder_posterior) -> torch.Tensor:
+        """A latent: a sample of the autoencoder posterior (or the tensor itself) times ``scale_factor``."""
+        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
+            z = encoder_posterior.sample()
+        elif isinstance(encoder_posterior, torch.Tensor):
+            z = encoder_posterior
+        else:
+            raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
+        return self.scale_factor * z
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor):
+        return self.first_stage_model.encode(x)
+
+    def _decode(self, z: torch.Tensor, predict_cids: bool, force_not_quantize: bool) -> torch.Tensor:
+        if predict_cids:
+            if z.dim() == 4:
+                z = torch.argmax(z.exp(), dim=1).long()
+            z = self.first_stage_model.quantize.get_codebook_entry(z, shape=None)
+            z = rearrange(z, "b h w c -> b c h w").contiguous()
+        z = 1.0 / self.scale_factor * z
+        decode = self.first_stage_model.decode
+        if "force_not_quantize" in inspect.signature(decode).parameters:  # VQ first stages
+            return decode(z, force_not_quantize=predict_cids or force_not_quantize)
+        return decode(z)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                           force_not_quantize: bool = False) -> torch.Tensor:
+        """Images from latents: the autoencoder's decoder applied to ``z / scale_factor``."""
+        return self._decode(z, predict_cids, force_not_quantize)
+
+    def differentiable_decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                                          force_not_quantize: bool = False) -> torch.Tensor:
+        """:meth:`decode_first_stage` with gradients."""
+        return self._decode(z, predict_cids, force_not_quantize)
+
+    def get_learned_conditioning(self, c):
+        """Encode raw conditioning (prompts, images, labels) with the conditioning encoder: its
+        ``encode`` when it has one (the mode of a Gaussian posterior), else its ``forward``, or the
+        method named by ``cond_stage_forward``."""
+        if self.cond_stage_forward is not None:
+            if not hasattr(self.cond_stage_model, self.cond_stage_forward):
+                raise AttributeError(f"cond_stage_forward names '{self.cond_stage_forward}', which "
+                                     f"{type(self.cond_stage_model).__name__} does not have")
+            return getattr(self.cond_stage_model, self.cond_stage_forward)(c)
+        if callable(getattr(self.cond_stage_model, "encode", None)):
+            c = self.cond_stage_model.encode(c)
+            return c.mode() if isinstance(c, DiagonalGaussianDistribution) else c
+        return self.cond_stage_model(c)
+
+    @torch.no_grad()
+    def get_unconditional_conditioning(self, batch_size: int, null_label=None):
+        """The conditioning of "nothing" for classifier-free guidance, repeated ``batch_size`` times:
+        the encoding of ``null_label`` (e.g. ``[""]``), or the class encoder's null class."""
+        if null_label is not None:
+            xc = list(null_label) if isinstance(null_label, ListConfig) else null_label
+            if hasattr(xc, "to"):
+                xc = xc.to(self.device)
+            c = self.get_learned_conditioning(xc)
+        elif self.cond_stage_key in CLASS_CONDITIONING_KEYS:
+            xc = self.cond_stage_model.get_unconditional_conditioning(batch_size, device=self.device)
+            return self.get_learned_conditioning(xc)
+        else:
+            raise NotImplementedError("pass null_label (e.g. [\"\"]) to build the unconditional "
+                                      f"conditioning for cond_stage_key '{self.cond_stage_key}'")
+        if isinstance(c, list):
+            return [repeat(ci, "1 ... -> b ...", b=batch_size).to(self.device) for ci in c]
+        return repeat(c, "1 ... -> b ...", b=batch_size).to(self.device)
+
+    # -- batches ----------------------------------------------------------------------------
+    def _raw_conditioning(self, batch: Mapping, cond_key: str, x: torch.Tensor):
+        if cond_key == self.first_stage_key:
+            return x
+        if cond_key in RAW_CONDITIONING_KEYS:
+            return batch[cond_key]
+        if cond_key in CLASS_CONDITIONING_KEYS:
+            return batch
+        return DDPM.get_input(self, batch, cond_key).to(self.device)
+
+    @torch.no_grad()
+    def get_input(self, batch: Mapping, k: str, return_first_stage_outputs: bool = False,
+                  force_c_encode: bool = False, cond_key: Optional[str] = None,
+                  return_original_cond: bool = False, bs: Optional[int] = None, return_x: bool = False):
+        """``[z, c]`` for a batch: the scaled latent of ``batch[k]`` and the conditioning
+        (encoded unless the encoder is trainable and ``force_c_encode`` is off); then, as asked,
+        the image and its reconstruction, the image, and the raw conditioning."""
+        if self.use_positional_encodings:
+            raise NotImplementedError("use_positional_encodings is accepted for config compatibility but, as "
+                                      "in the original code, has no implementation for latent diffusion")
+        x = DDPM.get_input(self, batch, k)
+        if bs is not None:
+            x = x[:bs]
+        x = x.to(self.device)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        c = xc = None
+        if self.model.conditioning_key is not None and not self.force_null_conditioning:
+            xc = self._raw_conditioning(batch, default(cond_key, self.cond_stage_key), x)
+            if not self.cond_stage_trainable or force_c_encode:
+                is_collection = isinstance(xc, (dict, list))
+                c = self.get_learned_conditioning(xc if is_collection else xc.to(self.device))
+            else:
+                c = xc
+            if bs is not None:
+                c = c[:bs]
+        out = [z, c]
+        if return_first_stage_outputs:
+            out.extend([x, self.decode_first_stage(z)])
+        if return_x:
+            out.append(x)
+        if return_original_cond:
+            out.append(xc)
+        return out
+
+    def shared_step(self, batch: Mapping, **kwargs):
+        x, c = self.get_input(batch, self.first_stage_key)
+        return self(x, c)
+
+    def forward(self, x: torch.Tensor, c, *args, **kwargs):
+        """Training loss at a random timestep per sample; a trainable conditioning is encoded
+        here (and noised to its own short schedule when ``num_timesteps_cond`` > 1)."""
+        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
+        if self.model.conditioning_key is not None:
+            if c is None:
+                raise ValueError(f"conditioning_key '{self.model.conditioning_key}' needs a conditioning, got None")
+            if self.cond_stage_trainable:
+                c = self.get_learned_conditioning(c)
+            if self.shorten_cond_schedule:
+                tc = self.cond_ids[t.cpu()].to(self.device)
+                c = self.q_sample(x_start=c, t=tc, noise=torch.randn_like(c.float()))
+        return self.p_losses(x, c, t, *args, **kwargs)
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond, return_ids: bool = False):
+        """The network's output for ``x_noisy`` at ``t``. ``cond`` is a dict of keyword arguments
+        for :class:`DiffusionWrapper` (``c_concat``, ``c_crossattn``, ``c_adm``), or a tensor/list
+        put under ``c_concat`` (concat models) or ``c_crossattn`` (all others)."""
+        if not isinstance(cond, dict):
+            cond = cond if isinstance(cond, list) else [cond]
+            key = "c_concat" if self.model.conditioning_key == "concat" else "c_crossattn"
+            cond = {key: cond}
+        x_recon = self.model(x_noisy, t, **cond)
+        if isinstance(x_recon, tuple) and not return_ids:
+            return x_recon[0]
+        return x_recon
+
+    def p_losses(self, x_start: torch.Tensor, cond, t: torch.Tensor, noise: Optional[torch.Tensor] = None):
+        """Simple loss per sample, weighted by a per-timestep log-variance (learned when
+        ``learn_logvar``; Kendall & Gal 2017 style: l / exp(logvar_t) + logvar_t), plus
+        ``original_elbo_weight`` times the variational-bound-weighted loss."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_output = self.apply_model(x_noisy, t, cond)
+        target = self._training_target(x_start, noise, t)
+        prefix = "train" if self.training else "val"
+        loss_simple = self.get_loss(model_output, target, mean=False).mean([1, 2, 3])
+        loss_dict = {f"{prefix}/loss_simple": loss_simple.mean()}
+        logvar_t = self.logvar[t.to(self.logvar.device)].to(self.device)
+        loss = loss_simple / torch.exp(logvar_t) + logvar_t
+        if self.learn_logvar:
+            loss_dict[f"{prefix}/loss_gamma"] = loss.mean()
+            loss_dict["logvar"] = self.logvar.data.mean()
+        loss = self.l_simple_weight * loss.mean()
+        loss_vlb = (self.lvlb_weights[t] * loss_simple).mean()
+        loss_dict[f"{prefix}/loss_vlb"] = loss_vlb
+        loss = loss + self.original_elbo_weight * loss_vlb
+        loss_dict[f"{prefix}/loss"] = loss
+        return loss, loss_dict
+
+    # -- training hooks ---------------------------------------------------------------------
+    @torch.no_grad()
+    def on_train_batch_start(self, batch, batch_idx, *args):
+        """With ``scale_by_std``, on the very first batch of a fresh run set ``scale_factor`` to
+        1 / std of the latents (Rombach et al. 2022, sec. G), the same on every process."""
+        if not (self.scale_by_std and self.current_epoch == 0 and self.global_step == 0
+                and batch_idx == 0 and not self.restarted_from_ckpt):
+            return
+        if float(self.scale_factor) != 1.0:
+            raise ValueError("scale_by_std needs scale_factor 1.0 at the start; do not set both")
+        print("### USING STD-RESCALING ###")
+        x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        value = 1.0 / z.flatten().std()
+        if self._trainer is not None:
+            value = self.trainer.strategy.broadcast(value, src=0)
+        self.scale_factor.fill_(float(value))
+        print(f"setting self.scale_factor to {self.scale_factor}")
+
+    def trainable_parameters(self) -> List[torch.Tensor]:
+        """The diffusion model, the conditioning encoder when trainable, ``logvar`` when learned."""
+        params = list(self.model.parameters())
+        if self.cond_stage_trainable:
+            print(f"{self.__class__.__name__}: Also optimizing conditioner params!")
+            params = params + list(self.cond_stage_model.parameters())
+        if self.learn_logvar:
+            print("Diffusion model optimizing logvar")
+            params.append(self.logvar)
+        return params
+
+_TASK_MODELS = ("LatentUpscaleDiffusion", "LatentFinetuneDiffusion", "LatentInpaintDiffusion",
+                "LatentDepth2ImageDiffusion", "LatentUpscaleFinetuneDiffusion",
+                "ImageEmbeddingConditionedLatentDiffusion")
+
+
+def __getattr__(name: str):
+    """Serve the task models (defined in ``latent_tasks``) under this module's name, lazily, so
+    that either module can be imported first."""
+    if name in _TASK_MODELS:
+        from ldm.models.diffusion import latent_tasks
+
+        return getattr(latent_tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Vector quantization for the VQ first-stage models (our own, replacing taming-transformers)."""
