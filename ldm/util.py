@@ -243,9 +243,25 @@ _COMPONENT_NAMES = OrderedDict([
     ("noise_augmentor.", "noise augmentor"),
 ])
 
-# Keys that checkpoints may hold but that carry nothing our modules need: old transformers
-# versions saved CLIP's position_ids as a persistent buffer.
-_BENIGN_UNEXPECTED_SUFFIXES = ("embeddings.position_ids",)
+# Keys that carry nothing our modules need from a file: transformers < 4.31 saved CLIP's
+# position_ids as a persistent buffer, later versions do not (our encoder recomputes it).
+_BENIGN_SUFFIXES = ("embeddings.position_ids",)
+
+
+def upgrade_legacy_keys(state_dict: Mapping[str, torch.Tensor],
+                        expected: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """Rename keys written by newer libraries to the original layout: transformers 5 saves
+    ``CLIPTextModel`` without its ``text_model.`` level (``...transformer.embeddings...``)."""
+    expected = set(expected)
+    out = {}
+    for key, value in state_dict.items():
+        if key not in expected and ".transformer." in key:
+            head, tail = key.split(".transformer.", 1)
+            candidate = f"{head}.transformer.text_model.{tail}"
+            if candidate in expected:
+                key = candidate
+        out[key] = value
+    return out
 
 
 def _component_of(key: str) -> str:
@@ -287,7 +303,7 @@ def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     report = StateDictReport()
     for key, value in state_dict.items():
         if key not in expected:
-            if key.endswith(_BENIGN_UNEXPECTED_SUFFIXES):
+            if key.endswith(_BENIGN_SUFFIXES):
                 continue
             reason = next((r for p, r in skip_prefixes.items() if key.startswith(p)), None)
             if reason:
@@ -298,7 +314,7 @@ def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             report.mismatched[_component_of(key)].append(
                 f"{key} {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
     for key in expected:
-        if key not in state_dict:
+        if key not in state_dict and not key.endswith(_BENIGN_SUFFIXES):
             report.missing[_component_of(key)].append(key)
     report.missing = dict(report.missing)
     report.unexpected = dict(report.unexpected)
@@ -373,6 +389,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
                             strict: bool = True, verbose: bool = True) -> StateDictReport:
     """Load ``state_dict`` into ``model`` after comparing layouts; raise on a mismatch when strict."""
     skip = getattr(model, "checkpoint_skip_prefixes", lambda: {})()
+    state_dict = upgrade_legacy_keys(state_dict, model.state_dict().keys())
     report = compare_state_dict(model, state_dict, skip)
     if verbose:
         for line in report.lines():

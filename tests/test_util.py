@@ -197,3 +197,24 @@ def test_ema_selection_replaces_unet_weights_with_their_shadows():
 def test_ema_selection_without_ema_weights_says_so():
     with pytest.raises(CheckpointError, match="no EMA weights"):
         select_ema_weights(_TwoLayer().state_dict(), _TwoLayer())
+
+
+def test_checkpoint_without_position_ids_is_not_reported_missing():
+    model = _TwoLayer()
+    model.cond = torch.nn.Module()
+    model.cond.embeddings = torch.nn.Module()
+    model.cond.embeddings.register_buffer("position_ids", torch.arange(4)[None])
+    state_dict = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    assert compare_state_dict(model, state_dict).ok
+
+
+def test_transformers5_clip_keys_are_renamed_to_the_original_layout():
+    model = torch.nn.Module()
+    model.cond_stage_model = torch.nn.Module()
+    model.cond_stage_model.transformer = torch.nn.Module()
+    model.cond_stage_model.transformer.text_model = torch.nn.Linear(2, 2)
+    new_style = {"cond_stage_model.transformer.weight": torch.ones(2, 2),
+                 "cond_stage_model.transformer.bias": torch.zeros(2)}
+    report = load_state_dict_checked(model, new_style, verbose=False)
+    assert report.ok
+    assert torch.equal(model.cond_stage_model.transformer.text_model.weight, torch.ones(2, 2))
