@@ -4,8 +4,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import tempfile
-import zipfile
+import warnings
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from inspect import isfunction
@@ -139,16 +140,16 @@ def _safe_globals() -> list:
 
 def _describe_load_failure(path: str, err: Exception) -> str:
     text = str(err)
-    if isinstance(err, pickle_errors()) or "weights_only" in text or "Unsupported global" in text:
-        return (f"{path} holds pickled Python objects that are not plain tensors; refusing to load "
-                "it (it could run code). Convert it to .safetensors with a trusted tool, or re-save "
-                "only its state_dict.")
-    return f"cannot read checkpoint {path}: the file is corrupted or truncated ({text.splitlines()[0] if text else type(err).__name__})"
-
-
-def pickle_errors() -> tuple:
-    import pickle
-    return (pickle.UnpicklingError,)
+    blocked = re.search(r"GLOBAL (\S+)", text)
+    if blocked:
+        return (f"{path} holds pickled Python objects that are not plain tensors ({blocked.group(1)}); refusing "
+                "to load it (it could run code). Convert it to .safetensors with a trusted tool, or "
+                "re-save only its state_dict.")
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return (f"cannot read checkpoint {path}: the file is corrupted, truncated or not a checkpoint "
+            f"({first_line[:120]})")
 
 
 def _load_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -169,12 +170,10 @@ def _load_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
 
 def _load_torch(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol N" notes on odd files
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            KeyError, IndexError, TypeError) as err:
-        raise CheckpointError(_describe_load_failure(path, err)) from None
-    except Exception as err:  # UnpicklingError and friends
+    except Exception as err:  # UnpicklingError, zip errors, EOF, ...: all mean "cannot use this file"
         raise CheckpointError(_describe_load_failure(path, err)) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
@@ -327,7 +326,8 @@ def select_ema_weights(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     """Replace the UNet weights of ``state_dict`` by its ``model_ema.*`` shadows (LitEma names the
     shadow of ``model.<name>`` as ``model_ema.<name without dots>``)."""
     ema = {k[len("model_ema."):]: v for k, v in state_dict.items() if k.startswith("model_ema.")}
-    out = {k: v for k, v in state_dict.items() if not k.startswith("model_ema.")}
+    keep_ema_buffers = any(k.startswith("model_ema.") for k in model.state_dict())
+    out = {k: v for k, v in state_dict.items() if keep_ema_buffers or not k.startswith("model_ema.")}
     replaced = 0
     for key in model.state_dict():
         if key.startswith("model.") and key[len("model."):].replace(".", "") in ema:

@@ -57,3 +57,14 @@ def test_ema_weights_of_a_full_checkpoint_can_be_selected(tmp_path):
     weight = "diffusion_model.input_blocks.0.0.weight"
     assert torch.equal(plain.model.state_dict()[weight], trained.model.state_dict()[weight])
     assert torch.all(ema.model.state_dict()[weight] == 0.01)
+
+
+def test_ema_selection_also_works_with_a_training_config_that_keeps_the_ema(tmp_path):
+    config = tiny_latent_diffusion_config(use_ema=True)
+    trained = _perturbed_model(config)
+    save_checkpoint(trained.state_dict(), tmp_path / "full.safetensors")
+    model = load_model_from_config(config, str(tmp_path / "full.safetensors"), device="cpu",
+                                   verbose=False, ema=True)
+    weight = "diffusion_model.input_blocks.0.0.weight"
+    shadow = trained.model_ema.state_dict()[weight.replace(".", "")]
+    assert torch.equal(model.model.state_dict()[weight], shadow)

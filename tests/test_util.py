@@ -100,7 +100,7 @@ def test_pickle_that_would_execute_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _Exploit()}, path)
-    with pytest.raises(CheckpointError, match="refusing to load"):
+    with pytest.raises(CheckpointError, match=r"\(posix.system|nt.system\); refusing to load"):
         load_checkpoint(path)
     assert not (tmp_path / "exploit-ran.txt").exists()
 
@@ -120,7 +120,7 @@ def test_truncated_file_gives_clear_error(tmp_path, suffix):
     save_checkpoint(_TwoLayer().state_dict(), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+    with pytest.raises(CheckpointError, match="corrupted, truncated"):
         load_checkpoint(path)
 
 
@@ -128,7 +128,7 @@ def test_truncated_file_gives_clear_error(tmp_path, suffix):
 def test_garbage_file_gives_clear_error(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
     path.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint"):
         load_checkpoint(path)
 
 

@@ -75,6 +75,10 @@ def forward_process_arrays(betas: np.ndarray) -> "OrderedDict[str, np.ndarray]":
     ])
 
 
+class StepCountError(ValueError):
+    """A number of sampling steps that the original DDIM grid cannot take."""
+
+
 def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int,
                         num_ddpm_timesteps: int, verbose: bool = True) -> np.ndarray:
     """The DDPM indices a DDIM run visits, shifted by one as the originals do
@@ -82,8 +86,8 @@ def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int,
     if ddim_discr_method == "uniform":
         stride = num_ddpm_timesteps // num_ddim_timesteps
         if stride < 1:
-            raise ValueError(f"cannot take {num_ddim_timesteps} DDIM steps from "
-                             f"{num_ddpm_timesteps} DDPM steps")
+            raise StepCountError(f"--steps {num_ddim_timesteps} is more than the model's "
+                                 f"{num_ddpm_timesteps} diffusion steps")
         ddim_timesteps = np.asarray(list(range(0, num_ddpm_timesteps, stride)))
     elif ddim_discr_method == "quad":
         ddim_timesteps = ((np.linspace(0, np.sqrt(num_ddpm_timesteps * .8),
@@ -92,9 +96,10 @@ def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int,
         raise NotImplementedError(f"no DDIM discretization '{ddim_discr_method}'")
     steps_out = ddim_timesteps + 1
     if steps_out.max() >= num_ddpm_timesteps:
-        raise ValueError(f"{num_ddim_timesteps} DDIM steps do not fit a {num_ddpm_timesteps}-step "
-                         f"schedule with the original '{ddim_discr_method}' grid; choose a step count "
-                         f"such that {num_ddpm_timesteps} // steps leaves no remainder, or more steps")
+        raise StepCountError(
+            f"--steps {num_ddim_timesteps} does not fit the original '{ddim_discr_method}' DDIM grid of a "
+            f"{num_ddpm_timesteps}-step model (it would run past step {num_ddpm_timesteps - 1}); pick a "
+            f"step count that divides {num_ddpm_timesteps}, such as 10, 20, 25 or 50")
     if verbose:
         print(f"Selected timesteps for ddim sampler: {steps_out}")
     return steps_out

@@ -222,6 +222,20 @@ def test_ddim_decode_runs_the_first_t_start_steps_backwards():
     assert [int(t[0]) for t in model.seen_timesteps] == sampler.ddim_timesteps[:10][::-1].tolist()
 
 
+def test_ddim_decode_with_eta_is_reproducible_per_image_with_generators():
+    model = GaussianDataModel()
+    sampler = DDIMSampler(model)
+    sampler.make_schedule(20, ddim_eta=0.8, verbose=False)
+    x = torch.randn(2, *SHAPE)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]
+    pair = sampler.decode(x, None, 10, verbose=False, generator=gens())
+    single = sampler.decode(x[1:], None, 10, verbose=False, generator=[torch.Generator().manual_seed(6)])
+    assert torch.allclose(pair[1:], single, atol=1e-6)
+    assert torch.equal(pair, sampler.decode(x, None, 10, verbose=False, generator=gens()))
+    assert not torch.allclose(pair, sampler.decode(x, None, 10, verbose=False,
+                                                   generator=[torch.Generator().manual_seed(9)] * 2))
+
+
 @pytest.mark.parametrize("data_std", [0.5, 2.0])
 def test_ddim_encode_then_decode_reconstructs_the_latent(data_std):
     model = GaussianDataModel(data_std=data_std)

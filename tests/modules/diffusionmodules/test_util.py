@@ -97,3 +97,10 @@ def test_normalization_is_32_groups_computed_in_float32():
     assert norm.num_groups == 32 and norm.eps == 1e-5
     x = torch.randn(1, 64, 4, 4).half()
     assert norm(x).dtype == torch.float16
+
+
+@pytest.mark.parametrize("steps", [3, 9, 300, 2000])
+def test_ddim_grid_that_would_run_past_the_schedule_is_a_clear_error(steps):
+    from ldm.modules.diffusionmodules.util import StepCountError
+    with pytest.raises(StepCountError, match=f"--steps {steps}"):
+        make_ddim_timesteps("uniform", steps, 1000, verbose=False)

@@ -1,0 +1,169 @@
+"""Flags shared by the scripts, in groups each script adds with its own defaults, and the
+wrapper that turns every error a user can cause into one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ldm.inference.errors import UsageError
+from ldm.models.diffusion.samplers import describe_samplers
+from ldm.modules.diffusionmodules.util import StepCountError
+from ldm.util import CheckpointError
+
+EXIT_USAGE = 2
+
+
+def add_prompt_args(parser: argparse.ArgumentParser, prompt: str) -> None:
+    group = parser.add_argument_group("prompts")
+    group.add_argument("--prompt", type=str, nargs="?", default=prompt,
+                       help="the prompt to render (default: %(default)r)")
+    group.add_argument("--negative_prompt", "--negative-prompt", type=str, default="",
+                       help="what the image should not show; used as the unconditional prompt of "
+                            "classifier-free guidance (default: empty)")
+    group.add_argument("--from-file", type=str, default=None,
+                       help="read prompts from this file, one per line (blank lines are skipped); "
+                            "overrides --prompt")
+    group.add_argument("--repeat", type=int, default=1,
+                       help="with --from-file, repeat each prompt this many times (default: 1)")
+
+
+def add_output_args(parser: argparse.ArgumentParser, outdir: str) -> None:
+    group = parser.add_argument_group("outputs")
+    group.add_argument("--outdir", type=str, nargs="?", default=outdir,
+                       help="folder for samples/NNNNN.png and grid-NNNN.png; existing files are "
+                            "never overwritten (default: %(default)s)")
+    group.add_argument("--skip_grid", action="store_true",
+                       help="do not save a grid of all images")
+    group.add_argument("--skip_save", action="store_true",
+                       help="do not save individual images (only the grid)")
+    group.add_argument("--n_rows", type=int, default=0,
+                       help="images per grid row (default: 0 = --n_samples)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, steps: int, scale: float, n_iter: int,
+                      n_samples: int, sampler_choice: bool = True) -> None:
+    """Sampler, steps, guidance, seed and batch flags. ``sampler_choice=False`` for scripts that
+    need DDIM's partial denoising (img2img, depth2img)."""
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=steps,
+                       help="number of sampling steps (default: %(default)s)")
+    if sampler_choice:
+        group.add_argument("--sampler", type=str, default=None, metavar="NAME",
+                           help="sampler by name (default: ddim); the names are listed below")
+        group.add_argument("--plms", action="store_true", help="use the PLMS sampler (= --sampler plms)")
+        group.add_argument("--dpm", "--dpm_solver", dest="dpm", action="store_true",
+                           help="use DPM-Solver++ (multistep, order 2) as the originals (= --sampler dpm)")
+        _list_samplers(parser)
+    group.add_argument("--ddim_eta", type=float, default=0.0,
+                       help="DDIM eta: 0 is deterministic DDIM, 1 is as stochastic as DDPM "
+                            "(default: %(default)s)")
+    group.add_argument("--scale", type=float, default=scale,
+                       help="classifier-free guidance scale: eps = eps(uncond) + scale * "
+                            "(eps(cond) - eps(uncond)); 1 turns guidance off (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=42,
+                       help="seed of the first image; image i uses seed + i, whatever the batch "
+                            "size, so each image can be regenerated alone (default: %(default)s)")
+    group.add_argument("--fixed_code", action="store_true",
+                       help="reuse the same noise for every iteration (image j of every batch gets "
+                            "seed + j)")
+    group.add_argument("--n_iter", type=int, default=n_iter,
+                       help="how many times to sample each batch (default: %(default)s)")
+    group.add_argument("--n_samples", type=int, default=n_samples,
+                       help="images per batch, i.e. the batch size (default: %(default)s)")
+
+
+def _list_samplers(parser: argparse.ArgumentParser) -> None:
+    """Name every sampler of the registry after the flags, one per line."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "samplers (--sampler NAME):\n" + "\n".join(
+        f"  {line}" for line in describe_samplers().splitlines())
+
+
+def add_size_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("image size")
+    group.add_argument("--H", type=int, default=None,
+                       help="image height in pixels, a multiple of 8 (default: the size the "
+                            "config's model was trained at, e.g. 512, or 768 for SD 2.x v-models)")
+    group.add_argument("--W", type=int, default=None,
+                       help="image width in pixels, a multiple of 8 (default: as --H)")
+    group.add_argument("--C", type=int, default=None,
+                       help="latent channels (default: the config's, 4 for Stable Diffusion)")
+    group.add_argument("--f", type=int, default=None,
+                       help="downsampling factor of the autoencoder (default: the config's, 8 for "
+                            "Stable Diffusion)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, config: str, ckpt: Optional[str]) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--config", type=str, default=config,
+                       help="model config YAML (default: %(default)s)")
+    group.add_argument("--ckpt", type=str, default=ckpt,
+                       help="checkpoint (.ckpt or .safetensors) that fits --config"
+                            + (f" (default: {ckpt})" if ckpt else " (required)"))
+    group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                       help="--ema loads the checkpoint's EMA weights into the UNet, --no-ema its "
+                            "plain weights (default: as the config says, use_ema)")
+    group.add_argument("--device", type=str, default="auto",
+                       help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, "
+                            "then CPU)")
+
+
+def add_performance_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision and memory")
+    group.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast",
+                       help="autocast: fp16 on CUDA/MPS (bf16 with --bf16), fp32 on CPU; "
+                            "full: fp32 everywhere (default: %(default)s)")
+    group.add_argument("--bf16", action="store_true",
+                       help="autocast in bfloat16 instead of float16 (also on CPU)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet (slow first batch, faster afterwards)")
+    group.add_argument("--attention-slicing", type=int, nargs="?", const=1024, default=None,
+                       metavar="ROWS",
+                       help="compute attention ROWS query positions at a time (default when given "
+                            "without a value: 1024) to save memory on large images; same results")
+    group.add_argument("--vae-tiling", action="store_true",
+                       help="encode/decode with the autoencoder in tiles to save memory on "
+                            "large images")
+
+
+def check_positive(opt: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(opt, name)
+        if value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+
+
+def run_script(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], object],
+               argv: Optional[Sequence[str]] = None) -> None:
+    """Parse flags and run ``main``; a usage error, an unusable checkpoint, a missing device or
+    running out of memory ends with ``<prog>: error: <one line>`` and exit code 2."""
+    opt = parser.parse_args(argv)
+    try:
+        main(opt)
+    except (UsageError, CheckpointError, StepCountError) as err:
+        _fail(parser, str(err))
+    except torch.OutOfMemoryError:
+        _fail(parser, out_of_memory_message())
+    except RuntimeError as err:
+        if not _is_out_of_memory(err):
+            raise
+        _fail(parser, out_of_memory_message())
+
+
+def out_of_memory_message() -> str:
+    return ("out of memory: try --n_samples 1, --attention-slicing and --vae-tiling, a smaller "
+            "--H/--W, or --precision autocast on a GPU")
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> None:
+    first_line = " ".join(message.split())
+    print(f"{parser.prog}: error: {first_line}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)

@@ -1,0 +1,236 @@
+"""Which model a script runs, and loading it: default config/checkpoint per task (the one place to
+change them), what a config says about its model before building it, and turning loader errors
+into one-line messages with a hint at the config that would fit."""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.inference.errors import UsageError
+from ldm.util import CheckpointError, load_checkpoint, load_model_from_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SD_CONFIGS = "configs/stable-diffusion"
+
+# Default (config, checkpoint) of each script: the original scripts' defaults. A checkpoint of
+# None means "the user must pass --ckpt".
+DEFAULT_MODELS: Dict[str, Tuple[str, Optional[str]]] = {
+    "txt2img": (f"{SD_CONFIGS}/v2-inference.yaml", None),
+    "img2img": (f"{SD_CONFIGS}/v2-inference.yaml", None),
+    "inpaint": (f"{SD_CONFIGS}/v2-inpainting-inference.yaml", None),
+    "depth2img": (f"{SD_CONFIGS}/v2-midas-inference.yaml", None),
+    "upscale": (f"{SD_CONFIGS}/x4-upscaling.yaml", None),
+}
+
+# Task model classes by the last part of their config target; anything else is text-to-image.
+_TASK_CLASSES = {
+    "LatentInpaintDiffusion": "inpaint",
+    "LatentDepth2ImageDiffusion": "depth",
+    "LatentUpscaleDiffusion": "upscale",
+    "ImageEmbeddingConditionedLatentDiffusion": "unclip",
+}
+# Configs that fit a checkpoint, by the UNet's input channels (4 + concatenated conditioning).
+_CONFIG_BY_UNET_INPUT = {9: "v2-inpainting-inference.yaml", 5: "v2-midas-inference.yaml",
+                         7: "x4-upscaling.yaml"}
+SD2_CONTEXT_DIM = 1024
+SD1_CONTEXT_DIM = 768
+HASH_LENGTH = 10
+
+
+def default_model_paths(task: str) -> Tuple[str, Optional[str]]:
+    """The (config, checkpoint) a script uses when the user gives none."""
+    return DEFAULT_MODELS[task]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a config says about its model, read without building it."""
+    target: str
+    parameterization: str
+    image_size: int
+    channels: int
+    vae_factor: int
+    unet_levels: int
+    unet_in_channels: int
+    context_dim: Optional[int]
+    max_noise_level: Optional[int]
+
+    @property
+    def kind(self) -> str:
+        """``text``, ``inpaint``, ``depth``, ``upscale`` or ``unclip``."""
+        return _TASK_CLASSES.get(self.target.rsplit(".", 1)[-1], "text")
+
+    @property
+    def latent_multiple(self) -> int:
+        """Latent sides must be multiples of this for the UNet's down/up-sampling to line up."""
+        return 2 ** (self.unet_levels - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_factor * self.latent_multiple
+
+    @property
+    def default_pixel_size(self) -> int:
+        """The image side the model was trained at. SD 2.x v-models (768-v) were trained at 768
+        although their config says ``image_size: 64``."""
+        if (self.kind == "text" and self.parameterization == "v" and self.image_size == 64
+                and self.vae_factor == 8):
+            return 768
+        return self.image_size * self.vae_factor
+
+
+def resolve_path(path: str) -> Path:
+    """``path`` as given, else relative to the repository root (so default configs are found
+    from any working directory)."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    in_repo = REPO_ROOT / given
+    return in_repo if in_repo.exists() else given
+
+
+def read_config(path: str) -> DictConfig:
+    """Load a YAML config; a missing, unreadable or model-less file is a UsageError."""
+    resolved = resolve_path(path)
+    if not resolved.is_file():
+        raise UsageError(f"--config: file not found: {path}")
+    try:
+        config = OmegaConf.load(resolved)
+    except Exception as err:  # yaml and OmegaConf raise many types for malformed files
+        raise UsageError(f"--config: cannot read {path}: {_first_line(err)}") from None
+    if not isinstance(config, DictConfig) or "target" not in config.get("model", {}):
+        raise UsageError(f"--config: {path} has no model section with a target class")
+    return config
+
+
+def read_model_spec(config: DictConfig) -> ModelSpec:
+    params = config.model.get("params", {})
+    unet = params.get("unet_config", {}).get("params", {})
+    ddconfig = params.get("first_stage_config", {}).get("params", {}).get("ddconfig", {})
+    low_scale = params.get("low_scale_config", {}).get("params", {})
+    return ModelSpec(
+        target=str(config.model.target),
+        parameterization=str(params.get("parameterization", "eps")),
+        image_size=int(params.get("image_size", 256)),
+        channels=int(params.get("channels", 3)),
+        vae_factor=2 ** (len(ddconfig.get("ch_mult", [1])) - 1),
+        unet_levels=len(unet.get("channel_mult", [1, 2, 4, 8])),
+        unet_in_channels=int(unet.get("in_channels", params.get("channels", 3))),
+        context_dim=unet.get("context_dim"),
+        max_noise_level=low_scale.get("max_noise_level", 1000) if low_scale else None,
+    )
+
+
+def inference_config(config: DictConfig, fp16_unet: bool, ema: Optional[bool]) -> DictConfig:
+    """A copy of ``config`` adjusted for sampling, with no change to weights or keys:
+
+    * without ``fp16_unet`` the UNet does not cast its activations to fp16 (SD 2.x configs set
+      ``use_fp16: True``, which only works under CUDA autocast);
+    * with ``--ema`` or ``--no-ema`` the model keeps no separate EMA copy (``use_ema: False``):
+      the loader puts the chosen weights straight into the UNet.
+    """
+    config = config.copy()
+    params = config.model.get("params")
+    if params is None:
+        return config
+    unet_params = params.get("unet_config", {}).get("params")
+    if not fp16_unet and unet_params is not None and unet_params.get("use_fp16"):
+        unet_params.use_fp16 = False
+    if ema is not None and params.get("use_ema", True):
+        params.use_ema = False
+    return config
+
+
+def load_model(config: DictConfig, config_path: str, ckpt: Optional[str], device: torch.device,
+               ema: Optional[bool]) -> torch.nn.Module:
+    """Build the config's model and load ``ckpt`` strictly; every failure a user can cause is a
+    UsageError naming the component that does not fit and, when it can tell, the right config."""
+    if ckpt is None:
+        raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file "
+                         "that fits --config)")
+    if not Path(ckpt).is_file():
+        raise UsageError(f"--ckpt: file not found: {ckpt}")
+    try:
+        model = load_model_from_config(config, ckpt, device=device, verbose=False, ema=ema)
+    except CheckpointError as err:
+        message = str(err)
+        if "does not fit" in message:
+            hint = config_hint(ckpt, read_model_spec(config))
+            message = f"{ckpt} does not fit {config_path}: {message}" + (f". {hint}" if hint else "")
+        raise UsageError(message) from None
+    except ImportError as err:
+        raise UsageError(f"--config: {config_path} names a class that cannot be imported "
+                         f"({_first_line(err)})") from None
+    warn_if_parameterization_looks_wrong(ckpt, config_path, read_model_spec(config))
+    return model
+
+
+def config_hint(ckpt: str, spec: ModelSpec) -> str:
+    """A suggestion of the config that fits ``ckpt``, from its UNet's input channels and
+    cross-attention width; empty when nothing can be told."""
+    try:
+        state_dict, _ = load_checkpoint(ckpt)
+    except CheckpointError:
+        return ""
+    in_channels, context_dim = _unet_signature(state_dict)
+    if in_channels != spec.unet_in_channels and in_channels in _CONFIG_BY_UNET_INPUT:
+        config = _CONFIG_BY_UNET_INPUT[in_channels]
+        return f"Its UNet takes {in_channels} input channels: try --config {SD_CONFIGS}/{config}"
+    if context_dim == SD1_CONTEXT_DIM and spec.context_dim != SD1_CONTEXT_DIM:
+        return f"It looks like an SD 1.x model: try --config {SD_CONFIGS}/v1-inference.yaml"
+    if context_dim == SD2_CONTEXT_DIM and spec.context_dim != SD2_CONTEXT_DIM:
+        return (f"It looks like an SD 2.x model: try --config {SD_CONFIGS}/v2-inference-v.yaml for a "
+                f"768-v model or {SD_CONFIGS}/v2-inference.yaml for a 512-base (eps) model")
+    return ""
+
+
+def _unet_signature(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Optional[int], Optional[int]]:
+    """(input channels, cross-attention context width) of the UNet in a state dict."""
+    first_conv = state_dict.get("model.diffusion_model.input_blocks.0.0.weight")
+    in_channels = int(first_conv.shape[1]) if first_conv is not None and first_conv.ndim == 4 else None
+    context_dim = next((int(value.shape[1]) for key, value in state_dict.items()
+                        if key.startswith("model.diffusion_model.") and key.endswith("attn2.to_k.weight")),
+                       None)
+    return in_channels, context_dim
+
+
+def warn_if_parameterization_looks_wrong(ckpt: str, config_path: str, spec: ModelSpec) -> None:
+    """v- and eps-models of SD 2.x have the same layout, so a wrong config loads and makes noise.
+    Warn (not fail) when the file name says otherwise than the config: "768" or "-v" for a
+    v-model, "base" or "512" for an eps-model."""
+    if spec.kind != "text" or spec.context_dim != SD2_CONTEXT_DIM:
+        return
+    name = Path(ckpt).stem.lower()
+    looks_v = "768" in name or re.search(r"(^|[-_])v($|[-_])", name) is not None
+    looks_eps = "base" in name or "512" in name
+    if spec.parameterization == "eps" and looks_v and not looks_eps:
+        print(f"warning: {ckpt} looks like a 768-v model but {config_path} is an eps config; if the "
+              f"images are noise, use --config {SD_CONFIGS}/v2-inference-v.yaml", file=sys.stderr)
+    elif spec.parameterization == "v" and looks_eps and not looks_v:
+        print(f"warning: {ckpt} looks like a 512-base (eps) model but {config_path} is a v config; "
+              f"if the images are noise, use --config {SD_CONFIGS}/v2-inference.yaml", file=sys.stderr)
+
+
+def model_hash(ckpt: str) -> str:
+    """The first 10 hex digits of the file's SHA-256 (A1111's "Model hash")."""
+    digest = hashlib.sha256()
+    with open(ckpt, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:HASH_LENGTH]
+
+
+def model_name(ckpt: str) -> str:
+    return Path(ckpt).stem
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

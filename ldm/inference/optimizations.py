@@ -1,0 +1,25 @@
+"""Opt-in speed and memory switches of the scripts: attention slicing and ``torch.compile`` of the
+UNet (the same results up to float rounding) and autoencoder tiling (overlapping tiles blended
+linearly: close to, not equal to, the untiled images)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ldm.inference.errors import UsageError
+from ldm.modules.attention import set_attention_slicing
+
+
+def apply_runtime_options(model: torch.nn.Module, opt: argparse.Namespace) -> None:
+    """Apply ``--attention-slicing``, ``--vae-tiling`` and ``--compile`` to a loaded model."""
+    set_attention_slicing(opt.attention_slicing)
+    if opt.vae_tiling:
+        enable_tiling = getattr(model.first_stage_model, "enable_tiling", None)
+        if enable_tiling is None:
+            raise UsageError(f"--vae-tiling: the autoencoder {type(model.first_stage_model).__name__} "
+                             "cannot encode/decode in tiles")
+        enable_tiling()
+    if opt.compile:
+        wrapper = model.model
+        wrapper.diffusion_model = torch.compile(wrapper.diffusion_model)

@@ -1,0 +1,171 @@
+"""The steps every script shares: prompts into batches with per-image seeds, text into
+conditioning (with negative prompts for classifier-free guidance), images into latents, a sampler
+from noise or from a partly noised image, and latents back into images."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from ldm.inference.errors import UsageError
+from ldm.inference.seeding import ImageNoise, image_seeds
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and batches
+# ---------------------------------------------------------------------------------------------
+def read_prompts(opt: argparse.Namespace) -> List[str]:
+    """``--prompt``, or the non-blank lines of ``--from-file`` each repeated ``--repeat`` times."""
+    if opt.from_file is None:
+        return [opt.prompt if opt.prompt is not None else ""]
+    path = Path(opt.from_file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"--from-file: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--from-file: cannot read {path} ({err})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"--from-file: {path} holds no prompts (it is empty)")
+    return [prompt for prompt in prompts for _ in range(opt.repeat)]
+
+
+@dataclass
+class Batch:
+    """One call of the sampler: its prompts and the seed of each image."""
+    prompts: List[str]
+    seeds: List[int]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def plan_batches(prompts: Sequence[str], n_samples: int, n_iter: int, seed: int,
+                 fixed_code: bool) -> Iterator[Batch]:
+    """The originals' loop: ``n_iter`` passes over the prompts in chunks of ``n_samples`` (a
+    single ``--prompt`` fills a whole batch). Image ``i`` of the run gets seed ``seed + i``; with
+    ``fixed_code`` image ``j`` of every batch gets ``seed + j``, i.e. the same noise each pass."""
+    if len(prompts) == 1:
+        prompts = list(prompts) * n_samples
+    chunks = [list(prompts[start:start + n_samples]) for start in range(0, len(prompts), n_samples)]
+    index = 0
+    for _ in range(n_iter):
+        for chunk in chunks:
+            first = 0 if fixed_code else index
+            yield Batch(prompts=chunk, seeds=image_seeds(seed, first, len(chunk)))
+            index += len(chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning
+# ---------------------------------------------------------------------------------------------
+def encode_prompts(model: torch.nn.Module, prompts: Sequence[str], negative_prompt: str,
+                   scale: float) -> Tuple[Any, Optional[Any]]:
+    """``(c, uc)``: the text conditioning, and the unconditional one for classifier-free
+    guidance (the negative prompt, "" by default) or None when ``scale`` is 1 (no guidance)."""
+    c = model.get_learned_conditioning(list(prompts))
+    uc = model.get_learned_conditioning([negative_prompt] * len(prompts)) if scale != 1.0 else None
+    return c, uc
+
+
+def hybrid_conditioning(c_crossattn: Any, c_concat: Optional[torch.Tensor] = None,
+                        c_adm: Optional[torch.Tensor] = None) -> Any:
+    """The conditioning dict of task models (inpaint/depth: ``c_concat`` + ``c_crossattn``;
+    x4 upscaler: also ``c_adm``); plain cross-attention conditioning when nothing is concatenated."""
+    if c_concat is None and c_adm is None:
+        return c_crossattn
+    cond: Dict[str, Any] = {"c_crossattn": [c_crossattn]}
+    if c_concat is not None:
+        cond["c_concat"] = [c_concat]
+    if c_adm is not None:
+        cond["c_adm"] = c_adm
+    return cond
+
+
+def guided_pair(c: Any, uc: Optional[Any], c_concat: Optional[torch.Tensor] = None,
+                c_adm: Optional[torch.Tensor] = None) -> Tuple[Any, Optional[Any]]:
+    """Conditional and unconditional conditioning of a task model: the unconditional one swaps
+    only the text and keeps the concatenated image and noise level, as the originals do."""
+    cond = hybrid_conditioning(c, c_concat, c_adm)
+    uncond = None if uc is None else hybrid_conditioning(uc, c_concat, c_adm)
+    return cond, uncond
+
+
+# ---------------------------------------------------------------------------------------------
+# Latents
+# ---------------------------------------------------------------------------------------------
+def encode_image(model: torch.nn.Module, image: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """Latents of one ``[1, 3, H, W]`` image for every image of the batch: a sample of the VAE
+    posterior (as ``get_first_stage_encoding`` draws it) made with each image's own noise."""
+    posterior = model.encode_first_stage(image)
+    if isinstance(posterior, DiagonalGaussianDistribution):
+        eps = noise.randn(posterior.mean.shape[1:]).to(posterior.mean.dtype)
+        latent = posterior.mean + posterior.std * eps
+    else:
+        latent = posterior.expand(len(noise.seeds), *posterior.shape[1:])
+    return model.get_first_stage_encoding(latent)
+
+
+def decode_latents(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``."""
+    x = model.decode_first_stage(z)
+    return torch.clamp((x.float() + 1.0) / 2.0, min=0.0, max=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SamplingSettings:
+    steps: int
+    eta: float
+    scale: float
+
+
+def sample_from_noise(sampler: Any, settings: SamplingSettings, shape: Sequence[int], cond: Any,
+                      uncond: Optional[Any], noise: ImageNoise, mask: Optional[torch.Tensor] = None,
+                      x0: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run the sampler from per-image start noise ``x_T``; ``mask``/``x0`` keep the region where
+    ``mask`` is 1 equal to the (noised) ``x0`` while sampling (inpainting with a normal model)."""
+    x_T = noise.randn(shape)
+    with tqdm(total=settings.steps, desc="sampling", leave=False) as bar:
+        try:
+            samples, _ = sampler.sample(
+                S=settings.steps, batch_size=len(noise.seeds), shape=list(shape), conditioning=cond,
+                verbose=False, eta=settings.eta, x_T=x_T, unconditional_guidance_scale=settings.scale,
+                unconditional_conditioning=uncond, mask=mask, x0=x0, generator=noise.generators,
+                callback=lambda step: bar.update(1))
+        except ValueError as err:  # the samplers refuse options they do not support (e.g. PLMS eta)
+            raise UsageError(f"sampler: {err}") from None
+    return samples
+
+
+def encode_steps(strength: float, steps: int) -> int:
+    """How many of the ``steps`` DDIM steps img2img runs: ``int(strength * steps)`` as the
+    originals, at most ``steps - 1`` (the last index of the DDIM grid)."""
+    return min(int(strength * steps), steps - 1)
+
+
+def sample_from_image(sampler: Any, settings: SamplingSettings, init_latent: torch.Tensor,
+                      strength: float, cond: Any, uncond: Optional[Any], noise: ImageNoise) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022) with DDIM, as the originals' img2img: noise the image latent to
+    DDIM step ``t_enc = int(strength * steps)`` (``stochastic_encode``) and denoise ``t_enc``
+    steps back (``decode``). Strength 1 starts from pure noise, as the originals' depth demo."""
+    sampler.make_schedule(ddim_num_steps=settings.steps, ddim_eta=settings.eta, verbose=False)
+    t_enc = encode_steps(strength, settings.steps)
+    eps = noise.randn(init_latent.shape[1:]).to(init_latent.dtype)
+    if strength >= 1.0:
+        z_enc = eps
+    else:
+        t = torch.full((init_latent.shape[0],), t_enc, device=init_latent.device, dtype=torch.long)
+        z_enc = sampler.stochastic_encode(init_latent, t, noise=eps)
+    with tqdm(total=t_enc, desc="denoising", leave=False) as bar:
+        return sampler.decode(z_enc, cond, t_enc, unconditional_guidance_scale=settings.scale,
+                              unconditional_conditioning=uncond, verbose=False,
+                              callback=lambda step: bar.update(1))

@@ -1,0 +1,264 @@
+"""What each script does with the shared pipeline: text-to-image, image-to-image, inpainting,
+depth-conditioned image-to-image and x4 upscaling. A task reads and checks its inputs before the
+model is loaded (so bad input fails fast and writes nothing), then makes one batch of images at a
+time."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ldm.inference.errors import UsageError
+from ldm.inference.images import (image_size_of, load_depth, load_image, load_mask,
+                                  pixels_for_output)
+from ldm.inference.loading import ModelSpec
+from ldm.inference.pipeline import (Batch, SamplingSettings, decode_latents, encode_image,
+                                    encode_prompts, guided_pair, sample_from_image,
+                                    sample_from_noise)
+from ldm.inference.seeding import ImageNoise
+
+_SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",
+                    "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py"}
+_KIND_NAMES = {"text": "a text-to-image", "inpaint": "an inpainting", "depth": "a depth-to-image",
+               "upscale": "an x4 upscaling", "unclip": "an unCLIP (image variation)"}
+
+
+class Task:
+    """Base of the tasks: model check, sampling settings and what goes into every image's
+    parameters. Subclasses read their inputs in ``__init__`` and implement ``generate``."""
+    name = ""
+    accepted_kinds: Tuple[str, ...] = ("text",)
+    needs_partial_denoising = False
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        self.opt = opt
+        self.spec = spec
+        self._check_model()
+
+    def _check_model(self) -> None:
+        if self.spec.kind in self.accepted_kinds:
+            return
+        wanted = " or ".join(_KIND_NAMES[kind] for kind in self.accepted_kinds)
+        use = _SCRIPT_FOR_KIND.get(self.spec.kind)
+        advice = f"; use {use}" if use else ""
+        raise UsageError(f"{self.name} needs {wanted} model, but --config {self.opt.config} is "
+                         f"{_KIND_NAMES[self.spec.kind]} model{advice}")
+
+    @property
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(steps=self.opt.steps, eta=self.opt.ddim_eta, scale=self.opt.scale)
+
+    def output_size(self) -> Tuple[int, int]:
+        """(width, height) of the images made."""
+        raise NotImplementedError
+
+    def to_device(self, device: torch.device) -> None:
+        """Move the inputs read in ``__init__`` to the model's device."""
+
+    def generate(self, model: torch.nn.Module, sampler: Any, batch: Batch, noise: ImageNoise) -> torch.Tensor:
+        """``[len(batch), 3, H, W]`` images in [0, 1]."""
+        raise NotImplementedError
+
+    def extra_parameters(self) -> Dict[str, object]:
+        """Task-specific entries of the PNG parameters (after A1111's standard ones)."""
+        return {}
+
+    def _text(self, model: torch.nn.Module, batch: Batch) -> Tuple[Any, Optional[Any]]:
+        return encode_prompts(model, batch.prompts, self.opt.negative_prompt, self.opt.scale)
+
+    def _latent_hw(self, image: torch.Tensor) -> Tuple[int, int]:
+        return image.shape[-2] // self.spec.vae_factor, image.shape[-1] // self.spec.vae_factor
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 <= strength <= 1.0:
+        raise UsageError(f"--strength must be in [0, 1], got {strength}")
+
+
+class TextToImage(Task):
+    name = "txt2img"
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        self.height = self._side("H", opt.H)
+        self.width = self._side("W", opt.W)
+        self.channels = self._matching("C", opt.C, spec.channels, "latent channels")
+        self.factor = self._matching("f", opt.f, spec.vae_factor, "autoencoder downsampling factor")
+
+    def _side(self, flag: str, value: Optional[int]) -> int:
+        value = self.spec.default_pixel_size if value is None else value
+        if value < 8 or value % 8:
+            raise UsageError(f"--{flag} must be a positive multiple of 8, got {value}")
+        if value % self.spec.pixel_multiple:
+            raise UsageError(f"--{flag} {value} is not a multiple of {self.spec.pixel_multiple}, which this "
+                             f"model needs (autoencoder factor {self.spec.vae_factor} x UNet factor "
+                             f"{self.spec.latent_multiple})")
+        return value
+
+    def _matching(self, flag: str, value: Optional[int], expected: int, what: str) -> int:
+        if value is not None and value != expected:
+            raise UsageError(f"--{flag} {value} does not match the config's {what} ({expected}); "
+                             f"leave --{flag} out")
+        return expected
+
+    def output_size(self) -> Tuple[int, int]:
+        return self.width, self.height
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        shape = [self.channels, self.height // self.factor, self.width // self.factor]
+        return decode_latents(model, sample_from_noise(sampler, self.settings, shape, c, uc, noise))
+
+
+class ImageToImage(Task):
+    name = "img2img"
+    needs_partial_denoising = True
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        check_strength(opt.strength)
+        self.image = load_image(_required(opt.init_img, "--init-img", "the image to start from"),
+                                spec.pixel_multiple)
+
+    def output_size(self):
+        return self.image.shape[-1], self.image.shape[-2]
+
+    def to_device(self, device):
+        self.image = self.image.to(device)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        init_latent = encode_image(model, self.image, noise)
+        z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, c, uc, noise)
+        return decode_latents(model, z)
+
+    def extra_parameters(self):
+        return {"Denoising strength": self.opt.strength}
+
+
+class Inpainting(Task):
+    """With an inpainting model (9-channel UNet: latent, mask, masked-image latent) as the SAI
+    demos; with a normal model by keeping the known region's latent during sampling (the
+    sampler's ``mask``/``x0``) and pasting the known pixels back, as latent-diffusion's script."""
+    name = "inpaint"
+    accepted_kinds = ("inpaint", "text")
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        path = _required(opt.init_img, "--init-img", "the image to inpaint")
+        mask_path = _required(opt.mask, "--mask", "a mask image, white where to repaint")
+        self.image = load_image(path, spec.pixel_multiple)
+        self.mask = load_mask(mask_path, image_size_of(path, "--init-img"), spec.pixel_multiple)
+
+    @property
+    def uses_inpainting_model(self) -> bool:
+        return self.spec.kind == "inpaint"
+
+    def output_size(self):
+        return self.image.shape[-1], self.image.shape[-2]
+
+    def to_device(self, device):
+        self.image, self.mask = self.image.to(device), self.mask.to(device)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        latent_hw = self._latent_hw(self.image)
+        latent_mask = F.interpolate(self.mask, size=latent_hw).expand(len(batch), -1, -1, -1)
+        shape = [self.spec.channels, *latent_hw]
+        if self.uses_inpainting_model:
+            masked_latent = encode_image(model, self.image * (self.mask < 0.5), noise)
+            concat = _concat_in_model_order(model, latent_mask, masked_latent)
+            cond, uncond = guided_pair(c, uc, c_concat=concat)
+            z = sample_from_noise(sampler, self.settings, shape, cond, uncond, noise)
+            return decode_latents(model, z)
+        init_latent = encode_image(model, self.image, noise)
+        z = sample_from_noise(sampler, self.settings, shape, c, uc, noise,
+                              mask=1.0 - latent_mask, x0=init_latent)
+        return pixels_for_output(self.image) * (1.0 - self.mask) + decode_latents(model, z) * self.mask
+
+    def extra_parameters(self):
+        return {"Inpainting": "model" if self.uses_inpainting_model else "latent mask blending"}
+
+
+def _concat_in_model_order(model: torch.nn.Module, mask: torch.Tensor,
+                           masked_latent: torch.Tensor) -> torch.Tensor:
+    """Mask and masked-image latent concatenated in the order of the model's ``concat_keys``
+    (``("mask", "masked_image")`` in the original)."""
+    keys = getattr(model, "concat_keys", ("mask", "masked_image"))
+    masked_key = getattr(model, "masked_image_key", "masked_image")
+    return torch.cat([masked_latent if key == masked_key else mask for key in keys], dim=1)
+
+
+class DepthToImage(Task):
+    """img2img guided by a depth map concatenated to the UNet input (SD 2 depth model)."""
+    name = "depth2img"
+    accepted_kinds = ("depth",)
+    needs_partial_denoising = True
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        check_strength(opt.strength)
+        path = _required(opt.init_img, "--init-img", "the image to start from")
+        depth_path = _required(opt.depth, "--depth", "a depth map image of --init-img (brighter = "
+                               "nearer); automatic MiDaS depth estimation is not available yet")
+        self.image = load_image(path, spec.pixel_multiple)
+        self.depth = load_depth(depth_path)
+
+    def output_size(self):
+        return self.image.shape[-1], self.image.shape[-2]
+
+    def to_device(self, device):
+        self.image, self.depth = self.image.to(device), self.depth.to(device)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        init_latent = encode_image(model, self.image, noise)
+        depth = model.depth_to_concat(self.depth, self._latent_hw(self.image)).expand(len(batch), -1, -1, -1)
+        cond, uncond = guided_pair(c, uc, c_concat=depth.to(init_latent.dtype))
+        z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, cond, uncond, noise)
+        return decode_latents(model, z)
+
+    def extra_parameters(self):
+        return {"Denoising strength": self.opt.strength}
+
+
+class Upscaling(Task):
+    """x4 super-resolution: the low-resolution image, noised to ``--noise_level``, is concatenated
+    to the latent, whose size is that of the low-resolution image (output 4x)."""
+    name = "upscale"
+    accepted_kinds = ("upscale",)
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        top = spec.max_noise_level
+        if not 0 <= opt.noise_level < top:
+            raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {opt.noise_level}")
+        path = _required(opt.init_img, "--init-img", "the low-resolution image to upscale")
+        self.low_res = load_image(path, spec.latent_multiple)
+
+    def output_size(self):
+        return self.low_res.shape[-1] * self.spec.vae_factor, self.low_res.shape[-2] * self.spec.vae_factor
+
+    def to_device(self, device):
+        self.low_res = self.low_res.to(device)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        count = len(batch)
+        level = torch.full((count,), self.opt.noise_level, device=self.low_res.device, dtype=torch.long)
+        low_res = self.low_res.expand(count, -1, -1, -1)
+        augmented = model.low_scale_model.q_sample(low_res, level, noise=noise.randn(low_res.shape[1:]))
+        cond, uncond = guided_pair(c, uc, c_concat=augmented, c_adm=level)
+        shape = [self.spec.channels, *low_res.shape[-2:]]
+        return decode_latents(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
+
+    def extra_parameters(self):
+        return {"Noise level": self.opt.noise_level}
+
+
+def _required(value: Optional[str], flag: str, what: str) -> str:
+    if not value:
+        raise UsageError(f"{flag} is required: {what}")
+    return value

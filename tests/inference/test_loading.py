@@ -1,0 +1,110 @@
+import hashlib
+
+import pytest
+import torch
+
+from ldm.inference.errors import UsageError
+from ldm.inference.loading import (REPO_ROOT, config_hint, default_model_paths, inference_config,
+                                   model_hash, read_config, read_model_spec)
+from ldm.util import save_checkpoint
+
+SD = "configs/stable-diffusion"
+
+
+def _spec(name):
+    return read_model_spec(read_config(f"{SD}/{name}"))
+
+
+@pytest.mark.parametrize("name, kind, size", [
+    ("v1-inference.yaml", "text", 512),
+    ("v2-inference.yaml", "text", 512),
+    ("v2-inference-v.yaml", "text", 768),
+    ("v2-inpainting-inference.yaml", "inpaint", 512),
+    ("v2-midas-inference.yaml", "depth", 512),
+])
+def test_spec_reads_kind_and_training_size_from_original_configs(name, kind, size):
+    spec = _spec(name)
+    assert (spec.kind, spec.default_pixel_size, spec.pixel_multiple) == (kind, size, 64)
+
+
+def test_upscaler_spec_has_its_noise_levels_and_f4_autoencoder():
+    spec = _spec("x4-upscaling.yaml")
+    assert (spec.kind, spec.vae_factor, spec.latent_multiple, spec.max_noise_level) == ("upscale", 4, 8, 350)
+
+
+def test_default_configs_exist_and_are_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for task in ("txt2img", "img2img", "inpaint", "depth2img", "upscale"):
+        config_path, _ = default_model_paths(task)
+        assert (REPO_ROOT / config_path).is_file()
+        read_config(config_path)
+
+
+def test_missing_and_malformed_configs_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="--config: file not found"):
+        read_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(UsageError, match="--config: cannot read"):
+        read_config(str(bad))
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text("data: {}\n")
+    with pytest.raises(UsageError, match="has no model section"):
+        read_config(str(no_model))
+
+
+def test_fp16_unet_switch_is_turned_off_without_touching_the_original():
+    config = read_config(f"{SD}/v2-inference.yaml")
+    unet = config.model.params.unet_config.params
+    assert inference_config(config, fp16_unet=True, ema=None).model.params.unet_config.params.use_fp16
+    assert not inference_config(config, fp16_unet=False, ema=None).model.params.unet_config.params.use_fp16
+    assert unet.use_fp16 is True
+
+
+@pytest.mark.parametrize("ema, keeps_copy", [(None, True), (True, False), (False, False)])
+def test_an_explicit_ema_choice_drops_the_models_own_ema_copy(ema, keeps_copy):
+    config = read_config(f"{SD}/v1-inference.yaml")
+    config.model.params.use_ema = True
+    assert inference_config(config, fp16_unet=False, ema=ema).model.params.use_ema is keeps_copy
+    assert config.model.params.use_ema is True
+
+
+def _fake_unet_checkpoint(path, in_channels, context_dim):
+    save_checkpoint({
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, in_channels, 3, 3),
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(8, context_dim),
+    }, str(path))
+    return str(path)
+
+
+def test_hint_names_the_config_of_a_task_checkpoint(tmp_path):
+    ckpt = _fake_unet_checkpoint(tmp_path / "inpaint.safetensors", 9, 1024)
+    assert "v2-inpainting-inference.yaml" in config_hint(ckpt, _spec("v2-inference.yaml"))
+
+
+def test_hint_tells_sd1_from_sd2_and_offers_v_and_eps_configs(tmp_path):
+    sd1 = _fake_unet_checkpoint(tmp_path / "sd1.ckpt", 4, 768)
+    sd2 = _fake_unet_checkpoint(tmp_path / "sd2.ckpt", 4, 1024)
+    assert "v1-inference.yaml" in config_hint(sd1, _spec("v2-inference.yaml"))
+    hint = config_hint(sd2, _spec("v1-inference.yaml"))
+    assert "v2-inference-v.yaml" in hint and "v2-inference.yaml" in hint
+
+
+def test_model_hash_is_the_sha256_prefix_of_the_file(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"weights")
+    assert model_hash(str(path)) == hashlib.sha256(b"weights").hexdigest()[:10]
+
+
+def test_warns_when_the_file_name_says_v_model_but_the_config_is_eps(capsys):
+    from ldm.inference.loading import warn_if_parameterization_looks_wrong
+
+    eps, v = _spec("v2-inference.yaml"), _spec("v2-inference-v.yaml")
+    warn_if_parameterization_looks_wrong("ckpts/v2-1_768-ema-pruned.ckpt", "v2-inference.yaml", eps)
+    assert "use --config configs/stable-diffusion/v2-inference-v.yaml" in capsys.readouterr().err
+    warn_if_parameterization_looks_wrong("ckpts/v2-1_512-ema-pruned.ckpt", "v2-inference-v.yaml", v)
+    assert "use --config configs/stable-diffusion/v2-inference.yaml" in capsys.readouterr().err
+    for name, spec in (("v2-1_768-ema-pruned.ckpt", v), ("v2-1_512-ema-pruned.ckpt", eps),
+                       ("v1-5-pruned-emaonly.ckpt", _spec("v1-inference.yaml"))):
+        warn_if_parameterization_looks_wrong(name, "config.yaml", spec)
+    assert capsys.readouterr().err == ""
