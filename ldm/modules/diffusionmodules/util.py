@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import repeat
 
 from ldm.util import instantiate_from_config
@@ -179,10 +180,13 @@ def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back to the input dtype (fp16-safe)."""
+    """GroupNorm computed in float32 (input and affine weights) and cast back to the input dtype,
+    so that half/bfloat16 models normalise without overflow."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:

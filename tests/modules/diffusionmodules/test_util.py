@@ -104,3 +104,17 @@ def test_ddim_grid_that_would_run_past_the_schedule_is_a_clear_error(steps):
     from ldm.modules.diffusionmodules.util import StepCountError
     with pytest.raises(StepCountError, match=f"--steps {steps}"):
         make_ddim_timesteps("uniform", steps, 1000, verbose=False)
+
+
+def test_normalization_of_half_weights_matches_float32():
+    norm = normalization(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 64, 4, 4)
+    reference = norm(x)
+    half = normalization(64).to(torch.bfloat16)
+    half.load_state_dict(norm.state_dict())
+    out = half(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), reference, atol=0.05)
