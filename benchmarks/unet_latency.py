@@ -1,0 +1,152 @@
+"""Latency of our UNetModel against diffusers' UNet2DConditionModel with the same weights.
+
+Builds the full-size SD 1.x and/or SD 2.x UNet from the original configs, converts its state
+dict with diffusers' own single-file conversion, shares the weight tensors with a diffusers
+UNet2DConditionModel, checks that both give the same output, then times one forward pass of each,
+alternating, and prints the medians and the ratio ours / diffusers (< 1: ours is faster).
+
+    python benchmarks/unet_latency.py --models sd1 sd2 --latent 32 --batch 2 --repeats 5
+
+fp32 on CPU; on CUDA the default dtype is fp16. Needs ``pip install -e ".[bench]"``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from ldm.modules import attention  # noqa: E402
+from ldm.util import instantiate_from_config, pick_device  # noqa: E402
+
+CONFIGS = {
+    "sd1": REPO_ROOT / "configs/stable-diffusion/v1-inference.yaml",
+    "sd2": REPO_ROOT / "configs/stable-diffusion/v2-inference.yaml",
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+UNET_PREFIX = "model.diffusion_model."
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=["sd1", "sd2"])
+    parser.add_argument("--latent", nargs="+", type=int, default=[32], help="latent side lengths (64 = 512 px)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model")
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="weights and inputs dtype (default: fp16 on CUDA, else fp32)")
+    parser.add_argument("--attn-precision", choices=["fp32", "fp16"], default=None,
+                        help="our attention precision for half dtypes (default: ATTN_PRECISION or fp32)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def perturb_zero_parameters(model: torch.nn.Module) -> None:
+    """Give zero-initialised layers small random values so the outputs are not trivially 0."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(std=0.02)
+
+
+def build_pair(name: str, device: torch.device, dtype: torch.dtype):
+    """Our UNet from the original config and a diffusers UNet sharing its weight tensors."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
+                                                     create_unet_diffusers_config_from_ldm)
+
+    warnings.filterwarnings("ignore", message=".*image_size.*", category=FutureWarning)
+    config = OmegaConf.load(CONFIGS[name])
+    ours = instantiate_from_config(config.model.params.unet_config)
+    perturb_zero_parameters(ours)
+    ours = ours.to(device=device, dtype=dtype).eval()
+    checkpoint = {UNET_PREFIX + k: v for k, v in ours.state_dict().items()}
+    plain_config = OmegaConf.to_container(config, resolve=True)
+    diffusers_config = create_unet_diffusers_config_from_ldm(plain_config, checkpoint, image_size=512)
+    with torch.device("meta"):
+        theirs = UNet2DConditionModel(**diffusers_config)
+    theirs.load_state_dict(convert_ldm_unet_checkpoint(checkpoint, diffusers_config), strict=True, assign=True)
+    if any(t.is_meta for t in theirs.buffers()):
+        raise RuntimeError("diffusers model kept meta buffers after loading")
+    return ours.eval(), theirs.eval(), config.model.params.unet_config.params.context_dim
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple:
+    """(wall-clock seconds, CPU seconds of this process) of one call."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.dtype) -> dict:
+    torch.manual_seed(args.seed)
+    ours, theirs, context_dim = build_pair(name, device, dtype)
+    x = torch.randn(args.batch, 4, latent, latent, device=device, dtype=dtype)
+    t = torch.randint(0, 1000, (args.batch,), device=device)
+    context = torch.randn(args.batch, 77, context_dim, device=device, dtype=dtype)
+
+    def run_ours():
+        return ours(x, t, context=context)
+
+    def run_theirs():
+        return theirs(x, t, encoder_hidden_states=context).sample
+
+    with torch.inference_mode():
+        a, b = run_ours(), run_theirs()
+        max_diff = (a.float() - b.float()).abs().max().item()
+        scale = b.float().abs().max().item()
+        ours_times, theirs_times = [], []
+        for r in range(args.repeats):
+            order = [(run_ours, ours_times), (run_theirs, theirs_times)]
+            for fn, times in (order if r % 2 == 0 else order[::-1]):
+                times.append(timed(fn, device))
+    del ours, theirs
+    row = dict(model=name, latent=latent, max_diff=max_diff, scale=scale)
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        row[f"ours_{clock}"] = statistics.median(times[index] for times in ours_times)
+        row[f"diffusers_{clock}"] = statistics.median(times[index] for times in theirs_times)
+        row[f"ratio_{clock}"] = row[f"ours_{clock}"] / row[f"diffusers_{clock}"]
+    return row
+
+
+def main() -> None:
+    args = parse_args()
+    device = pick_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    if args.attn_precision:
+        attention.set_attention_precision(args.attn_precision)
+    import diffusers
+
+    print(f"device {device}, dtype {dtype}, batch {args.batch}, repeats {args.repeats}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
+          f"our attention precision {attention.get_attention_precision()}")
+    print("medians of wall-clock and process CPU seconds per forward pass; ratio = ours / diffusers")
+    print(f"{'model':6} {'latent':>6} {'ours wall':>10} {'diff. wall':>10} {'ratio':>6} "
+          f"{'ours cpu':>9} {'diff. cpu':>9} {'ratio':>6} {'max |diff|':>11}")
+    for name in args.models:
+        for latent in args.latent:
+            row = bench_one(name, latent, args, device, dtype)
+            print(f"{row['model']:6} {row['latent']:>6} {row['ours_wall']:>10.3f} {row['diffusers_wall']:>10.3f} "
+                  f"{row['ratio_wall']:>6.3f} {row['ours_cpu']:>9.3f} {row['diffusers_cpu']:>9.3f} "
+                  f"{row['ratio_cpu']:>6.3f} {row['max_diff']:>11.2e}  (output max |y| {row['scale']:.2f})",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
