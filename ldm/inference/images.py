@@ -112,9 +112,14 @@ def pixels_for_output(image: torch.Tensor) -> torch.Tensor:
     return (levels + 0.5) / 255.0
 
 
-def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
+def make_grid(images: torch.Tensor, nrow: int = 4, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
     """Tile ``[N, C, H, W]`` into one ``[C, H', W']`` image, ``nrow`` images per row, with
-    ``padding`` pixels of ``pad_value`` around each (torchvision's ``make_grid`` layout)."""
+    ``padding`` pixels of ``pad_value`` around each (torchvision's ``make_grid`` layout, written
+    here because torchvision cannot be used). Single-channel batches become 3-channel."""
+    if images.dim() != 4:
+        raise ValueError(f"make_grid expects a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
     count, channels, height, width = images.shape
     columns = min(nrow, count)
     rows = math.ceil(count / columns)
@@ -130,14 +135,15 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: floa
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def save_png(array: np.ndarray, path: Path, parameters: Optional[str]) -> None:
-    """Write ``[H, W, 3]`` uint8 as a PNG with a ``parameters`` text chunk; fails rather than
-    replace an existing file (exclusive create)."""
+def save_png(array: np.ndarray, path: Path, parameters: Optional[str] = None) -> None:
+    """Write ``[H, W, 3]`` (or ``[H, W, 1]``) uint8 as a PNG, with a ``parameters`` text chunk when
+    given; raises FileExistsError rather than replace an existing file (exclusive create)."""
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text(PARAMETERS_KEY, parameters)
+    image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
     with open(path, "xb") as handle:
-        Image.fromarray(array).save(handle, format="PNG", pnginfo=info)
+        image.save(handle, format="PNG", pnginfo=info)
 
 
 def read_parameters(path: str) -> Optional[str]:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm.modules.attention import FeedForward, GEGLU  # noqa: F401  (same layers, same keys)
+
 DEFAULT_DIM_HEAD = 64
 
 
@@ -27,32 +29,6 @@ class AbsolutePositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.emb(torch.arange(x.shape[1], device=x.device))[None]
-
-
-class GEGLU(nn.Module):
-    """Gated GELU unit, x * GELU(gate) (Shazeer 2020, "GLU Variants Improve Transformer", eq. 5)."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """Linear -> GELU (or GEGLU) -> dropout -> linear."""
-
-    def __init__(self, dim: int, dim_out: Optional[int] = None, mult: int = 4, glu: bool = False,
-                 dropout: float = 0.0):
-        super().__init__()
-        inner = int(dim * mult)
-        project_in = GEGLU(dim, inner) if glu else nn.Sequential(nn.Linear(dim, inner), nn.GELU())
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner, dim_out or dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class Attention(nn.Module):

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from ldm.training.images import grid_to_uint8, make_grid, save_png
+from ldm.training.images import grid_to_uint8, make_grid, save_log_image
 
 
 def write_new_file(text: str, path: str) -> str:
@@ -129,7 +129,7 @@ class ImageLogger(Callback):
         for key, batch in images.items():
             grid = make_grid(batch, nrow=4)
             filename = f"{key}_gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}.png"
-            save_png(grid_to_uint8(grid, rescale=self.rescale), os.path.join(root, filename))
+            save_log_image(grid_to_uint8(grid, rescale=self.rescale), os.path.join(root, filename))
 
     def _log_to_logger(self, trainer, images: Dict[str, torch.Tensor], split: str) -> None:
         experiment = getattr(trainer.logger, "experiment", None)

@@ -1,31 +1,15 @@
-"""Image grids for training logs (torchvision's ``make_grid`` layout, without torchvision)."""
+"""Sample grids of training runs, written with the package's one image helper
+(:mod:`ldm.inference.images`)."""
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ldm.inference.images import make_grid, save_png
 
-def make_grid(images: torch.Tensor, nrow: int = 4, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
-    """Tile a (B, C, H, W) batch into one (C, H', W') image, ``nrow`` images per row, each framed
-    by ``padding`` pixels of ``pad_value``. Single-channel batches become 3-channel."""
-    if images.dim() != 4:
-        raise ValueError(f"make_grid expects a (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
-    count, channels, height, width = images.shape
-    columns = min(nrow, count)
-    rows = int(math.ceil(count / columns))
-    cell_h, cell_w = height + padding, width + padding
-    grid = images.new_full((channels, rows * cell_h + padding, columns * cell_w + padding), pad_value)
-    for index in range(count):
-        top = (index // columns) * cell_h + padding
-        left = (index % columns) * cell_w + padding
-        grid[:, top:top + height, left:left + width] = images[index]
-    return grid
+__all__ = ["make_grid", "grid_to_uint8", "save_log_image"]
 
 
 def grid_to_uint8(grid: torch.Tensor, rescale: bool = True) -> np.ndarray:
@@ -36,6 +20,12 @@ def grid_to_uint8(grid: torch.Tensor, rescale: bool = True) -> np.ndarray:
     return (np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def save_png(array: np.ndarray, path: str) -> None:
+def save_log_image(array: np.ndarray, path: str) -> bool:
+    """Write a training log image, creating its folder; an image already logged under that name
+    (a resumed run logging the same step again) is kept, not replaced. Returns whether it wrote."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+    try:
+        save_png(array, path)
+    except FileExistsError:
+        return False
+    return True

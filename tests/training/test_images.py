@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.training.images import grid_to_uint8, make_grid, save_png
+from ldm.training.images import grid_to_uint8, make_grid, save_log_image
 
 
 def test_grid_places_images_in_rows_with_padding():
@@ -25,7 +25,9 @@ def test_rescaled_grid_is_uint8_with_a_gray_frame(tmp_path):
     array = grid_to_uint8(make_grid(torch.ones(1, 3, 2, 2), nrow=4, padding=2), rescale=True)
     assert array.dtype == np.uint8 and array.shape == (6, 6, 3)
     assert array[0, 0, 0] == 127 and array[2, 2, 0] == 255  # pad 0 in [-1, 1] is mid-gray
-    save_png(array, str(tmp_path / "sub" / "g.png"))
+    assert save_log_image(array, str(tmp_path / "sub" / "g.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "sub" / "g.png")), array)
+    assert not save_log_image(np.zeros_like(array), str(tmp_path / "sub" / "g.png"))  # kept, not replaced
     assert np.array_equal(np.asarray(Image.open(tmp_path / "sub" / "g.png")), array)
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from ldm.training.images import make_grid
+from ldm.inference.images import make_grid
 from ldm.util import isimage, ismap, log_txt_as_img
 
 CLASS_CONDITIONING_KEYS = ("class_label", "cls")

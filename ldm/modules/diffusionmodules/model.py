@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ldm.modules.attention import SpatialSelfAttention
+
 logger = logging.getLogger(__name__)
 
 ATTENTION_TYPES = ("vanilla", "vanilla-xformers", "linear", "none")
@@ -113,28 +115,11 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels with 1x1-conv q, k, v and output projection,
-    scale C^-1/2, added to the input (the VAE's mid-block attention)."""
-
-    def __init__(self, in_channels: int):
-        super().__init__()
-        self.in_channels = in_channels
-        self.norm = Normalize(in_channels)
-        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h_ = self.norm(x)
-        b, c, height, width = x.shape
-        # (b, c, h, w) -> (b, 1 head, h*w tokens, c)
-        q, k, v = (t.reshape(b, 1, c, height * width).transpose(2, 3)
-                   for t in (self.q(h_), self.k(h_), self.v(h_)))
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(2, 3).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+class AttnBlock(SpatialSelfAttention):
+    """The VAE's mid-block attention: single-head self-attention over all pixels with 1x1-conv
+    q, k, v and output projection, scale C^-1/2, added to the input. Same parameters and maths as
+    :class:`~ldm.modules.attention.SpatialSelfAttention`, so it shares its SDPA path (attention
+    slicing and the precision switch apply to the VAE too)."""
 
 
 class MemoryEfficientAttnBlock(AttnBlock):
