@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 import tempfile
@@ -339,25 +338,26 @@ def select_ema_weights(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     return out
 
 
-def has_ema_weights(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return sum(1 for k in state_dict if k.startswith("model_ema.")) > 100 or any(
-        k.startswith("model_ema.diffusion_model") for k in state_dict)
+def _device_available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return True
+
+
+_DEVICE_PREFERENCE = ("cuda", "mps", "cpu")
 
 
 def pick_device(device: Optional[str] = None) -> torch.device:
     """The requested device, or the best available one (CUDA, then MPS, then CPU)."""
-    if device not in (None, "auto"):
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but CUDA is not available on this machine")
-        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise RuntimeError("--device mps was asked for, but MPS is not available on this machine")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if device in (None, "auto"):
+        return torch.device(next(kind for kind in _DEVICE_PREFERENCE if _device_available(kind)))
+    requested = torch.device(device)
+    if not _device_available(requested.type):
+        raise RuntimeError(f"--device {device} was asked for, but {requested.type.upper()} "
+                           "is not available on this machine")
+    return requested
 
 
 def load_model_from_config(config, ckpt: Optional[str], device=None, verbose: bool = True,

@@ -218,3 +218,22 @@ def test_transformers5_clip_keys_are_renamed_to_the_original_layout():
     report = load_state_dict_checked(model, new_style, verbose=False)
     assert report.ok
     assert torch.equal(model.cond_stage_model.transformer.text_model.weight, torch.ones(2, 2))
+
+
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from ldm import util
+
+    monkeypatch.setattr(util, "_device_available", lambda kind: kind in ("mps", "cpu"))
+    assert util.pick_device() == torch.device("mps")
+    assert util.pick_device("auto") == torch.device("mps")
+    monkeypatch.setattr(util, "_device_available", lambda kind: kind == "cpu")
+    assert util.pick_device(None) == torch.device("cpu")
+
+
+def test_pick_device_refuses_a_device_that_is_not_there(monkeypatch):
+    from ldm import util
+
+    monkeypatch.setattr(util, "_device_available", lambda kind: kind == "cpu")
+    with pytest.raises(RuntimeError, match="--device cuda:1 was asked for, but CUDA is not available"):
+        util.pick_device("cuda:1")
+    assert util.pick_device("cpu") == torch.device("cpu")

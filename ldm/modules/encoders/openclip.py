@@ -8,6 +8,8 @@ uses ``open_clip`` when it imports (and no ``LDM_NATIVE_CLIP=1`` is set), else o
 """
 from __future__ import annotations
 
+import importlib
+
 import math
 import os
 from collections import OrderedDict
@@ -255,7 +257,7 @@ def create_openclip_model(arch: str, version: Optional[str], with_visual: bool,
 
 def _open_clip_model(arch: str, version: Optional[str]) -> Optional[nn.Module]:
     try:
-        import open_clip
+        open_clip = importlib.import_module("open_clip")  # optional, imported only here
     except Exception:  # not installed, or its torchvision import is broken: use our towers
         return None
     current_default_device = torch.empty(0).device  # "meta" inside ``with torch.device("meta")``
