@@ -1,0 +1,191 @@
+"""The shapes-world measurements reported in ``docs/SHAPES.md``, one function per model: each
+returns a :class:`Report` (a Markdown table plus the raw numbers). Inputs are rendered from the
+``test`` split, which holds every colour/shape pair, seeded so the figures are reproducible."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+
+from ldm.data.shapes import (COLOURS, SHAPES, ShapesDataset, box_mask, downsample, render_scene,
+                             scene_for)
+from ldm.evaluation import generation
+from ldm.evaluation.adherence import (PromptCase, format_table, mean_accuracies, psnr, score_detections,
+                                      score_image, single_object_cases, summarize, two_object_cases)
+from ldm.evaluation.detector import SATURATION_MIN, VALUE_MIN, detect_objects, hsv
+
+EXTENT_MARGIN = 3.0   # pixels added around an object's extent to make an inpainting box
+
+
+@dataclass
+class Report:
+    """A measurement: title, settings, Markdown table and the numbers in it."""
+    title: str
+    table: str
+    numbers: Dict[str, float]
+    settings: Dict = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        return f"### {self.title}\n\n{settings}\n\n{self.table}\n" if settings else f"### {self.title}\n\n{self.table}\n"
+
+
+def prompt_cases(single_repeats: int, two_count: int, seed: int = 0) -> List[PromptCase]:
+    """The txt2img prompt set: every pair ``single_repeats`` times, ``two_count`` seen and
+    ``two_count`` held-out two-object prompts."""
+    return (single_object_cases(single_repeats) + two_object_cases(two_count, held_out=False, seed=seed)
+            + two_object_cases(two_count, held_out=True, seed=seed))
+
+
+def ground_truth_render(case: PromptCase, seed: int) -> np.ndarray:
+    """A render (H, W, 3) in [0, 1] of the prompt, placed at random from ``seed``; single objects
+    take the small, medium and large size classes in turn."""
+    size = ("small", "medium", "large")[seed % 3] if case.kind == "single" else None
+    return render_scene(scene_for(case.objects, case.relation, seed=seed, size=size)).image
+
+
+def detector_accuracy(single_repeats: int = 8, two_count: int = 96, seed: int = 0) -> Report:
+    """The detector's own accuracy on ground-truth renders of the txt2img prompt set."""
+    cases = prompt_cases(single_repeats, two_count, seed)
+    scores = [score_image(case, ground_truth_render(case, seed + i)) for i, case in enumerate(cases)]
+    rows = summarize(cases, scores)
+    return Report("Detector on ground-truth renders", format_table(rows), _row_numbers(rows),
+                  {"renders": len(cases)})
+
+
+def txt2img_adherence(model, single_repeats: int = 4, two_count: int = 48, seed: int = 0, steps: int = 20,
+                      scale: float = 5.0, sampler: str = "dpm", batch_size: int = 16) -> Report:
+    """Colour, shape and position accuracy of generated images, seen vs held-out pairs."""
+    cases = prompt_cases(single_repeats, two_count, seed)
+    images = generation.txt2img(model, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    scores = [score_image(case, image) for case, image in zip(cases, images)]
+    rows = summarize(cases, scores)
+    return Report("Text-to-image prompt adherence", format_table(rows), _row_numbers(rows),
+                  generation.sampling_settings(steps, scale, sampler, seed))
+
+
+def _row_numbers(rows) -> Dict[str, float]:
+    out = {}
+    for row in rows:
+        for name in ("colour", "shape", "position", "all_correct"):
+            if getattr(row, name) is not None:
+                out[f"{row.group}/{name}"] = getattr(row, name)
+    return out
+
+
+def _test_scenes(count: int, seed: int, two_object_p: float = 0.0):
+    data = ShapesDataset(length=count, seed=seed, split="test", two_object_p=two_object_p)
+    return [data.scene(i) for i in range(count)]
+
+
+def autoencoder_psnr(autoencoder, count: int = 256, seed: int = 0) -> Report:
+    """Reconstruction PSNR of the autoencoder on renders of the test split (never trained on)."""
+    data = ShapesDataset(length=count, seed=seed, split="test")
+    images = np.stack([(data[i]["image"] + 1.0) / 2.0 for i in range(count)])
+    recon = generation.reconstruct(autoencoder, images).astype(np.float32) / 255.0
+    values = np.array([psnr(a, b) for a, b in zip(images, recon)])
+    table = ("| images | mean PSNR | median | 5th percentile |\n|---|---|---|---|\n"
+             f"| {count} | {values.mean():.2f} dB | {np.median(values):.2f} dB | {np.percentile(values, 5):.2f} dB |")
+    return Report("Autoencoder reconstruction", table, {"psnr": float(values.mean())}, {"test renders": count})
+
+
+def _other_object(rng: np.random.Generator, colour: str, shape: str):
+    """A (colour, shape) pair differing from the given one in both colour and shape."""
+    colours = [c for c in COLOURS if c != colour]
+    shapes = [s for s in SHAPES if s != shape]
+    return colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))]
+
+
+def inpainting_accuracy(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+                        sampler: str = "dpm", batch_size: int = 16) -> Report:
+    """Replace the one object of a test render by another (both colour and shape differ): the
+    mask is the object's box grown by EXTENT_MARGIN pixels and the prompt names the new object.
+    Inside the mask: colour and shape accuracy of the largest detected object centred there.
+    Outside: PSNR against the original render."""
+    rng = np.random.default_rng(seed)
+    scenes = _test_scenes(count, seed)
+    images, masks, cases = [], [], []
+    for scene in scenes:
+        obj = scene.objects[0]
+        half = 1.25 * obj.radius + EXTENT_MARGIN
+        masks.append(box_mask((obj.cx - half, obj.cy - half, obj.cx + half, obj.cy + half), 64))
+        images.append(render_scene(scene).image)
+        cases.append(PromptCase((_other_object(rng, obj.colour, obj.shape),)))
+    images, masks = np.stack(images), np.stack(masks)
+    out = generation.inpaint(model, images, masks, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    scores, fidelity = [], []
+    for case, image, mask, original in zip(cases, out, masks, images):
+        inside = [o for o in detect_objects(image) if mask[int(round(o.cy)), int(round(o.cx))] > 0]
+        scores.append(score_detections(case, inside))
+        fidelity.append(psnr(image.astype(np.float32) / 255.0, original, mask=mask < 0.5))
+    acc = mean_accuracies(scores)
+    numbers = {"colour": acc["colour"], "shape": acc["shape"], "psnr_outside": float(np.mean(fidelity))}
+    table = ("| inpaintings | colour (in mask) | shape (in mask) | PSNR outside mask |\n|---|---|---|---|\n"
+             f"| {count} | {100 * acc['colour']:.1f}% | {100 * acc['shape']:.1f}% | {numbers['psnr_outside']:.2f} dB |")
+    return Report("Inpainting", table, numbers, generation.sampling_settings(steps, scale, sampler, seed))
+
+
+def foreground_iou(image: np.ndarray, segmentation: np.ndarray) -> float:
+    """IoU of the detector's foreground (saturated pixels) with the rendered objects' pixels."""
+    _, saturation, value = hsv(image.astype(np.float32) / 255.0)
+    found = (saturation > SATURATION_MIN) & (value > VALUE_MIN)
+    truth = segmentation > 0
+    union = (found | truth).sum()
+    return float((found & truth).sum() / union) if union else 1.0
+
+
+def depth_adherence(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+                    sampler: str = "dpm", batch_size: int = 16) -> Report:
+    """Depth maps of test renders (one or two objects) with prompts that recolour the objects:
+    the generated objects must take the depth map's silhouettes (shape accuracy, foreground IoU)
+    and the prompt's colours (colour accuracy), and keep the relation of two objects."""
+    rng = np.random.default_rng(seed)
+    data = ShapesDataset(length=count, seed=seed, split="test", two_object_p=0.5)
+    depths, cases, segmentations = [], [], []
+    for i in range(count):
+        scene, example = data.scene(i), data[i]
+        colours = rng.choice(list(COLOURS), size=len(scene.objects), replace=False)
+        cases.append(PromptCase(tuple((str(c), o.shape) for c, o in zip(colours, scene.objects)), scene.relation))
+        depths.append(example["depth"])
+        segmentations.append(example["segmentation"])
+    out = generation.depth2img(model, np.stack(depths), [c.text for c in cases], seed, steps, scale,
+                               batch_size, sampler)
+    scores = [score_image(case, image) for case, image in zip(cases, out)]
+    ious = [foreground_iou(image, seg) for image, seg in zip(out, segmentations)]
+    acc = mean_accuracies(scores)
+    numbers = {**acc, "foreground_iou": float(np.mean(ious))}
+    position = f"{100 * acc['position']:.1f}%" if "position" in acc else "-"
+    table = ("| depth maps | colour | shape | position (two objects) | foreground IoU |\n|---|---|---|---|---|\n"
+             f"| {count} | {100 * acc['colour']:.1f}% | {100 * acc['shape']:.1f}% | {position} | "
+             f"{numbers['foreground_iou']:.3f} |")
+    return Report("Depth-conditioned generation", table, numbers, generation.sampling_settings(steps, scale, sampler, seed))
+
+
+def bicubic_upscale(low_res: np.ndarray, factor: int = 4) -> np.ndarray:
+    """(h, w, 3) float in [0, 1] -> (4h, 4w, 3) with PIL's bicubic filter."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.round(low_res * 255.0).astype(np.uint8))
+    size = (low_res.shape[1] * factor, low_res.shape[0] * factor)
+    return np.asarray(pil.resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+
+
+def upscaler_psnr(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+                  noise_level: int = 20, sampler: str = "dpm", batch_size: int = 16) -> Report:
+    """PSNR of x4 upscaled 16x16 test renders against the 64x64 originals, beside bicubic
+    upsampling of the same inputs; the prompt is the render's caption."""
+    data = ShapesDataset(length=count, seed=seed, split="test")
+    examples = [data[i] for i in range(count)]
+    originals = np.stack([(e["image"] + 1.0) / 2.0 for e in examples])
+    low_res = np.stack([downsample(o) for o in originals])
+    out = generation.upscale(model, low_res, [e["txt"] for e in examples], noise_level, seed, steps, scale,
+                             batch_size, sampler)
+    model_psnr = np.mean([psnr(o.astype(np.float32) / 255.0, t) for o, t in zip(out, originals)])
+    bicubic = np.mean([psnr(bicubic_upscale(lr), t) for lr, t in zip(low_res, originals)])
+    numbers = {"psnr": float(model_psnr), "psnr_bicubic": float(bicubic)}
+    table = ("| images | upscaler PSNR | bicubic PSNR |\n|---|---|---|\n"
+             f"| {count} | {model_psnr:.2f} dB | {bicubic:.2f} dB |")
+    return Report("x4 upscaling (16x16 -> 64x64)", table, numbers,
+                  generation.sampling_settings(steps, scale, sampler, seed, {"noise level": noise_level}))
+

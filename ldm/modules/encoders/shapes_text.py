@@ -1,0 +1,92 @@
+"""A small trainable text encoder for the embedded "shapes" models: CLIP tokenization over a
+closed vocabulary, then a few bidirectional transformer layers.
+
+The full CLIP vocabulary (49,408 tokens) would make the embedding table alone larger than the
+rest of a shapes model, so the table holds only the CLIP tokens of ``words`` (the world's
+vocabulary, listed in the config), plus the start, end and "unknown" tokens. Any other word is
+read as "unknown".
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ldm.modules.encoders.base import AbstractEncoder
+from ldm.modules.encoders.tokenizer import (VOCAB_SIZE, Prompts, TruncationNotice, as_prompt_list,
+                                            build_clip_tokenizer, pack_rows)
+
+UNKNOWN_SLOT, START_SLOT, END_SLOT = 0, 1, 2
+
+
+def vocabulary_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
+    """The sorted distinct CLIP token ids that ``words`` tokenize to."""
+    ids = tokenizer(list(words), add_special_tokens=False, verbose=False)["input_ids"]
+    return sorted({token for per_word in ids for token in per_word})
+
+
+class ShapesTextEncoder(AbstractEncoder):
+    """Prompts -> [B, max_length, width] token features, trained with the diffusion model
+    (``cond_stage_trainable: true``). Rows are ``<start> tokens <end> <end> ...`` as in SD 1.x.
+
+    ``words``: the vocabulary (order does not matter; it fixes the embedding table's size).
+    ``width``, ``layers``, ``heads``: the transformer (pre-LayerNorm, GELU, 4x MLP, no causal mask).
+    """
+
+    def __init__(self, words: Sequence[str], width: int = 128, layers: int = 2, heads: int = 4,
+                 max_length: int = 20, device=None, freeze: bool = False):
+        super().__init__()
+        if not words:
+            raise ValueError("ShapesTextEncoder needs a non-empty list of words")
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        if max_length < 3:
+            raise ValueError(f"max_length must be at least 3 (start, one token, end), got {max_length}")
+        self.tokenizer = build_clip_tokenizer(max_length)
+        self.max_length = max_length
+        self.device = device
+        self.truncation = TruncationNotice(max_length - 2)
+        token_ids = vocabulary_token_ids(self.tokenizer, words)
+        slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
+        slots[torch.tensor(token_ids)] = torch.arange(3, 3 + len(token_ids))
+        slots[self.tokenizer.bos_token_id] = START_SLOT
+        slots[self.tokenizer.eos_token_id] = END_SLOT
+        self.register_buffer("slot_of_token", slots, persistent=False)
+        self.token_embedding = nn.Embedding(3 + len(token_ids), width)
+        self.positional_embedding = nn.Parameter(torch.randn(max_length, width) * 0.01)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.final_layer_norm = nn.LayerNorm(width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        if freeze:
+            self.freeze()
+
+    def tokenize(self, text: Prompts) -> torch.Tensor:
+        """CLIP token rows [prompts, max_length]: start, content (cut with a warning), end padding."""
+        prompts = as_prompt_list(text)
+        content = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        self.truncation.check(prompts, content)
+        tok = self.tokenizer
+        return pack_rows(content, self.max_length, tok.bos_token_id, tok.eos_token_id, tok.eos_token_id)
+
+    def known_fraction(self, text: Prompts) -> Tuple[float, ...]:
+        """Per prompt, the fraction of its content tokens that are in the vocabulary."""
+        rows = self.tokenize(text)
+        slots = self.slot_of_token.cpu()[rows]
+        content = rows != self.tokenizer.eos_token_id
+        content[:, 0] = False
+        known = (slots != UNKNOWN_SLOT) & content
+        return tuple((k.sum() / max(int(c.sum()), 1)).item() for k, c in zip(known, content))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        slots = self.slot_of_token[tokens.to(self.slot_of_token.device)]
+        x = self.token_embedding(slots) + self.positional_embedding[:tokens.shape[1]]
+        return self.final_layer_norm(self.transformer(x))
+
+    def forward(self, text: Prompts) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(text).to(self.device))
+
+    def encode(self, text: Prompts) -> torch.Tensor:
+        return self(text)

@@ -1,0 +1,100 @@
+"""Measure the shapes models (docs/SHAPES.md): ``python scripts/evaluate_shapes.py txt2img``.
+
+Tasks: ``detector`` (the detector's own accuracy on ground-truth renders), ``autoencoder``
+(reconstruction PSNR), ``txt2img`` (colour/shape/position accuracy, seen vs held-out pairs),
+``inpaint``, ``depth``, ``upscale``. Models default to the shipped ones in checkpoints/.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = {
+    "autoencoder": "shapes-autoencoder-kl-f4",
+    "txt2img": "shapes-txt2img",
+    "inpaint": "shapes-inpainting",
+    "depth": "shapes-depth",
+    "upscale": "shapes-x4-upscaler",
+}
+TASKS = ("detector", *SHIPPED)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evaluate_shapes.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=TASKS, help="what to measure")
+    parser.add_argument("--config", help="model config (default: checkpoints/<shipped model>.yaml)")
+    parser.add_argument("--ckpt", help="model weights (default: checkpoints/<shipped model>.safetensors)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    parser.add_argument("--sampler", default="dpm", help="sampler name (default dpm: DPM-Solver++ 2M)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count", type=int, default=None,
+                        help="images for inpaint/depth/upscale (default 96) and autoencoder (default 256)")
+    parser.add_argument("--single-repeats", type=int, default=4,
+                        help="txt2img/detector: times each of the 24 colour/shape pairs is prompted (default 4)")
+    parser.add_argument("--two-count", type=int, default=48,
+                        help="txt2img/detector: two-object prompts, each of seen and held-out (default 48)")
+    parser.add_argument("--noise-level", type=int, default=20, help="upscale: noise level of the input (default 20)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    return parser
+
+
+def load(task: str, config: str, ckpt: str, device: str):
+    from omegaconf import OmegaConf
+
+    from ldm.util import load_model_from_config
+
+    config = config or str(REPO / "checkpoints" / f"{SHIPPED[task]}.yaml")
+    ckpt = ckpt or str(REPO / "checkpoints" / f"{SHIPPED[task]}.safetensors")
+    for path in (config, ckpt):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist (train the shapes models first: docs/SHAPES.md)")
+    return load_model_from_config(OmegaConf.load(config), ckpt, device=device, verbose=False)
+
+
+def run(opt: argparse.Namespace):
+    from ldm.evaluation import benchmarks
+
+    sampling = dict(seed=opt.seed, steps=opt.steps, scale=opt.scale, sampler=opt.sampler, batch_size=opt.batch_size)
+    if opt.task == "detector":
+        return benchmarks.detector_accuracy(opt.single_repeats, opt.two_count, opt.seed)
+    model = load(opt.task, opt.config, opt.ckpt, opt.device)
+    count = opt.count or 96
+    if opt.task == "autoencoder":
+        return benchmarks.autoencoder_psnr(model, opt.count or 256, opt.seed)
+    if opt.task == "txt2img":
+        return benchmarks.txt2img_adherence(model, opt.single_repeats, opt.two_count, **sampling)
+    if opt.task == "inpaint":
+        return benchmarks.inpainting_accuracy(model, count, **sampling)
+    if opt.task == "depth":
+        return benchmarks.depth_adherence(model, count, **sampling)
+    return benchmarks.upscaler_psnr(model, count, noise_level=opt.noise_level, **sampling)
+
+
+def main(argv=None) -> int:
+    opt = build_parser().parse_args(argv)
+    for name in ("steps", "count", "single_repeats", "two_count", "batch_size"):
+        if getattr(opt, name) is not None and getattr(opt, name) < 1:
+            print(f"evaluate_shapes.py: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    started = time.time()
+    try:
+        report = run(opt)
+    except FileNotFoundError as err:
+        print(f"evaluate_shapes.py: error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    print(f"({time.time() - started:.0f} s)")
+    if opt.json:
+        with open(opt.json, "w", encoding="utf-8") as handle:
+            json.dump({"task": opt.task, "settings": report.settings, "numbers": report.numbers}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

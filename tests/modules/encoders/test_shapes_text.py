@@ -1,0 +1,56 @@
+"""ShapesTextEncoder: CLIP token rows, the closed vocabulary, output shapes, training."""
+import pytest
+import torch
+
+from ldm.data.shapes import VOCABULARY
+from ldm.modules.encoders.shapes_text import END_SLOT, START_SLOT, UNKNOWN_SLOT, ShapesTextEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return ShapesTextEncoder(VOCABULARY, width=32, layers=1, heads=2, max_length=12)
+
+
+def test_rows_are_clip_tokens_padded_with_the_end_token(encoder):
+    rows = encoder.tokenize(["a red circle", ""])
+    assert rows[0, :5].tolist() == [49406, 320, 736, 7117, 49407]
+    assert rows[0, 5:].eq(49407).all() and rows.shape == (2, 12)
+    assert rows[1, 0] == 49406 and rows[1, 1:].eq(49407).all()
+
+
+def test_vocabulary_tokens_get_their_own_slots_and_other_words_share_unknown(encoder):
+    slots = encoder.slot_of_token[encoder.tokenize(["a red cat"])[0]]
+    assert slots[0] == START_SLOT and slots[4] == END_SLOT
+    assert slots[1] > END_SLOT and slots[2] > END_SLOT and slots[3] == UNKNOWN_SLOT
+    assert encoder.known_fraction(["a red circle", "a red cat"]) == (1.0, pytest.approx(2 / 3))
+    assert encoder.token_embedding.num_embeddings == 3 + len(set(VOCABULARY))
+
+
+def test_output_is_batch_by_tokens_by_width_and_depends_on_the_words(encoder):
+    z = encoder.encode(["a red circle above a blue square", "a blue circle above a red square"])
+    assert z.shape == (2, 12, 32)
+    assert not torch.allclose(z[0], z[1])
+    assert torch.allclose(encoder(["a red circle"]), encoder("a red circle"))
+
+
+def test_long_prompts_are_cut_with_a_warning(encoder):
+    with pytest.warns(UserWarning, match="tokens dropped"):
+        rows = encoder.tokenize(["a red circle " * 6])
+    assert rows.shape == (1, 12) and rows[0, -1] == 49407
+
+
+def test_the_encoder_trains_and_its_state_dict_has_no_lookup_table():
+    enc = ShapesTextEncoder(["red", "blue"], width=32, layers=1, heads=2, max_length=8)
+    assert "slot_of_token" not in enc.state_dict()
+    loss = enc(["red", "blue"]).pow(2).mean()
+    loss.backward()
+    assert enc.token_embedding.weight.grad is not None and enc.token_embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(words=[]), "non-empty"),
+                                             (dict(words=["a"], width=30, heads=4), "divisible"),
+                                             (dict(words=["a"], max_length=2), "at least 3")])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ShapesTextEncoder(**kwargs)
