@@ -12,27 +12,18 @@ fp32 on CPU; on CUDA the default dtype is fp16. Needs ``pip install -e ".[bench]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import (CONFIGS, DTYPES, alternate, diffusers_unet, median_times,  # noqa: E402
+                               perturb_zero_parameters, resolve_dtype)
 from ldm.modules import attention  # noqa: E402
 from ldm.util import instantiate_from_config, pick_device  # noqa: E402
-
-CONFIGS = {
-    "sd1": REPO_ROOT / "configs/stable-diffusion/v1-inference.yaml",
-    "sd2": REPO_ROOT / "configs/stable-diffusion/v2-inference.yaml",
-}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-UNET_PREFIX = "model.diffusion_model."
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,48 +41,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def perturb_zero_parameters(model: torch.nn.Module) -> None:
-    """Give zero-initialised layers small random values so the outputs are not trivially 0."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(std=0.02)
-
-
 def build_pair(name: str, device: torch.device, dtype: torch.dtype):
     """Our UNet from the original config and a diffusers UNet sharing its weight tensors."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
-                                                     create_unet_diffusers_config_from_ldm)
-
-    warnings.filterwarnings("ignore", message=".*image_size.*", category=FutureWarning)
     config = OmegaConf.load(CONFIGS[name])
     ours = instantiate_from_config(config.model.params.unet_config)
     perturb_zero_parameters(ours)
     ours = ours.to(device=device, dtype=dtype).eval()
-    checkpoint = {UNET_PREFIX + k: v for k, v in ours.state_dict().items()}
-    plain_config = OmegaConf.to_container(config, resolve=True)
-    diffusers_config = create_unet_diffusers_config_from_ldm(plain_config, checkpoint, image_size=512)
-    with torch.device("meta"):
-        theirs = UNet2DConditionModel(**diffusers_config)
-    theirs.load_state_dict(convert_ldm_unet_checkpoint(checkpoint, diffusers_config), strict=True, assign=True)
-    if any(t.is_meta for t in theirs.buffers()):
-        raise RuntimeError("diffusers model kept meta buffers after loading")
-    return ours.eval(), theirs.eval(), config.model.params.unet_config.params.context_dim
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> tuple:
-    """(wall-clock seconds, CPU seconds of this process) of one call."""
-    synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    theirs = diffusers_unet(ours, config)
+    return ours, theirs, config.model.params.unet_config.params.context_dim
 
 
 def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -111,16 +68,11 @@ def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.d
         a, b = run_ours(), run_theirs()
         max_diff = (a.float() - b.float()).abs().max().item()
         scale = b.float().abs().max().item()
-        ours_times, theirs_times = [], []
-        for r in range(args.repeats):
-            order = [(run_ours, ours_times), (run_theirs, theirs_times)]
-            for fn, times in (order if r % 2 == 0 else order[::-1]):
-                times.append(timed(fn, device))
-    del ours, theirs
+        times = alternate({"ours": run_ours, "diffusers": run_theirs}, args.repeats, device)
     row = dict(model=name, latent=latent, max_diff=max_diff, scale=scale)
-    for clock, index in (("wall", 0), ("cpu", 1)):
-        row[f"ours_{clock}"] = statistics.median(times[index] for times in ours_times)
-        row[f"diffusers_{clock}"] = statistics.median(times[index] for times in theirs_times)
+    (row["ours_wall"], row["ours_cpu"]), (row["diffusers_wall"], row["diffusers_cpu"]) = (
+        median_times(times["ours"]), median_times(times["diffusers"]))
+    for clock in ("wall", "cpu"):
         row[f"ratio_{clock}"] = row[f"ours_{clock}"] / row[f"diffusers_{clock}"]
     return row
 
@@ -128,7 +80,7 @@ def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.d
 def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     if args.attn_precision:
         attention.set_attention_precision(args.attn_precision)
     import diffusers

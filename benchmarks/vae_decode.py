@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import (CONFIGS, DTYPES, current_rss_bytes, diffusers_vae, peak_rss_bytes,  # noqa: E402
+                               reset_peak_rss, resolve_dtype)
 from ldm.util import instantiate_from_config, pick_device  # noqa: E402
 
-CONFIG = REPO_ROOT / "configs/stable-diffusion/v1-inference.yaml"
+CONFIG = CONFIGS["sd1"]
 MODES = ("ours", "ours-tiled", "diffusers", "diffusers-tiled")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,28 +58,12 @@ def build_ours(seed: int):
     return instantiate_from_config(config.model.params.first_stage_config).eval()
 
 
-def build_diffusers(ours):
-    from diffusers import AutoencoderKL as DiffusersAutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
-
-    checkpoint = {f"first_stage_model.{k}": v for k, v in ours.state_dict().items()}
-    diffusers_config = create_vae_diffusers_config_from_ldm(OmegaConf.to_container(OmegaConf.load(CONFIG)), checkpoint)
-    model = DiffusersAutoencoderKL(**diffusers_config)
-    model.load_state_dict(convert_ldm_vae_checkpoint(checkpoint, diffusers_config), strict=True)
-    return model.eval()
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def run_child(args: argparse.Namespace) -> None:
     """Decode in this process and write timings, peak memory and the image to ``args.out``."""
     device = pick_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     ours = build_ours(args.seed)
-    model = build_diffusers(ours) if args.child.startswith("diffusers") else ours
+    model = diffusers_vae(ours, OmegaConf.load(CONFIG)) if args.child.startswith("diffusers") else ours
     if model is not ours:
         del ours
     model = model.to(device=device, dtype=dtype)
@@ -100,6 +84,7 @@ def run_child(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         rss_before = current_rss_bytes()
+        peak_was_reset = reset_peak_rss()  # else the peak of building the model may hide the decode's
         for _ in range(args.repeats + 1):
             synchronize()
             start = time.perf_counter()
@@ -109,7 +94,8 @@ def run_child(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+        peak_rss = peak_rss_bytes() if peak_was_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss - rss_before
     torch.save({"image": image.float().cpu(), "times": times[1:], "peak": peak, "device": str(device),
                 "dtype": str(dtype)}, args.out)
 

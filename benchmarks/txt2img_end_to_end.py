@@ -1,0 +1,242 @@
+"""End-to-end text-to-image, ours against diffusers' StableDiffusionPipeline on the same weights.
+
+Ours: ``load_model_from_config`` (random seeded weights, or ``--ckpt``), the prompt encoded once
+(``encode_prompts``), DDIM or DPM-Solver++(2M) (``--sampler``) with classifier-free guidance,
+``decode_latents``. Diffusers: a ``StableDiffusionPipeline`` whose UNet, VAE and CLIP text encoder
+hold our weight tensors (converted with diffusers' single-file functions), our tokenizer, and the
+matching scheduler (DDIM: ``clip_sample=False, set_alpha_to_one=False, steps_offset=1``). Both
+start from the same initial latent; the final latents and images are compared, then the two are
+timed alternately and the medians and the ratio ours / diffusers printed. Peak resident memory
+is measured first, each side in its own subprocess (peak RSS while generating one image).
+
+    python benchmarks/txt2img_end_to_end.py                    # SD 1.x, 512 px, 20 DDIM steps
+    python benchmarks/txt2img_end_to_end.py --small            # 256 px, 5 steps: a quick run
+
+SD 1.x configs only (diffusers' converter for the CLIP text encoder); fp32 on CPU. Needs
+``pip install -e ".[bench]"``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (CONFIGS, alternate, current_rss_bytes, diffusers_text_encoder,  # noqa: E402
+                               diffusers_unet, diffusers_vae, median_times, peak_rss_bytes,
+                               perturb_zero_parameters, reset_peak_rss)
+from ldm.inference.pipeline import decode_latents, encode_prompts  # noqa: E402
+from ldm.models.diffusion.samplers import get_sampler  # noqa: E402
+from ldm.util import load_model_from_config, pick_device  # noqa: E402
+
+SIDES = ("ours", "diffusers")
+SAMPLERS = ("ddim", "dpm")
+Result = Tuple[torch.Tensor, torch.Tensor]  # (final latent, image in [0, 1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(CONFIGS["sd1"]), help="an SD 1.x inference config")
+    parser.add_argument("--ckpt", default=None, help="weights (default: random, seeded)")
+    parser.add_argument("--prompt", default="a red circle above a blue square")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                        help="ddim, or dpm: DPM-Solver++(2M) (diffusers: DPMSolverMultistepScheduler)")
+    parser.add_argument("--small", action="store_true", help="256x256 and 5 steps unless --size/--steps say")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
+    parser.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--repeats", type=int, default=2, help="timed images per side (after one untimed)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the memory subprocesses")
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.size = args.size or (256 if args.small else 512)
+    args.steps = args.steps or (5 if args.small else 20)
+    if args.size % 8:
+        parser.error(f"--size must be a multiple of 8, got {args.size}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# The two sides
+# ---------------------------------------------------------------------------------------------
+def load_ours(args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, DictConfig]:
+    """Our LatentDiffusion as every script loads it; random weights get their zero layers filled."""
+    config = OmegaConf.load(args.config)
+    if not config.model.params.cond_stage_config.target.endswith("FrozenCLIPEmbedder"):
+        raise SystemExit(f"{args.config}: only SD 1.x configs (FrozenCLIPEmbedder) are supported")
+    torch.manual_seed(args.seed)
+    model = load_model_from_config(config, args.ckpt, device=device, verbose=False)
+    if args.ckpt is None:
+        perturb_zero_parameters(model.model)
+    return model, config
+
+
+def diffusers_scheduler(config: DictConfig, sampler: str):
+    """diffusers' scheduler doing what our ``sampler`` does on the config's noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    p = config.model.params
+    schedule = dict(num_train_timesteps=p.get("timesteps", 1000), beta_start=p.linear_start,
+                    beta_end=p.linear_end, beta_schedule="scaled_linear",
+                    prediction_type="v_prediction" if p.get("parameterization", "eps") == "v" else "epsilon")
+    if sampler == "ddim":
+        return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             timestep_spacing="leading")
+    # steps_offset is unused by "linspace" spacing; 1 only silences the pipeline's warning
+    return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", solver_order=2, steps_offset=1,
+                                       lower_order_final=True, final_sigmas_type="sigma_min")
+
+
+def diffusers_pipeline(model: torch.nn.Module, config: DictConfig, sampler: str, image_size: int):
+    """A StableDiffusionPipeline on our model's weight tensors and tokenizer."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=diffusers_vae(model.first_stage_model, config),
+        text_encoder=diffusers_text_encoder(model.cond_stage_model),
+        tokenizer=model.cond_stage_model.tokenizer,
+        unet=diffusers_unet(model.model.diffusion_model, config, image_size=image_size),
+        scheduler=diffusers_scheduler(config, sampler), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ours_generator(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
+    sampler = get_sampler(args.sampler, model)
+
+    def generate(x_T: torch.Tensor) -> Result:
+        c, uc = encode_prompts(model, [args.prompt], "", args.scale)
+        samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
+                                    verbose=False, eta=0.0, x_T=x_T.clone(),
+                                    unconditional_guidance_scale=args.scale, unconditional_conditioning=uc)
+        return samples, decode_latents(model, samples)
+    return generate
+
+
+def diffusers_generator(pipe, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
+    def generate(x_T: torch.Tensor) -> Result:
+        final = {}
+
+        def keep_latents(pipeline, step, timestep, tensors):
+            final["latents"] = tensors["latents"]
+            return tensors
+
+        images = pipe(args.prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
+                      guidance_scale=args.scale, latents=x_T.clone(), output_type="pt",
+                      callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"]).images
+        return final["latents"], images
+    return generate
+
+
+def initial_latent(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(args.seed)
+    return torch.randn(1, 4, args.size // 8, args.size // 8, generator=generator).to(device)
+
+
+def build_side(side: str, args: argparse.Namespace, device: torch.device) -> Callable[[torch.Tensor], Result]:
+    """One side alone (the other side's objects dropped), for the memory subprocesses."""
+    model, config = load_ours(args, device)
+    if side == "ours":
+        return ours_generator(model, args)
+    pipe = diffusers_pipeline(model, config, args.sampler, args.size)
+    del model
+    gc.collect()
+    return diffusers_generator(pipe, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: one subprocess per side
+# ---------------------------------------------------------------------------------------------
+def run_child(args: argparse.Namespace) -> None:
+    """Generate one image and write the RSS after loading and the peak RSS while generating."""
+    device = pick_device(args.device)
+    generate = build_side(args.child, args, device)
+    x_T = initial_latent(args, device)
+    gc.collect()
+    loaded = current_rss_bytes()
+    if not reset_peak_rss():
+        raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): no memory figures here")
+    with torch.inference_mode():
+        generate(x_T)
+    result = {"loaded_mib": loaded / 2 ** 20, "peak_mib": peak_rss_bytes() / 2 ** 20}
+    Path(args.out).write_text(json.dumps(result))
+
+
+def measure_memory(args: argparse.Namespace, argv) -> Dict[str, dict]:
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for side in SIDES:
+            out = os.path.join(workdir, f"{side}.json")
+            subprocess.run([sys.executable, __file__, *argv, "--child", side, "--out", out], check=True)
+            results[side] = json.loads(Path(out).read_text())
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement and timing: both sides in this process, sharing the weights
+# ---------------------------------------------------------------------------------------------
+def compare_and_time(args: argparse.Namespace, device: torch.device) -> dict:
+    model, config = load_ours(args, device)
+    pipe = diffusers_pipeline(model, config, args.sampler, args.size)
+    generators = {"ours": ours_generator(model, args), "diffusers": diffusers_generator(pipe, args)}
+    x_T = initial_latent(args, device)
+    with torch.inference_mode():
+        (z_ours, image_ours), (z_theirs, image_theirs) = (generators[side](x_T) for side in SIDES)
+        times = alternate({side: (lambda fn=fn: fn(x_T)) for side, fn in generators.items()}, args.repeats, device)
+    return {
+        "latent_max_diff": (z_ours - z_theirs).abs().max().item(),
+        "latent_max_abs": z_theirs.abs().max().item(),
+        "image_max_diff": (image_ours - image_theirs).abs().max().item(),
+        "image_mean_diff": (image_ours - image_theirs).abs().mean().item(),
+        "image_unsaturated": ((image_theirs > 0.01) & (image_theirs < 0.99)).float().mean().item(),
+        "times": {side: median_times(t) for side, t in times.items()},
+    }
+
+
+def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -> None:
+    import diffusers
+
+    print(f"txt2img {args.size}x{args.size}, {args.steps} {args.sampler} steps, scale {args.scale}, batch 1, "
+          f"{'weights ' + args.ckpt if args.ckpt else 'random weights'}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}")
+    print(f"agreement: final latent max |diff| {run['latent_max_diff']:.3g} (max |latent| "
+          f"{run['latent_max_abs']:.3g}); image max |diff| {run['image_max_diff']:.3g}, mean "
+          f"{run['image_mean_diff']:.3g} ({100 * run['image_unsaturated']:.0f}% of pixels not saturated)")
+    (ours_wall, ours_cpu), (theirs_wall, theirs_cpu) = run["times"]["ours"], run["times"]["diffusers"]
+    print(f"median of {args.repeats} per side, seconds per image: ours wall {ours_wall:.2f} cpu {ours_cpu:.2f}; "
+          f"diffusers wall {theirs_wall:.2f} cpu {theirs_cpu:.2f}; ratio ours/diffusers wall "
+          f"{ours_wall / theirs_wall:.3f} cpu {ours_cpu / theirs_cpu:.3f}")
+    for side, m in memory.items():
+        print(f"memory {side:9s}: RSS after loading {m['loaded_mib']:8.0f} MiB, peak while generating "
+              f"{m['peak_mib']:8.0f} MiB (+{m['peak_mib'] - m['loaded_mib']:.0f})")
+    if memory:
+        print(f"peak memory ratio ours/diffusers {memory['ours']['peak_mib'] / memory['diffusers']['peak_mib']:.3f}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_args(argv)
+    if args.child:
+        run_child(args)
+        return
+    memory = {} if args.skip_memory else measure_memory(args, argv)
+    run = compare_and_time(args, pick_device(args.device))
+    print_report(args, memory, run)
+
+
+if __name__ == "__main__":
+    main()
