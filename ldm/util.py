@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers the original exposes
@@ -191,7 +193,7 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     present) and whatever of ``global_step`` / ``epoch`` (or safetensors metadata) the file has.
     Raises :class:`CheckpointError` with a one-line reason for a missing, corrupted or unsafe file.
     """
-    path = os.fspath(path)
+    path = in_cwd_or_repository(os.fspath(path))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
@@ -201,6 +203,16 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
     return _load_torch(path)
+
+
+def in_cwd_or_repository(path: str) -> str:
+    """A relative path that does not exist from the working directory is looked up from the
+    repository root too, so configs naming ``checkpoints/...`` (the shipped models) work from
+    anywhere."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repository = os.path.join(REPOSITORY_ROOT, path)
+    return in_repository if os.path.exists(in_repository) else path
 
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
@@ -294,9 +306,13 @@ class StateDictReport:
 
 
 def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                       skip_prefixes: Mapping[str, str] = None) -> StateDictReport:
-    """Compare ``state_dict`` with ``model.state_dict()`` by key and shape."""
+                       skip_prefixes: Mapping[str, str] = None,
+                       preloaded_prefixes: Iterable[str] = ()) -> StateDictReport:
+    """Compare ``state_dict`` with ``model.state_dict()`` by key and shape. Keys under
+    ``skip_prefixes`` may be in the file without a place in the model (reported as skipped);
+    keys under ``preloaded_prefixes`` may be absent from the file (already loaded)."""
     skip_prefixes = dict(skip_prefixes or {})
+    preloaded_prefixes = tuple(preloaded_prefixes)
     expected = model.state_dict()
     report = StateDictReport()
     for key, value in state_dict.items():
@@ -312,7 +328,7 @@ def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             report.mismatched[_component_of(key)].append(
                 f"{key} {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
     for key in expected:
-        if key not in state_dict and not key.endswith(_BENIGN_SUFFIXES):
+        if key not in state_dict and not key.endswith(_BENIGN_SUFFIXES) and not key.startswith(preloaded_prefixes):
             report.missing[_component_of(key)].append(key)
     report.missing = dict(report.missing)
     report.unexpected = dict(report.unexpected)
@@ -389,8 +405,9 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
                             strict: bool = True, verbose: bool = True) -> StateDictReport:
     """Load ``state_dict`` into ``model`` after comparing layouts; raise on a mismatch when strict."""
     skip = getattr(model, "checkpoint_skip_prefixes", lambda: {})()
+    preloaded = getattr(model, "preloaded_prefixes", lambda: ())()
     state_dict = upgrade_legacy_keys(state_dict, model.state_dict().keys())
-    report = compare_state_dict(model, state_dict, skip)
+    report = compare_state_dict(model, state_dict, skip, preloaded)
     if verbose:
         for line in report.lines():
             print(line)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.util import (CheckpointError, compare_state_dict, count_params, get_obj_from_str,
-                      instantiate_from_config, load_checkpoint, load_state_dict_checked,
-                      save_checkpoint, select_ema_weights)
+from ldm.util import (REPOSITORY_ROOT, CheckpointError, compare_state_dict, count_params, get_obj_from_str,
+                      in_cwd_or_repository, instantiate_from_config, load_checkpoint,
+                      load_state_dict_checked, save_checkpoint, select_ema_weights)
 
 
 class _TwoLayer(torch.nn.Module):
@@ -172,6 +172,25 @@ def test_old_transformers_position_ids_are_ignored():
     state_dict = dict(model.state_dict())
     state_dict["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     assert compare_state_dict(model, state_dict).ok
+
+
+def test_components_loaded_at_construction_may_be_absent_from_the_checkpoint():
+    model = _TwoLayer()
+    unet_only = {k: v for k, v in model.state_dict().items() if k.startswith("model.")}
+    with pytest.raises(CheckpointError, match="autoencoder"):
+        load_state_dict_checked(model, unet_only, verbose=False)
+    model.preloaded_prefixes = lambda: ("first_stage_model.",)
+    assert load_state_dict_checked(model, unet_only, verbose=False).ok
+
+
+def test_relative_checkpoint_paths_are_found_from_the_repository_root_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert in_cwd_or_repository("configs/stable-diffusion/v1-inference.yaml") == os.path.join(
+        REPOSITORY_ROOT, "configs", "stable-diffusion", "v1-inference.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.ckpt").write_bytes(b"x")
+    assert in_cwd_or_repository("configs/mine.ckpt") == "configs/mine.ckpt"
+    assert in_cwd_or_repository("nowhere/x.ckpt") == "nowhere/x.ckpt"
 
 
 def test_skip_prefixes_are_reported_in_one_line_not_as_errors():

@@ -96,13 +96,12 @@ def add_size_args(parser: argparse.ArgumentParser) -> None:
                             "Stable Diffusion)")
 
 
-def add_model_args(parser: argparse.ArgumentParser, config: str, ckpt: Optional[str]) -> None:
+def add_model_args(parser: argparse.ArgumentParser, config: str, ckpt: str) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--config", type=str, default=config,
-                       help="model config YAML (default: %(default)s)")
-    group.add_argument("--ckpt", type=str, default=ckpt,
-                       help="checkpoint (.ckpt or .safetensors) that fits --config"
-                            + (f" (default: {ckpt})" if ckpt else " (required)"))
+    group.add_argument("--config", type=str, default=None,
+                       help=f"model config YAML (default: {config}, or the config that fits --ckpt)")
+    group.add_argument("--ckpt", type=str, default=None,
+                       help=f"checkpoint (.ckpt or .safetensors) that fits --config (default: {ckpt})")
     group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                        help="--ema loads the checkpoint's EMA weights into the UNet, --no-ema its "
                             "plain weights (default: as the config says, use_ema)")

@@ -14,19 +14,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.inference.errors import UsageError
-from ldm.util import CheckpointError, load_checkpoint, load_model_from_config
+from ldm.util import REPOSITORY_ROOT, CheckpointError, load_checkpoint, load_model_from_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(REPOSITORY_ROOT)
 SD_CONFIGS = "configs/stable-diffusion"
 
-# Default (config, checkpoint) of each script: the original scripts' defaults. A checkpoint of
-# None means "the user must pass --ckpt".
-DEFAULT_MODELS: Dict[str, Tuple[str, Optional[str]]] = {
-    "txt2img": (f"{SD_CONFIGS}/v2-inference.yaml", None),
-    "img2img": (f"{SD_CONFIGS}/v2-inference.yaml", None),
-    "inpaint": (f"{SD_CONFIGS}/v2-inpainting-inference.yaml", None),
-    "depth2img": (f"{SD_CONFIGS}/v2-midas-inference.yaml", None),
-    "upscale": (f"{SD_CONFIGS}/x4-upscaling.yaml", None),
+# Default (config, checkpoint) of each script: the small shapes-world models shipped in
+# checkpoints/ (docs/SHAPES.md), so every script runs with no download and no flag.
+DEFAULT_MODELS: Dict[str, Tuple[str, str]] = {
+    "txt2img": ("checkpoints/shapes-txt2img.yaml", "checkpoints/shapes-txt2img.safetensors"),
+    "img2img": ("checkpoints/shapes-txt2img.yaml", "checkpoints/shapes-txt2img.safetensors"),
+    "inpaint": ("checkpoints/shapes-inpainting.yaml", "checkpoints/shapes-inpainting.safetensors"),
+    "depth2img": ("checkpoints/shapes-depth.yaml", "checkpoints/shapes-depth.safetensors"),
+    "upscale": ("checkpoints/shapes-x4-upscaler.yaml", "checkpoints/shapes-x4-upscaler.safetensors"),
 }
 
 # Task model classes by the last part of their config target; anything else is text-to-image.
@@ -44,9 +44,55 @@ SD1_CONTEXT_DIM = 768
 HASH_LENGTH = 10
 
 
-def default_model_paths(task: str) -> Tuple[str, Optional[str]]:
-    """The (config, checkpoint) a script uses when the user gives none."""
+def default_model_paths(task: str) -> Tuple[str, str]:
+    """The (config, checkpoint) a script uses when the user gives neither."""
     return DEFAULT_MODELS[task]
+
+
+def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) -> Tuple[str, str]:
+    """``--config`` and ``--ckpt`` completed: neither given -> the task's shipped shapes model;
+    only ``--ckpt`` -> the ``<name>.yaml`` beside it, else the original config its layout fits;
+    only ``--config`` -> an error, unless it is the task's default config."""
+    default_config, default_ckpt = default_model_paths(task)
+    if config is None and ckpt is None:
+        return str(resolve_path(default_config)), str(resolve_path(default_ckpt))
+    if ckpt is None:
+        if resolve_path(config) == resolve_path(default_config):
+            return config, str(resolve_path(default_ckpt))
+        raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file that fits --config)")
+    if config is None:
+        config = config_for_checkpoint(ckpt)
+        print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
+    return config, ckpt
+
+
+def config_for_checkpoint(ckpt: str) -> str:
+    """The config of a checkpoint given alone: ``<name>.yaml`` beside it (the convention of the
+    shipped models and of most web UIs), else the original SD config its UNet layout fits."""
+    beside = Path(ckpt).with_suffix(".yaml")
+    if beside.is_file():
+        return str(beside)
+    if not Path(ckpt).is_file():
+        raise UsageError(f"--ckpt: file not found: {ckpt}")
+    try:
+        state_dict, _ = load_checkpoint(ckpt)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    in_channels, context_dim = _unet_signature(state_dict)
+    del state_dict
+    if in_channels == 4 and context_dim == SD1_CONTEXT_DIM:
+        return f"{SD_CONFIGS}/v1-inference.yaml"
+    if in_channels == 4 and context_dim == SD2_CONTEXT_DIM:
+        return f"{SD_CONFIGS}/v2-inference-v.yaml" if _name_says_v_model(ckpt) else f"{SD_CONFIGS}/v2-inference.yaml"
+    if in_channels in _CONFIG_BY_UNET_INPUT and (in_channels != 9 or context_dim == SD2_CONTEXT_DIM):
+        return f"{SD_CONFIGS}/{_CONFIG_BY_UNET_INPUT[in_channels]}"
+    raise UsageError(f"cannot tell which config fits {ckpt}: pass --config (see configs/)")
+
+
+def _name_says_v_model(ckpt: str) -> bool:
+    """SD 2.x 768-v files are named "...768..." or "...-v..."."""
+    name = Path(ckpt).stem.lower()
+    return "768" in name or re.search(r"(^|[-_])v($|[-_])", name) is not None
 
 
 @dataclass(frozen=True)
@@ -208,7 +254,7 @@ def warn_if_parameterization_looks_wrong(ckpt: str, config_path: str, spec: Mode
     if spec.kind != "text" or spec.context_dim != SD2_CONTEXT_DIM:
         return
     name = Path(ckpt).stem.lower()
-    looks_v = "768" in name or re.search(r"(^|[-_])v($|[-_])", name) is not None
+    looks_v = _name_says_v_model(ckpt)
     looks_eps = "base" in name or "512" in name
     if spec.parameterization == "eps" and looks_v and not looks_eps:
         print(f"warning: {ckpt} looks like a 768-v model but {config_path} is an eps config; if the "

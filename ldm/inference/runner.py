@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ldm.inference.cli import check_positive
 from ldm.inference.errors import UsageError
 from ldm.inference.images import OutputWriter, grid_rows, to_uint8
-from ldm.inference.loading import (inference_config, load_model, model_hash, model_name,
+from ldm.inference.loading import (choose_model_paths, inference_config, load_model, model_hash, model_name,
                                    read_config, read_model_spec)
 from ldm.inference.optimizations import apply_runtime_options
 from ldm.inference.parameters import GenerationParameters
@@ -40,6 +40,7 @@ def choose_device(requested: str) -> torch.device:
 def run_task(opt: argparse.Namespace, task_class: Type[Task]) -> List[Path]:
     """Run a script's task with its parsed flags; returns the files written."""
     check_positive(opt, "steps", "n_samples", "n_iter", "repeat")
+    opt.config, opt.ckpt = choose_model_paths(task_class.name, opt.config, opt.ckpt)
     config = read_config(opt.config)
     task = task_class(opt, read_model_spec(config))
     sampler_name = chosen_sampler(opt, task.needs_partial_denoising)

@@ -28,7 +28,7 @@ from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.modules.vqvae.quantize import VectorQuantizer
-from ldm.util import instantiate_from_config, load_checkpoint
+from ldm.util import in_cwd_or_repository, instantiate_from_config, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +129,14 @@ class _AutoencoderBase(pl.LightningModule):
         """Load weights from ``path`` (.ckpt or .safetensors, bare or wrapped state dict, or a
         whole latent-diffusion checkpoint), leaving out keys starting with ``ignore_keys``.
         A missing file only warns, so configs naming an absent first-stage file still build
-        (the full model checkpoint loaded afterwards carries these weights)."""
+        (the full model checkpoint loaded afterwards carries these weights). A relative path is
+        also looked up from the repository root; ``ckpt_loaded_from`` records a load."""
+        path = in_cwd_or_repository(path)
         if not os.path.isfile(path):
             warnings.warn(f"first-stage checkpoint {path} not found; keeping freshly initialised weights")
             return
         state_dict, _ = load_checkpoint(path)
+        self.ckpt_loaded_from = path
         state_dict = _drop_ignored_keys(_unnest_first_stage(state_dict, self.state_dict()), ignore_keys)
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
         logger.info("Restored from %s with %d missing and %d unexpected keys", path, len(missing), len(unexpected))

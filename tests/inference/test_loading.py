@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from ldm.inference.errors import UsageError
-from ldm.inference.loading import (REPO_ROOT, config_hint, default_model_paths, inference_config,
-                                   model_hash, read_config, read_model_spec)
+from ldm.inference.loading import (REPO_ROOT, choose_model_paths, config_for_checkpoint, config_hint,
+                                   default_model_paths, inference_config, model_hash, read_config,
+                                   read_model_spec)
 from ldm.util import save_checkpoint
 
 SD = "configs/stable-diffusion"
@@ -108,3 +109,58 @@ def test_warns_when_the_file_name_says_v_model_but_the_config_is_eps(capsys):
                        ("v1-5-pruned-emaonly.ckpt", _spec("v1-inference.yaml"))):
         warn_if_parameterization_looks_wrong(name, "config.yaml", spec)
     assert capsys.readouterr().err == ""
+
+
+def _unet_layout_checkpoint(path, in_channels, context_dim):
+    """A file with just the two tensors the config guess reads: the UNet's first convolution and
+    one cross-attention key projection."""
+    save_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, in_channels, 3, 3),
+                     "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                         torch.zeros(8, context_dim)}, str(path))
+    return str(path)
+
+
+def test_no_model_flags_mean_the_shipped_shapes_model_of_the_task(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for task, name in [("txt2img", "shapes-txt2img"), ("img2img", "shapes-txt2img"),
+                       ("inpaint", "shapes-inpainting"), ("depth2img", "shapes-depth"),
+                       ("upscale", "shapes-x4-upscaler")]:
+        config, ckpt = choose_model_paths(task, None, None)
+        assert config == str(REPO_ROOT / "checkpoints" / f"{name}.yaml")
+        assert ckpt == str(REPO_ROOT / "checkpoints" / f"{name}.safetensors")
+
+
+def test_a_config_without_checkpoint_is_refused_unless_it_is_the_default():
+    with pytest.raises(UsageError, match="no checkpoint given: pass --ckpt"):
+        choose_model_paths("txt2img", f"{SD}/v1-inference.yaml", None)
+    config, ckpt = choose_model_paths("txt2img", "checkpoints/shapes-txt2img.yaml", None)
+    assert ckpt == str(REPO_ROOT / "checkpoints" / "shapes-txt2img.safetensors")
+
+
+def test_a_checkpoint_alone_uses_the_config_beside_it(tmp_path, capsys):
+    ckpt = _unet_layout_checkpoint(tmp_path / "mine.safetensors", 4, 768)
+    (tmp_path / "mine.yaml").write_text("model: {target: x}\n")
+    assert choose_model_paths("txt2img", None, ckpt) == (str(tmp_path / "mine.yaml"), ckpt)
+    assert "--config not given: using" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, in_channels, context_dim, config", [
+    ("sd-v1-4.ckpt", 4, 768, "v1-inference.yaml"),
+    ("v2-1_512-ema-pruned.ckpt", 4, 1024, "v2-inference.yaml"),
+    ("v2-1_768-ema-pruned.ckpt", 4, 1024, "v2-inference-v.yaml"),
+    ("512-inpainting-ema.ckpt", 9, 1024, "v2-inpainting-inference.yaml"),
+    ("512-depth-ema.ckpt", 5, 1024, "v2-midas-inference.yaml"),
+    ("x4-upscaler-ema.ckpt", 7, 1024, "x4-upscaling.yaml"),
+])
+def test_a_checkpoint_alone_gets_the_original_config_its_layout_fits(tmp_path, name, in_channels,
+                                                                   context_dim, config):
+    ckpt = _unet_layout_checkpoint(tmp_path / name, in_channels, context_dim)
+    assert config_for_checkpoint(ckpt) == f"{SD}/{config}"
+
+
+def test_a_checkpoint_of_unknown_layout_asks_for_a_config(tmp_path):
+    ckpt = _unet_layout_checkpoint(tmp_path / "odd.ckpt", 6, 512)
+    with pytest.raises(UsageError, match="cannot tell which config fits .*odd.ckpt: pass --config"):
+        config_for_checkpoint(ckpt)
+    with pytest.raises(UsageError, match="--ckpt: file not found"):
+        config_for_checkpoint(str(tmp_path / "missing.ckpt"))
