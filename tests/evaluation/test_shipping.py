@@ -14,14 +14,14 @@ from tests.tiny_configs import tiny_latent_diffusion_config
 
 def _trained_model(training):
     """The model of a training config, built without the checkpoints the config points at."""
-    model = OmegaConf.merge(training.model, {"params": {"ckpt_path": None}})
+    model = OmegaConf.merge(training.model, {"params": {"ckpt_path": None, "reset_ema": False}})
     model.params.first_stage_config.params.ckpt_path = None
     return instantiate_from_config(model)
 
 
 def _training_config():
     model = tiny_latent_diffusion_config(use_ema=True, ckpt_path="logs/run/last.ckpt", ignore_keys=["x"],
-                                         ucg_training={"txt": {"p": 0.1, "val": ""}})
+                                         reset_ema=True, ucg_training={"txt": {"p": 0.1, "val": ""}})
     model.params.first_stage_config.params.ckpt_path = "checkpoints/ae.safetensors"
     return OmegaConf.create({"model": model, "data": {"target": "main.DataModuleFromConfig"},
                              "lightning": {"trainer": {"max_steps": 1}}})
@@ -38,7 +38,7 @@ def test_inference_config_drops_training_settings_and_points_at_the_shared_autoe
     params = config.model.params
     assert set(config) == {"model"}
     assert params.use_ema is False and "ckpt_path" not in params and "ignore_keys" not in params
-    assert "ucg_training" not in params and "monitor" not in params
+    assert "ucg_training" not in params and "monitor" not in params and "reset_ema" not in params
     assert params.first_stage_config.params.ckpt_path == SHIPPED_AUTOENCODER
 
 

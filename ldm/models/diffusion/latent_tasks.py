@@ -104,12 +104,16 @@ class LatentUpscaleDiffusion(LatentDiffusion):
 class LatentFinetuneDiffusion(LatentDiffusion):
     """Base of the models that concatenate extra channels (``concat_keys``) to the latent. When
     fine-tuning from a text-to-image checkpoint, the wider first UNet convolution (``finetune_keys``)
-    starts at zero with the checkpoint's weights in its first ``keep_finetune_dims`` input channels."""
+    starts at zero with the checkpoint's weights in its first ``keep_finetune_dims`` input channels.
+    ``reset_ema`` restarts the EMA from those loaded weights (for a checkpoint without EMA copy;
+    the original rejected it here because it loads the checkpoint after the base class)."""
 
     def __init__(self, concat_keys: tuple, finetune_keys=DEFAULT_FINETUNE_KEYS, keep_finetune_dims=4,
                  c_concat_log_start=None, c_concat_log_end=None, *args, **kwargs):
         ckpt_path = kwargs.pop("ckpt_path", None)
         ignore_keys = kwargs.pop("ignore_keys", list())
+        reset_ema = kwargs.pop("reset_ema", False)
+        reset_num_ema_updates = kwargs.pop("reset_num_ema_updates", False)
         super().__init__(*args, **kwargs)
         self.finetune_keys = finetune_keys
         self.concat_keys = concat_keys
@@ -120,6 +124,7 @@ class LatentFinetuneDiffusion(LatentDiffusion):
             raise ValueError("finetune_keys need a ckpt_path to fine-tune from (set finetune_keys: null otherwise)")
         if exists(ckpt_path):
             self.init_from_ckpt(ckpt_path, ignore_keys)
+        self._reset_ema_after_loading(ckpt_path, reset_ema, reset_num_ema_updates)
 
     def _fit_checkpoint_to_model(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Widen the ``finetune_keys`` tensors of the checkpoint to the model's input conv:

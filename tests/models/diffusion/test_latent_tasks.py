@@ -99,6 +99,22 @@ def test_finetune_keys_widen_the_checkpoint_input_conv_with_zeros(tmp_path):
         build(tiny_inpainting_config(finetune_keys=list(latent_tasks.DEFAULT_FINETUNE_KEYS)))
 
 
+def test_finetuning_from_a_checkpoint_without_ema_can_restart_the_ema_from_its_weights(tmp_path):
+    source = build(tiny_latent_diffusion_config(use_ema=False))
+    with torch.no_grad():
+        for parameter in source.model.parameters():
+            parameter.add_(1.0)  # "trained": unlike any fresh initialisation
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "t2i.ckpt")
+    config = tiny_inpainting_config(use_ema=True, finetune_keys=list(latent_tasks.DEFAULT_FINETUNE_KEYS),
+                                    ckpt_path=str(tmp_path / "t2i.ckpt"))
+    stale = build(config)
+    model = build(OmegaConf.merge(config, {"params": {"reset_ema": True}}))
+    key, shadow = "model.diffusion_model.out.2.weight", "model_ema.diffusion_modelout2weight"
+    assert torch.equal(model.state_dict()[shadow], source.state_dict()[key])
+    assert not torch.equal(stale.state_dict()[shadow], source.state_dict()[key])
+    assert model.model_ema.num_updates.item() == 0
+
+
 def test_inpainting_log_images_adds_the_masked_image():
     model = build(tiny_inpainting_config(timesteps=3))
     log = model.log_images(inpainting_batch(), N=2, ddim_steps=None, plot_progressive_rows=False)

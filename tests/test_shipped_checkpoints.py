@@ -1,0 +1,103 @@
+"""The small models shipped in checkpoints/ (docs/SHAPES.md): each loads strictly into its config,
+they stay under the size budget, every script runs on its default model with no model flag, and
+the default text-to-image model draws what it is asked for (end to end on CPU, 20 DPM-Solver
+steps, seeded)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors import safe_open
+
+from ldm.evaluation import generation
+from ldm.evaluation.detector import detect_objects
+from ldm.util import load_model_from_config
+from tests.scripts.helpers import run_script
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+AUTOENCODER = "shapes-autoencoder-kl-f4"
+DIFFUSION_MODELS = ["shapes-txt2img", "shapes-inpainting", "shapes-depth", "shapes-x4-upscaler"]
+SHIPPED = [AUTOENCODER, *DIFFUSION_MODELS]
+SIZE_BUDGET_BYTES = 60 * 10 ** 6
+
+
+@pytest.fixture(scope="module")
+def txt2img_model():
+    return load_model_from_config(OmegaConf.load(CHECKPOINTS / "shapes-txt2img.yaml"),
+                                  str(CHECKPOINTS / "shapes-txt2img.safetensors"), device="cpu", verbose=False)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_strictly_into_its_config(name):
+    config = OmegaConf.load(CHECKPOINTS / f"{name}.yaml")
+    model = load_model_from_config(config, str(CHECKPOINTS / f"{name}.safetensors"), device="cpu",
+                                   verbose=False, strict=True)
+    assert not model.training
+
+
+@pytest.mark.parametrize("name", DIFFUSION_MODELS)
+def test_diffusion_models_share_the_shipped_autoencoder(name):
+    config = OmegaConf.load(CHECKPOINTS / f"{name}.yaml")
+    assert config.model.params.first_stage_config.params.ckpt_path == f"checkpoints/{AUTOENCODER}.safetensors"
+    with safe_open(str(CHECKPOINTS / f"{name}.safetensors"), framework="pt") as handle:
+        assert not any(k.startswith("first_stage_model.") for k in handle.keys())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_are_half_precision(name):
+    with safe_open(str(CHECKPOINTS / f"{name}.safetensors"), framework="pt") as handle:
+        dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys() if "weight" in k}
+    assert dtypes == {"F16"}
+
+
+def test_shipped_models_fit_the_size_budget():
+    total = sum((CHECKPOINTS / f"{name}.safetensors").stat().st_size for name in SHIPPED)
+    assert total < SIZE_BUDGET_BYTES
+
+
+PROMPTS = [("a red circle", "red", "circle"), ("a blue square", "blue", "square"),
+           ("a yellow star", "yellow", "star"), ("an orange triangle", "orange", "triangle")]
+
+
+def test_default_txt2img_model_draws_the_prompted_colour_and_shape(txt2img_model):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    images = generation.txt2img(txt2img_model, [p for p, _, _ in PROMPTS], seed=1234, steps=20, scale=5.0)
+    for image, (prompt, colour, shape) in zip(images, PROMPTS):
+        objects = detect_objects(image)
+        assert objects, f"nothing detected for {prompt!r}"
+        assert (objects[0].colour, objects[0].shape) == (colour, shape), prompt
+
+
+def _saved_images(folder: Path):
+    return [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+
+
+def test_readme_first_command_runs_on_the_default_model_from_any_directory(tmp_path):
+    run = run_script("txt2img.py", "--prompt", "a red circle above a blue square", "--n_samples", "2",
+                     "--n_iter", "1", "--steps", "10", "--outdir", str(tmp_path / "out"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    images = _saved_images(tmp_path / "out" / "samples")
+    assert len(images) == 2 and images[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("script, inputs", [
+    ("img2img.py", ["--init-img", "{image}", "--strength", "0.5"]),
+    ("inpaint.py", ["--init-img", "{image}", "--mask", "{mask}"]),
+    ("depth2img.py", ["--init-img", "{image}"]),
+    ("upscale.py", ["--init-img", "{small}"]),
+])
+def test_every_script_runs_on_its_default_model(tmp_path, script, inputs):
+    from ldm.data.shapes import ShapesDataset
+
+    example = ShapesDataset(length=1, split="test")[0]
+    paths = {"image": tmp_path / "image.png", "mask": tmp_path / "mask.png", "small": tmp_path / "small.png"}
+    Image.fromarray(((example["image"] + 1) * 127.5).round().astype(np.uint8)).save(paths["image"])
+    Image.fromarray((example["mask"][..., 0] * 255).astype(np.uint8)).save(paths["mask"])
+    Image.fromarray(((example["lr"] + 1) * 127.5).round().astype(np.uint8)).save(paths["small"])
+    args = [a.format(**{k: str(v) for k, v in paths.items()}) for a in inputs]
+    run = run_script(script, *args, "--prompt", example["txt"], "--n_samples", "1", "--n_iter", "1",
+                     "--steps", "10", "--outdir", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    assert list((tmp_path / "out").rglob("*.png"))
