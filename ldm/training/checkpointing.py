@@ -46,11 +46,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def _note_last_checkpoint(trainer, path: str) -> None:
     """Tell ModelCheckpoint callbacks writing ``last.ckpt`` in the same folder that ``path`` is
-    theirs, so that they overwrite it later instead of versioning a new ``last-v1.ckpt``."""
+    theirs, so that they overwrite it later instead of versioning a new ``last-v1.ckpt``. Called
+    before writing ``path``, so that a run resumed from it knows too."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath and \
                 os.path.abspath(callback.dirpath) == os.path.dirname(os.path.abspath(path)):
-            callback.last_model_path = path
+            callback.last_model_path = os.path.abspath(path)
 
 
 class FaultCheckpoint(Callback):
@@ -64,7 +65,9 @@ class FaultCheckpoint(Callback):
 
     def __init__(self, ckptdir: str, signum: int = signal.SIGUSR1):
         super().__init__()
-        self.path = os.path.join(ckptdir, "last.ckpt")
+        # absolute, like ModelCheckpoint's own paths: a relative one would not be recognised as
+        # its last.ckpt after a resume, and it would write last-v1.ckpt beside it
+        self.path = os.path.abspath(os.path.join(ckptdir, "last.ckpt"))
         self.signum = signum
         self._requested = False
         self._previous_handler = None
@@ -90,8 +93,8 @@ class FaultCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.strategy.reduce_boolean_decision(self._requested, all=False):
             self._requested = False
+            _note_last_checkpoint(trainer, self.path)  # first, so that the file's own state says so
             trainer.save_checkpoint(self.path)
-            _note_last_checkpoint(trainer, self.path)
             rank_zero_info(f"Signal received: saved {self.path} at step {trainer.global_step}; continuing")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -103,10 +106,10 @@ class FaultCheckpoint(Callback):
                            "save, so no last.ckpt was written")
             return
         try:
+            _note_last_checkpoint(trainer, self.path)
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
         except Exception as err:  # the training error matters more; keep it the one raised
             rank_zero_warn(f"could not write {self.path} after {type(exception).__name__}: {err}")
             return
-        _note_last_checkpoint(trainer, self.path)
         print(f"{type(exception).__name__} during training: saved {self.path} at step {trainer.global_step}")

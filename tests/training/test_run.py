@@ -87,6 +87,19 @@ def test_an_exception_during_training_leaves_last_ckpt_then_propagates(tmp_path,
     assert last["global_step"] == 3 and "optimizer_states" in last
 
 
+def test_a_run_resumed_by_relative_path_after_a_crash_keeps_writing_last_ckpt(tmp_path, images, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    crash = {"target": "tests.training.train_helpers.RaiseAtStep", "params": {"step": 2}}
+    config = tiny_image_model_config(images, max_steps=50, callbacks={"crash": crash})
+    with pytest.raises(RuntimeError, match="planned failure at step 2"):
+        run(["--base", _config_file(tmp_path, config), "-t", "-l", "logs"])
+    rundir = os.path.relpath(_only_run("logs"))
+    run(["--resume", rundir, "-t", "--max_steps", "4", "lightning.callbacks.crash.params.step=100"])
+    checkpoints = sorted(os.listdir(os.path.join(rundir, "checkpoints")))
+    assert "last-v1.ckpt" not in checkpoints  # a later --resume reads last.ckpt: it must be the newest
+    assert _load(os.path.join(rundir, "checkpoints", "last.ckpt"))["global_step"] == 4
+
+
 def test_a_failure_at_the_first_resumed_step_keeps_the_previous_last_ckpt(tmp_path, images):
     logs = str(tmp_path / "logs")
     run(["--base", _config_file(tmp_path, tiny_image_model_config(images, max_steps=2)), "-t", "-l", logs])
