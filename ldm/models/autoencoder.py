@@ -46,6 +46,18 @@ def _tile_starts(length: int, tile: int, overlap: int, align: int) -> List[int]:
     return [(i * (length - tile) // (n_tiles - 1)) // align * align for i in range(n_tiles - 1)] + [length - tile]
 
 
+def _smallest_tile(length: int, tile: int, overlap: int, align: int) -> int:
+    """The smallest tile size that covers ``length`` with as few tiles as ``tile`` needs (same
+    overlap): with 3 tiles of 64 for 128 latent pixels, 54 will do, 29% less to decode."""
+    if length <= tile:
+        return length
+    count = len(_tile_starts(length, tile, overlap, align))
+    smallest = min(tile, math.ceil((length + (count - 1) * overlap) / count))
+    while len(_tile_starts(length, smallest, overlap, align)) > count:
+        smallest += 1
+    return smallest
+
+
 def _axis_weights(starts: Sequence[int], index: int, tile: int, scale: float) -> torch.Tensor:
     """Blending weights along one axis of tile ``index`` (in output samples): 1 where it is
     alone, a linear cross-fade over each overlap with a neighbour (the two ramps sum to 1)."""
@@ -67,13 +79,14 @@ def blend_tiles(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
                 overlap: int, align: int = 1) -> torch.Tensor:
     """Apply ``fn`` (a resolution-changing map such as a decoder) to overlapping square tiles of
     ``x`` and cross-fade the outputs linearly over the overlaps, so that peak memory is set by
-    the tile, not the image. One tile covering ``x`` gives exactly ``fn(x)``."""
+    the tile, not the image. Tiles are at most ``tile`` and as small as their number allows.
+    One tile covering ``x`` gives exactly ``fn(x)``."""
     height, width = x.shape[-2:]
-    ys = _tile_starts(height, tile, overlap, align)
-    xs = _tile_starts(width, tile, overlap, align)
+    tile_h, tile_w = _smallest_tile(height, tile, overlap, align), _smallest_tile(width, tile, overlap, align)
+    ys = _tile_starts(height, tile_h, overlap, align)
+    xs = _tile_starts(width, tile_w, overlap, align)
     if len(ys) == 1 and len(xs) == 1:
         return fn(x)
-    tile_h, tile_w = min(tile, height), min(tile, width)
     out = weight_sum = None
     for iy, y0 in enumerate(ys):
         for ix, x0 in enumerate(xs):

@@ -171,6 +171,21 @@ def test_tile_blending_reassembles_a_local_map_exactly():
                                               overlap=4, align=2).shape, torch.Size([1, 2, 16, 24]))
 
 
+def test_tiles_shrink_to_the_smallest_size_that_keeps_their_number_and_overlap():
+    seen = []
+
+    def record(t):
+        seen.append(tuple(t.shape[-2:]))
+        return t
+
+    x = torch.randn(1, 1, 128, 128)  # a 1024x1024 SD image's latent with the default 64/16 tiling
+    torch.testing.assert_close(ae.blend_tiles(record, x, tile=64, overlap=16), x)
+    assert set(seen) == {(54, 54)} and len(seen) == 9  # 3 x 3 tiles, 29% fewer pixels than 64 x 64
+    starts = ae._tile_starts(128, 54, 16, 1)
+    assert starts[0] == 0 and starts[-1] + 54 == 128
+    assert min(a + 54 - b for a, b in zip(starts, starts[1:])) >= 16
+
+
 def test_tile_overlaps_are_cross_faded_linearly():
     def constant_per_tile(t):  # each tile's output disagrees with its neighbour's
         return torch.full_like(t, float(t[0, 0, 0, 0]))
