@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (CONFIGS, DTYPES, alternate, diffusers_unet, median_times,  # noqa: E402
                                perturb_zero_parameters, resolve_dtype)
+from ldm.inference.optimizations import compile_for_inference  # noqa: E402
 from ldm.modules import attention  # noqa: E402
 from ldm.util import instantiate_from_config, pick_device  # noqa: E402
 
@@ -37,6 +38,9 @@ def parse_args() -> argparse.Namespace:
                         help="weights and inputs dtype (default: fp16 on CUDA, else fp32)")
     parser.add_argument("--attn-precision", choices=["fp32", "fp16"], default=None,
                         help="our attention precision for half dtypes (default: ATTN_PRECISION or fp32)")
+    parser.add_argument("--compile", choices=["none", "ours", "both"], default="none",
+                        help="torch.compile our UNet (as --compile in the scripts: frozen weights on CPU) "
+                             "or both UNets before timing (default: none, eager)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -57,6 +61,10 @@ def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.d
     x = torch.randn(args.batch, 4, latent, latent, device=device, dtype=dtype)
     t = torch.randint(0, 1000, (args.batch,), device=device)
     context = torch.randn(args.batch, 77, context_dim, device=device, dtype=dtype)
+    if args.compile in ("ours", "both"):
+        ours = compile_for_inference(ours)
+    if args.compile == "both":
+        theirs = compile_for_inference(theirs)
 
     def run_ours():
         return ours(x, t, context=context)
@@ -87,7 +95,7 @@ def main() -> None:
 
     print(f"device {device}, dtype {dtype}, batch {args.batch}, repeats {args.repeats}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
-          f"our attention precision {attention.get_attention_precision()}")
+          f"our attention precision {attention.get_attention_precision()}, compiled: {args.compile}")
     print("medians of wall-clock and process CPU seconds per forward pass; ratio = ours / diffusers")
     print(f"{'model':6} {'latent':>6} {'ours wall':>10} {'diff. wall':>10} {'ratio':>6} "
           f"{'ours cpu':>9} {'diff. cpu':>9} {'ratio':>6} {'max |diff|':>11}")

@@ -22,4 +22,15 @@ def apply_runtime_options(model: torch.nn.Module, opt: argparse.Namespace) -> No
         enable_tiling()
     if opt.compile:
         wrapper = model.model
-        wrapper.diffusion_model = torch.compile(wrapper.diffusion_model)
+        wrapper.diffusion_model = compile_for_inference(wrapper.diffusion_model)
+
+
+def compile_for_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` for sampling. On CPU the weights are frozen into the graph (inductor's
+    ``freezing``: constant-folded, convolution weights prepacked for oneDNN), which is what makes
+    compiling pay off there; the module must then not be trained."""
+    if next(module.parameters()).device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    return torch.compile(module)

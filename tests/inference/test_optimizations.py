@@ -35,11 +35,15 @@ def test_without_flags_slicing_is_off_even_after_an_earlier_run(model):
     assert not model.first_stage_model.tiling
 
 
-def test_compile_wraps_the_unet_only(model):
+def test_compile_wraps_the_unet_only_and_freezes_its_weights_on_cpu(model, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "freezing", False)
     unet = model.model.diffusion_model
     apply_runtime_options(model, _options(compile=True))
     assert model.model.diffusion_model is not unet
     assert model.model.diffusion_model._orig_mod is unet
+    assert inductor_config.freezing
 
 
 def test_tiling_an_autoencoder_that_cannot_is_an_error(model):
