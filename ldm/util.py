@@ -9,7 +9,7 @@ import warnings
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from inspect import isfunction
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -215,28 +215,40 @@ def in_cwd_or_repository(path: str) -> str:
     return in_repository if os.path.exists(in_repository) else path
 
 
-def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
-                    metadata: Optional[Mapping[str, Any]] = None) -> None:
-    """Write a state dict as ``.safetensors`` (by extension) or as a ``.ckpt`` with the original
-    ``{"state_dict": ...}`` container, atomically (temp file then rename), never over a
-    different existing file by accident of a crash."""
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Run ``write(temp_path)`` on a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path``: readers see the old file or the complete new one, never a partial write.
+    The file gets the permissions a plain ``open`` would give it (umask), not the temp file's 0600."""
     path = os.fspath(path)
-    metadata = dict(metadata or {})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
-            tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-            save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
-        else:
-            torch.save({"state_dict": OrderedDict(state_dict), **metadata}, tmp)
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
+                    metadata: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a state dict as ``.safetensors`` (by extension) or as a ``.ckpt`` with the original
+    ``{"state_dict": ...}`` container, atomically (:func:`write_atomically`)."""
+    path = os.fspath(path)
+    metadata = dict(metadata or {})
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+        tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()}))
+    else:
+        write_atomically(path, lambda tmp: torch.save({"state_dict": OrderedDict(state_dict), **metadata}, tmp))
 
 
 # ---------------------------------------------------------------------------------------------

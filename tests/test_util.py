@@ -140,6 +140,16 @@ def test_missing_and_empty_files_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "empty.ckpt")
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_saved_checkpoints_get_the_usual_file_permissions(tmp_path, suffix):
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint({"w": torch.zeros(2)}, str(tmp_path / f"m{suffix}"))
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / f"m{suffix}").st_mode & 0o777 == 0o644  # not the temp file's 0600
+
+
 def test_save_does_not_leave_temporary_files(tmp_path):
     save_checkpoint(_TwoLayer().state_dict(), tmp_path / "a.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from typing import Any, Dict, Optional
 
@@ -16,23 +15,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from ldm.util import write_atomically
+
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the target directory, flushed to disk, then renamed over
-    ``path``: readers see the old file or the complete new one, never a partial write."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``torch.save`` through :func:`ldm.util.write_atomically`: readers see the old file or the
+    complete new one, never a partial write."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
