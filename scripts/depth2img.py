@@ -1,6 +1,6 @@
 """Depth-conditioned image to image: ``python scripts/depth2img.py --init-img in.png --depth
 depth.png --prompt "..." --config configs/stable-diffusion/v2-midas-inference.yaml --ckpt <file>``.
-The depth map is given as an image for now. See docs/SCRIPTS.md."""
+Without --depth the model estimates the depth itself where it can. See README.md."""
 import argparse
 
 from ldm.inference import cli
@@ -17,8 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the image to start from; resized down to multiples of 64 (required)")
     parser.add_argument("--depth", type=str, default=None,
                         help="depth map of --init-img as an image (grey, RGB or 16-bit; brighter = "
-                             "nearer, as MiDaS outputs; any size) (required until automatic MiDaS "
-                             "estimation lands)")
+                             "nearer, as MiDaS outputs; any size); without it the model's own depth "
+                             "estimator is used (the shapes model has one; MiDaS is not built in, so "
+                             "SD 2 depth needs --depth)")
     parser.add_argument("--strength", type=float, default=0.9,
                         help="how much to change the image, in [0, 1] (default: %(default)s)")
     cli.add_output_args(parser, outdir="outputs/depth2img-samples")

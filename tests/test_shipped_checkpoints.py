@@ -62,12 +62,18 @@ PROMPTS = [("a red circle", "red", "circle"), ("a blue square", "blue", "square"
 
 
 def test_default_txt2img_model_draws_the_prompted_colour_and_shape(txt2img_model):
+    """Three seeded images per prompt; at least two of each must show the prompted colour and
+    shape (the model gets 97.5% of such prompts right, docs/SHAPES.md, so one miss is allowed)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    images = generation.txt2img(txt2img_model, [p for p, _, _ in PROMPTS], seed=1234, steps=20, scale=5.0)
-    for image, (prompt, colour, shape) in zip(images, PROMPTS):
-        objects = detect_objects(image)
-        assert objects, f"nothing detected for {prompt!r}"
-        assert (objects[0].colour, objects[0].shape) == (colour, shape), prompt
+    repeats = 3
+    prompts = [p for p, _, _ in PROMPTS for _ in range(repeats)]
+    images = generation.txt2img(txt2img_model, prompts, seed=1234, steps=20, scale=5.0)
+    for index, (prompt, colour, shape) in enumerate(PROMPTS):
+        drawn = []
+        for image in images[index * repeats:(index + 1) * repeats]:
+            objects = detect_objects(image)
+            drawn.append((objects[0].colour, objects[0].shape) if objects else None)
+        assert drawn.count((colour, shape)) >= 2, (prompt, drawn)
 
 
 def _saved_images(folder: Path):

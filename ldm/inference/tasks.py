@@ -201,21 +201,29 @@ class DepthToImage(Task):
         super().__init__(opt, spec)
         check_strength(opt.strength)
         path = _required(opt.init_img, "--init-img", "the image to start from")
-        depth_path = _required(opt.depth, "--depth", "a depth map image of --init-img (brighter = "
-                               "nearer); automatic MiDaS depth estimation is not available yet")
         self.image = load_image(path, spec.pixel_multiple)
-        self.depth = load_depth(depth_path)
+        self.depth = load_depth(opt.depth) if opt.depth else None
 
     def output_size(self):
         return self.image.shape[-1], self.image.shape[-2]
 
     def to_device(self, device):
-        self.image, self.depth = self.image.to(device), self.depth.to(device)
+        self.image = self.image.to(device)
+        self.depth = self.depth.to(device) if self.depth is not None else None
+
+    def _depth(self, model) -> torch.Tensor:
+        """The given depth map, else the model's own estimate of the image's depth."""
+        if self.depth is not None:
+            return self.depth
+        if getattr(model, "depth_model", None) is None:
+            raise UsageError("--depth is required: this model has no depth estimator (MiDaS is not built "
+                             "in); pass a depth map image of --init-img (brighter = nearer)")
+        return model.estimate_depth(self.image)
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         init_latent = encode_image(model, self.image, noise)
-        depth = model.depth_to_concat(self.depth, self._latent_hw(self.image)).expand(len(batch), -1, -1, -1)
+        depth = model.depth_to_concat(self._depth(model), self._latent_hw(self.image)).expand(len(batch), -1, -1, -1)
         cond, uncond = guided_pair(c, uc, c_concat=depth.to(init_latent.dtype))
         z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, cond, uncond, noise)
         return decode_latents(model, z)

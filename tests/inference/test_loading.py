@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def test_a_config_without_checkpoint_is_refused_unless_it_is_the_default():
     with pytest.raises(UsageError, match="no checkpoint given: pass --ckpt"):
         choose_model_paths("txt2img", f"{SD}/v1-inference.yaml", None)
     config, ckpt = choose_model_paths("txt2img", "checkpoints/shapes-txt2img.yaml", None)
-    assert ckpt == str(REPO_ROOT / "checkpoints" / "shapes-txt2img.safetensors")
+    assert Path(ckpt).resolve() == REPO_ROOT / "checkpoints" / "shapes-txt2img.safetensors"
 
 
 def test_a_checkpoint_alone_uses_the_config_beside_it(tmp_path, capsys):
