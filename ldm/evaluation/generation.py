@@ -66,6 +66,17 @@ def txt2img(model, prompts: Sequence[str], seed: int = 0, steps: int = 20, scale
     return np.concatenate(out)
 
 
+def _images_with_concat(model, c_concat: torch.Tensor, prompts: Sequence[str], latent_hw, seed: int, start: int,
+                        steps: int, scale: float, sampler: str, extra: Optional[Dict] = None) -> np.ndarray:
+    """Images of a task model whose conditioning is ``c_concat`` (shared by the guided and the
+    unguided branch, as in the originals) plus the prompts' text, and ``extra`` entries."""
+    c, uc = _text_pair(model, prompts)
+    cond = {"c_concat": [c_concat], "c_crossattn": [c], **(extra or {})}
+    uncond = {"c_concat": [c_concat], "c_crossattn": [uc], **(extra or {})}
+    z = sample_latents(model, cond, uncond, len(prompts), latent_hw, seed, start, steps, scale, sampler)
+    return to_uint8_images(model.decode_first_stage(z))
+
+
 @torch.no_grad()
 def inpaint(model, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str], seed: int = 0,
             steps: int = 20, scale: float = 5.0, batch_size: int = 16, sampler: str = "dpm") -> np.ndarray:
@@ -77,11 +88,7 @@ def inpaint(model, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str]
         batch = {"mask": mask, "masked_image": (x * (1.0 - mask.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)}
         latent_hw = (x.shape[2] // 4, x.shape[3] // 4)
         c_cat = model.concat_conditioning(batch, latent_hw)
-        c, uc = _text_pair(model, prompts[a:b])
-        cond = {"c_concat": [c_cat], "c_crossattn": [c]}
-        uncond = {"c_concat": [c_cat], "c_crossattn": [uc]}
-        z = sample_latents(model, cond, uncond, b - a, latent_hw, seed, a, steps, scale, sampler)
-        out.append(to_uint8_images(model.decode_first_stage(z)))
+        out.append(_images_with_concat(model, c_cat, prompts[a:b], latent_hw, seed, a, steps, scale, sampler))
     return np.concatenate(out)
 
 
@@ -94,11 +101,7 @@ def depth2img(model, depths: np.ndarray, prompts: Sequence[str], seed: int = 0, 
         depth = torch.from_numpy(np.asarray(depths[a:b], dtype=np.float32))
         latent_hw = (depth.shape[1] // 4, depth.shape[2] // 4)
         c_cat = model.depth_to_concat(depth, latent_hw)
-        c, uc = _text_pair(model, prompts[a:b])
-        cond = {"c_concat": [c_cat], "c_crossattn": [c]}
-        uncond = {"c_concat": [c_cat], "c_crossattn": [uc]}
-        z = sample_latents(model, cond, uncond, b - a, latent_hw, seed, a, steps, scale, sampler)
-        out.append(to_uint8_images(model.decode_first_stage(z)))
+        out.append(_images_with_concat(model, c_cat, prompts[a:b], latent_hw, seed, a, steps, scale, sampler))
     return np.concatenate(out)
 
 
@@ -113,11 +116,8 @@ def upscale(model, low_res: np.ndarray, prompts: Sequence[str], noise_level: int
         levels = torch.full((b - a,), noise_level, dtype=torch.long, device=model.device)
         torch.manual_seed(seed + a)
         zx, levels = model.low_scale_model(x_low, noise_level=levels)
-        c, uc = _text_pair(model, prompts[a:b])
-        cond = {"c_concat": [zx], "c_crossattn": [c], "c_adm": levels}
-        uncond = {"c_concat": [zx], "c_crossattn": [uc], "c_adm": levels}
-        z = sample_latents(model, cond, uncond, b - a, x_low.shape[2:], seed, a, steps, scale, sampler)
-        out.append(to_uint8_images(model.decode_first_stage(z)))
+        out.append(_images_with_concat(model, zx, prompts[a:b], x_low.shape[2:], seed, a, steps, scale, sampler,
+                                       {"c_adm": levels}))
     return np.concatenate(out)
 
 
