@@ -81,14 +81,12 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, DDPM):
     # -- the two stages ---------------------------------------------------------------------
     def instantiate_first_stage(self, config) -> None:
         self.first_stage_model = freeze_module(instantiate_from_config(config))
-        if getattr(self.first_stage_model, "ckpt_loaded_from", None):
-            self._preloaded_prefixes = ("first_stage_model.",)
 
     def preloaded_prefixes(self) -> Tuple[str, ...]:
         """State-dict prefixes of components that loaded their own weights at construction (a
         first stage whose config names a ``ckpt_path`` that exists): a checkpoint may leave them
         out."""
-        return getattr(self, "_preloaded_prefixes", ())
+        return ("first_stage_model.",) if getattr(self.first_stage_model, "ckpt_loaded_from", None) else ()
 
     def instantiate_cond_stage(self, config) -> None:
         """Build the conditioning encoder: frozen unless ``cond_stage_trainable``;
