@@ -169,11 +169,20 @@ def _load_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
     return state_dict, metadata
 
 
-def _load_torch(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _torch_load_safely(path: str, mmap: bool) -> Any:
+    with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "pickle protocol N" notes on odd files
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _load_torch(path: str, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     try:
-        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol N" notes on odd files
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = _torch_load_safely(path, mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = _torch_load_safely(path, False)  # legacy (non-zip) files cannot be memory-mapped
     except Exception as err:  # UnpicklingError, zip errors, EOF, ...: all mean "cannot use this file"
         raise CheckpointError(_describe_load_failure(path, err)) from None
     if not isinstance(obj, Mapping):
@@ -186,6 +195,16 @@ def _load_torch(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     return tensors, metadata
 
 
+def _readable_checkpoint_path(path: str) -> str:
+    """``path`` (see ``in_cwd_or_repository``) if it is a non-empty file, else CheckpointError."""
+    path = in_cwd_or_repository(os.fspath(path))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    return path
+
+
 def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Read a ``.safetensors`` or ``.ckpt``/``.pt``/``.pth``/``.bin`` file safely.
 
@@ -193,16 +212,32 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     present) and whatever of ``global_step`` / ``epoch`` (or safetensors metadata) the file has.
     Raises :class:`CheckpointError` with a one-line reason for a missing, corrupted or unsafe file.
     """
-    path = in_cwd_or_repository(os.fspath(path))
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if not head:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    path = _readable_checkpoint_path(path)
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
     return _load_torch(path)
+
+
+def checkpoint_tensor_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors, read without loading their data where the
+    format allows (the safetensors header; a ``.ckpt`` memory-mapped), e.g. to tell which config
+    fits a file before loading it for real. Raises :class:`CheckpointError` as ``load_checkpoint``."""
+    path = _readable_checkpoint_path(path)
+    if path.endswith(".safetensors"):
+        return _safetensors_shapes(path)
+    tensors, _ = _load_torch(path, mmap=True)
+    return {key: tuple(value.shape) for key, value in tensors.items()}
+
+
+def _safetensors_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(_describe_load_failure(path, err)) from None
 
 
 def in_cwd_or_repository(path: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.util import (REPOSITORY_ROOT, CheckpointError, compare_state_dict, count_params, get_obj_from_str,
+from ldm.util import (REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, compare_state_dict, count_params, get_obj_from_str,
                       in_cwd_or_repository, instantiate_from_config, load_checkpoint,
                       load_state_dict_checked, save_checkpoint, select_ema_weights)
 
@@ -122,6 +122,27 @@ def test_truncated_file_gives_clear_error(tmp_path, suffix):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupted, truncated"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("save", ["safetensors", "ckpt", "legacy ckpt"])
+def test_tensor_shapes_are_read_without_loading_every_format(tmp_path, save):
+    state_dict = _TwoLayer().state_dict()
+    path = tmp_path / ("model.safetensors" if save == "safetensors" else "model.ckpt")
+    if save == "legacy ckpt":   # pre-1.6 torch.save format, which cannot be memory-mapped
+        torch.save({"state_dict": state_dict}, path, _use_new_zipfile_serialization=False)
+    else:
+        save_checkpoint(state_dict, path)
+    assert checkpoint_tensor_shapes(path) == {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_tensor_shapes_of_a_bad_file_give_the_loading_errors(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint"):
+        checkpoint_tensor_shapes(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint_tensor_shapes(tmp_path / f"nope{suffix}")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])

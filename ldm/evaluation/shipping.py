@@ -85,15 +85,21 @@ def export(training_config: DictConfig, run_checkpoint: str, out_stem: str, head
     return config_path, weights_path
 
 
+LATENT_SPACE_PREFIXES = ("encoder.", "quant_conv.")
+
+
 def check_same_first_stage(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module) -> None:
-    """The run's (frozen) autoencoder must be, in half precision, the shipped one the exported
-    config points at."""
+    """The run's (frozen) autoencoder must encode, in half precision, exactly as the shipped one
+    the exported config points at: same encoder side, hence the same latent space. The decoder
+    side may differ, so a decoder fine-tuned after the run (``train_decoder_only``) still serves it."""
     if "first_stage_model." not in getattr(model, "preloaded_prefixes", lambda: ())():
         return
     for key, value in model.first_stage_model.state_dict().items():
+        if not key.startswith(LATENT_SPACE_PREFIXES):
+            continue
         trained = state_dict[f"first_stage_model.{key}"]
         if not torch.equal(trained.half(), value.half()):
-            raise ValueError(f"the run's autoencoder differs from {model.first_stage_model.ckpt_loaded_from} "
+            raise ValueError(f"the run's autoencoder encodes differently from {model.first_stage_model.ckpt_loaded_from} "
                              f"(first_stage_model.{key}); it cannot share the shipped one")
 
 

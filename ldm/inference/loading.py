@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.inference.errors import UsageError
-from ldm.util import REPOSITORY_ROOT, CheckpointError, load_checkpoint, load_model_from_config
+from ldm.util import REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, load_model_from_config
 
 REPO_ROOT = Path(REPOSITORY_ROOT)
 SD_CONFIGS = "configs/stable-diffusion"
@@ -75,11 +75,9 @@ def config_for_checkpoint(ckpt: str) -> str:
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
     try:
-        state_dict, _ = load_checkpoint(ckpt)
+        in_channels, context_dim = _unet_signature(checkpoint_tensor_shapes(ckpt))
     except CheckpointError as err:
         raise UsageError(str(err)) from None
-    in_channels, context_dim = _unet_signature(state_dict)
-    del state_dict
     if in_channels == 4 and context_dim == SD1_CONTEXT_DIM:
         return f"{SD_CONFIGS}/v1-inference.yaml"
     if in_channels == 4 and context_dim == SD2_CONTEXT_DIM:
@@ -222,10 +220,9 @@ def config_hint(ckpt: str, spec: ModelSpec) -> str:
     """A suggestion of the config that fits ``ckpt``, from its UNet's input channels and
     cross-attention width; empty when nothing can be told."""
     try:
-        state_dict, _ = load_checkpoint(ckpt)
+        in_channels, context_dim = _unet_signature(checkpoint_tensor_shapes(ckpt))
     except CheckpointError:
         return ""
-    in_channels, context_dim = _unet_signature(state_dict)
     if in_channels != spec.unet_in_channels and in_channels in _CONFIG_BY_UNET_INPUT:
         config = _CONFIG_BY_UNET_INPUT[in_channels]
         return f"Its UNet takes {in_channels} input channels: try --config {SD_CONFIGS}/{config}"
@@ -237,11 +234,12 @@ def config_hint(ckpt: str, spec: ModelSpec) -> str:
     return ""
 
 
-def _unet_signature(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Optional[int], Optional[int]]:
-    """(input channels, cross-attention context width) of the UNet in a state dict."""
-    first_conv = state_dict.get("model.diffusion_model.input_blocks.0.0.weight")
-    in_channels = int(first_conv.shape[1]) if first_conv is not None and first_conv.ndim == 4 else None
-    context_dim = next((int(value.shape[1]) for key, value in state_dict.items()
+def _unet_signature(shapes: Mapping[str, Tuple[int, ...]]) -> Tuple[Optional[int], Optional[int]]:
+    """(input channels, cross-attention context width) of the UNet in a checkpoint, from the
+    shapes of its tensors (``checkpoint_tensor_shapes``)."""
+    first_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    in_channels = int(first_conv[1]) if first_conv is not None and len(first_conv) == 4 else None
+    context_dim = next((int(shape[1]) for key, shape in shapes.items()
                         if key.startswith("model.diffusion_model.") and key.endswith("attn2.to_k.weight")),
                        None)
     return in_channels, context_dim

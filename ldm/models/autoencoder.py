@@ -247,14 +247,21 @@ class AutoencoderKL(_AutoencoderBase):
     cross-faded linearly: peak memory is that of one tile, but the result is an approximation,
     since GroupNorm statistics become per-tile statistics. Off by default, and ``decode`` is then
     the original maths.
+
+    ``train_decoder_only`` (not in the originals, off by default) trains only the decoder side
+    (``post_quant_conv`` and ``decoder``), as Stability AI's fine-tuned "ft-EMA/ft-MSE" VAE decoders
+    were made: the encoder is frozen, so the latent space, and every diffusion model trained on
+    it, stays valid while reconstructions improve.
     """
 
     def __init__(self, ddconfig, lossconfig, embed_dim: int, ckpt_path: Optional[str] = None,
                  ignore_keys: Sequence[str] = [], image_key: str = "image",
                  colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None,
-                 ema_decay: Optional[float] = None, learn_logvar: bool = False):
+                 ema_decay: Optional[float] = None, learn_logvar: bool = False,
+                 train_decoder_only: bool = False):
         super().__init__()
         self.learn_logvar = learn_logvar
+        self.train_decoder_only = train_decoder_only
         self.image_key = image_key
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
@@ -380,13 +387,22 @@ class AutoencoderKL(_AutoencoderBase):
             log_dict = {**log_dict, **log_dict_disc}
         return log_dict
 
+    def _trained_autoencoder_parameters(self) -> List[nn.Parameter]:
+        """The decoder side, plus the encoder side unless ``train_decoder_only`` (which freezes it)."""
+        decoder_side = list(self.decoder.parameters()) + list(self.post_quant_conv.parameters())
+        encoder_side = list(self.encoder.parameters()) + list(self.quant_conv.parameters())
+        if self.train_decoder_only:
+            for parameter in encoder_side:
+                parameter.requires_grad_(False)
+            return decoder_side
+        return encoder_side + decoder_side
+
     def configure_optimizers(self):
         """Adam(lr, betas (0.5, 0.9)) for the autoencoder (+ the loss's logvar when
         ``learn_logvar``) and, when the loss has one, for its discriminator."""
         self._check_can_train()
         lr = self.learning_rate
-        ae_params = (list(self.encoder.parameters()) + list(self.decoder.parameters())
-                     + list(self.quant_conv.parameters()) + list(self.post_quant_conv.parameters()))
+        ae_params = self._trained_autoencoder_parameters()
         if self.learn_logvar:
             ae_params.append(self.loss.logvar)
         optimizers = [torch.optim.Adam(ae_params, lr=lr, betas=(0.5, 0.9))]

@@ -99,16 +99,33 @@ def test_a_diffusion_checkpoint_without_its_autoencoder_needs_the_autoencoder_fi
         load_model_from_config(OmegaConf.load(config_path), weights_path, device="cpu", verbose=False)
 
 
-def test_export_refuses_a_run_whose_autoencoder_is_not_the_shared_one(tmp_path):
+def _shared_autoencoder_changed_in(trained, training, tmp_path, part):
+    other = _trained_model(training)
+    other.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        next(getattr(other.first_stage_model, part).parameters()).add_(1.0)
+    return _shipped_autoencoder(other, tmp_path / "ae.safetensors")
+
+
+def test_export_refuses_a_run_whose_autoencoder_encodes_differently_from_the_shared_one(tmp_path):
     training = _training_config()
     trained = _trained_model(training)
     torch.save({"state_dict": trained.state_dict()}, tmp_path / "last.ckpt")
-    other = _trained_model(training)
-    with torch.no_grad():
-        next(other.first_stage_model.parameters()).add_(1.0)
-    autoencoder = _shipped_autoencoder(other, tmp_path / "ae.safetensors")
-    with pytest.raises(ValueError, match="autoencoder differs from"):
+    autoencoder = _shared_autoencoder_changed_in(trained, training, tmp_path, "encoder")
+    with pytest.raises(ValueError, match="autoencoder encodes differently from"):
         export(training, str(tmp_path / "last.ckpt"), str(tmp_path / "model"), autoencoder=autoencoder)
+
+
+def test_export_accepts_a_shared_autoencoder_whose_decoder_was_fine_tuned_since(tmp_path):
+    training = _training_config()
+    trained = _trained_model(training)
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "last.ckpt")
+    autoencoder = _shared_autoencoder_changed_in(trained, training, tmp_path, "decoder")
+    config_path, weights_path = export(training, str(tmp_path / "last.ckpt"), str(tmp_path / "model"),
+                                       autoencoder=autoencoder)
+    model = load_model_from_config(OmegaConf.load(config_path), weights_path, device="cpu", verbose=False)
+    fine_tuned = (next(trained.first_stage_model.decoder.parameters()) + 1.0).half().float()
+    assert torch.equal(next(model.first_stage_model.decoder.parameters()), fine_tuned)
 
 
 def test_export_refuses_a_checkpoint_that_lacks_model_tensors(tmp_path):

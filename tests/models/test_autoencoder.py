@@ -320,6 +320,17 @@ def test_training_without_discriminator_uses_one_optimizer_and_learn_logvar_trai
     assert [(c["idx"], c["step"]) for c in model.loss.calls] == [(0, 0), (0, 1)]
 
 
+def test_train_decoder_only_keeps_the_latent_space_and_trains_the_decoder():
+    model = _tiny_kl(lossconfig={"target": "tests.models.test_autoencoder.TinyGANLoss"}, train_decoder_only=True)
+    model.learning_rate = 1e-2
+    before = _snapshot(model)
+    _fit(model, n_batches=2)
+    assert not _changed(before, model, "encoder.") and not _changed(before, model, "quant_conv.")
+    assert _changed(before, model, "decoder.") and _changed(before, model, "post_quant_conv.")
+    assert _changed(before, model, "loss.discriminator.")
+    assert all(p.grad is None for p in model.encoder.parameters())   # no wasted backward through it
+
+
 def test_gradient_accumulation_steps_every_n_batches():
     model = _tiny_kl(lossconfig={"target": "tests.models.test_autoencoder.TinyGANLoss"})
     model.learning_rate = 1e-3
