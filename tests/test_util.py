@@ -135,30 +135,25 @@ def test_tensor_shapes_are_read_without_loading_every_format(tmp_path, save):
     assert checkpoint_tensor_shapes(path) == {key: tuple(value.shape) for key, value in state_dict.items()}
 
 
+READERS = [load_checkpoint, checkpoint_tensor_shapes]
+
+
+@pytest.mark.parametrize("read", READERS)
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_tensor_shapes_of_a_bad_file_give_the_loading_errors(tmp_path, suffix):
+def test_garbage_file_gives_clear_error(tmp_path, suffix, read):
     path = tmp_path / f"model{suffix}"
     path.write_bytes(b"this is not a checkpoint at all" * 10)
     with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint"):
-        checkpoint_tensor_shapes(path)
+        read(path)
+
+
+@pytest.mark.parametrize("read", READERS)
+def test_missing_and_empty_files_give_clear_errors(tmp_path, read):
     with pytest.raises(CheckpointError, match="not found"):
-        checkpoint_tensor_shapes(tmp_path / f"nope{suffix}")
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_garbage_file_gives_clear_error(tmp_path, suffix):
-    path = tmp_path / f"model{suffix}"
-    path.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint"):
-        load_checkpoint(path)
-
-
-def test_missing_and_empty_files_give_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nope.ckpt")
+        read(tmp_path / "nope.ckpt")
     (tmp_path / "empty.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
-        load_checkpoint(tmp_path / "empty.ckpt")
+        read(tmp_path / "empty.ckpt")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
