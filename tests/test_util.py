@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.util import (REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, compare_state_dict, count_params, get_obj_from_str,
-                      in_cwd_or_repository, instantiate_from_config, load_checkpoint,
+from ldm.util import (REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, compare_state_dict, count_params,
+                      get_obj_from_str, in_cwd_or_repository, instantiate_from_config, load_checkpoint,
                       load_state_dict_checked, save_checkpoint, select_ema_weights)
 
 
@@ -125,7 +125,7 @@ def test_truncated_file_gives_clear_error(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("save", ["safetensors", "ckpt", "legacy ckpt"])
-def test_tensor_shapes_are_read_without_loading_every_format(tmp_path, save):
+def test_tensor_shapes_match_the_state_dict_in_every_format(tmp_path, save):
     state_dict = _TwoLayer().state_dict()
     path = tmp_path / ("model.safetensors" if save == "safetensors" else "model.ckpt")
     if save == "legacy ckpt":   # pre-1.6 torch.save format, which cannot be memory-mapped
@@ -133,6 +133,22 @@ def test_tensor_shapes_are_read_without_loading_every_format(tmp_path, save):
     else:
         save_checkpoint(state_dict, path)
     assert checkpoint_tensor_shapes(path) == {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+def test_tensor_shapes_of_a_ckpt_come_from_a_memory_map_not_a_full_read(tmp_path, monkeypatch):
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(_TwoLayer().state_dict(), path)
+    calls = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("mmap"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    checkpoint_tensor_shapes(path)
+    load_checkpoint(path)
+    assert calls == [True, False]
 
 
 READERS = [load_checkpoint, checkpoint_tensor_shapes]

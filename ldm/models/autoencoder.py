@@ -289,6 +289,9 @@ class AutoencoderKL(_AutoencoderBase):
         self.tile_overlap = 16
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+        if train_decoder_only:   # the encoder side defines the latent space
+            self.encoder.requires_grad_(False)
+            self.quant_conv.requires_grad_(False)
 
     @property
     def downsampling_factor(self) -> int:
@@ -388,14 +391,12 @@ class AutoencoderKL(_AutoencoderBase):
         return log_dict
 
     def _trained_autoencoder_parameters(self) -> List[nn.Parameter]:
-        """The decoder side, plus the encoder side unless ``train_decoder_only`` (which freezes it)."""
-        decoder_side = list(self.decoder.parameters()) + list(self.post_quant_conv.parameters())
-        encoder_side = list(self.encoder.parameters()) + list(self.quant_conv.parameters())
+        """The decoder side, plus the encoder side unless ``train_decoder_only`` (frozen at
+        construction); otherwise in the originals' order, which resumed optimizer states rely on."""
         if self.train_decoder_only:
-            for parameter in encoder_side:
-                parameter.requires_grad_(False)
-            return decoder_side
-        return encoder_side + decoder_side
+            return list(self.decoder.parameters()) + list(self.post_quant_conv.parameters())
+        return (list(self.encoder.parameters()) + list(self.decoder.parameters())
+                + list(self.quant_conv.parameters()) + list(self.post_quant_conv.parameters()))
 
     def configure_optimizers(self):
         """Adam(lr, betas (0.5, 0.9)) for the autoencoder (+ the loss's logvar when
