@@ -31,11 +31,16 @@ class ShapesTextEncoder(AbstractEncoder):
     (``cond_stage_trainable: true``). Rows are ``<start> tokens <end> <end> ...`` as in SD 1.x.
 
     ``words``: the vocabulary (order does not matter; it fixes the embedding table's size).
-    ``width``, ``layers``, ``heads``: the transformer (pre-LayerNorm, GELU, 4x MLP, no causal mask).
+    ``width``, ``layers``, ``heads``: the transformer (pre-LayerNorm, GELU, 4x MLP).
+    ``causal``: each token attends only to itself and the tokens before it, as in CLIP. Then a
+    word's features depend on the words that precede it, so "blue" after "above" differs from
+    "blue" after "below" from the first step of training; without the mask, which object a two-object
+    caption puts on top is the parity of (relation word, word order), which neither carries alone
+    and which the bidirectional encoder was seen to erase (docs/SHAPES.md).
     """
 
     def __init__(self, words: Sequence[str], width: int = 128, layers: int = 2, heads: int = 4,
-                 max_length: int = 20, device=None, freeze: bool = False):
+                 max_length: int = 20, device=None, freeze: bool = False, causal: bool = False):
         super().__init__()
         if not words:
             raise ValueError("ShapesTextEncoder needs a non-empty list of words")
@@ -46,6 +51,7 @@ class ShapesTextEncoder(AbstractEncoder):
         self.tokenizer = build_clip_tokenizer(max_length)
         self.max_length = max_length
         self.device = device
+        self.causal = causal
         self.truncation = TruncationNotice(max_length - 2)
         token_ids = vocabulary_token_ids(self.tokenizer, words)
         slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
@@ -83,7 +89,10 @@ class ShapesTextEncoder(AbstractEncoder):
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         slots = self.slot_of_token[tokens.to(self.slot_of_token.device)]
         x = self.token_embedding(slots) + self.positional_embedding[:tokens.shape[1]]
-        return self.final_layer_norm(self.transformer(x))
+        mask = None
+        if self.causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=x.device, dtype=x.dtype)
+        return self.final_layer_norm(self.transformer(x, mask=mask, is_causal=self.causal))
 
     def forward(self, text: Prompts) -> torch.Tensor:
         return self.encode_tokens(self.tokenize(text).to(self.device))

@@ -54,3 +54,19 @@ def test_the_encoder_trains_and_its_state_dict_has_no_lookup_table():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ShapesTextEncoder(**kwargs)
+
+
+def test_a_causal_encoder_lets_each_token_see_only_the_tokens_before_it():
+    torch.manual_seed(0)
+    enc = ShapesTextEncoder(VOCABULARY, width=32, layers=2, heads=2, max_length=12, causal=True)
+    above, below = enc(["a red circle above a blue square", "a red circle below a blue square"])
+    # tokens 1-3 ("a red circle") precede the relation word: unchanged; every later token changes
+    assert torch.allclose(above[:4], below[:4], atol=1e-6)
+    assert (above[4:] - below[4:]).abs().amax(dim=-1).gt(1e-4).all()
+
+
+def test_without_the_causal_mask_every_token_sees_the_whole_prompt():
+    torch.manual_seed(0)
+    enc = ShapesTextEncoder(VOCABULARY, width=32, layers=2, heads=2, max_length=12)
+    above, below = enc(["a red circle above a blue square", "a red circle below a blue square"])
+    assert (above - below).abs().amax(dim=-1).gt(1e-4).all()
