@@ -46,6 +46,8 @@ class ShapesTextEncoder(AbstractEncoder):
             raise ValueError("ShapesTextEncoder needs a non-empty list of words")
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal must be true or false, got {causal!r}")
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (start, one token, end), got {max_length}")
         self.tokenizer = build_clip_tokenizer(max_length)

@@ -50,7 +50,8 @@ def test_the_encoder_trains_and_its_state_dict_has_no_lookup_table():
 
 @pytest.mark.parametrize("kwargs, message", [(dict(words=[]), "non-empty"),
                                              (dict(words=["a"], width=30, heads=4), "divisible"),
-                                             (dict(words=["a"], max_length=2), "at least 3")])
+                                             (dict(words=["a"], max_length=2), "at least 3"),
+                                             (dict(words=["a"], causal="yes"), "true or false")])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ShapesTextEncoder(**kwargs)
