@@ -2,7 +2,9 @@
 
 Tasks: ``detector`` (the detector's own accuracy on ground-truth renders), ``autoencoder``
 (reconstruction PSNR), ``txt2img`` (colour/shape/position accuracy, seen vs held-out pairs),
-``inpaint``, ``depth``, ``upscale``. Models default to the shipped ones in checkpoints/.
+``relations`` (whether the relation word or the starting noise decides the layout: each two-object
+prompt and its mirror from the same noise), ``inpaint``, ``depth``, ``upscale``. Models default
+to the shipped ones in checkpoints/.
 """
 import argparse
 import json
@@ -18,7 +20,7 @@ SHIPPED = {
     "depth": "shapes-depth",
     "upscale": "shapes-x4-upscaler",
 }
-TASKS = ("detector", *SHIPPED)
+TASKS = ("detector", "relations", *SHIPPED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--single-repeats", type=int, default=4,
                         help="txt2img/detector: times each of the 24 colour/shape pairs is prompted (default 4)")
     parser.add_argument("--two-count", type=int, default=48,
-                        help="txt2img/detector: two-object prompts, each of seen and held-out (default 48)")
+                        help="txt2img/detector: two-object prompts, each of seen and held-out; relations: "
+                             "prompt pairs (default 48)")
     parser.add_argument("--noise-level", type=int, default=20, help="upscale: noise level of the input (default 20)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
@@ -63,12 +66,14 @@ def run(opt: argparse.Namespace):
     sampling = dict(seed=opt.seed, steps=opt.steps, scale=opt.scale, sampler=opt.sampler, batch_size=opt.batch_size)
     if opt.task == "detector":
         return benchmarks.detector_accuracy(opt.single_repeats, opt.two_count, opt.seed)
-    model = load(opt.task, opt.config, opt.ckpt, opt.device)
+    model = load("txt2img" if opt.task == "relations" else opt.task, opt.config, opt.ckpt, opt.device)
     count = opt.count or 96
     if opt.task == "autoencoder":
         return benchmarks.autoencoder_psnr(model, opt.count or 256, opt.seed)
     if opt.task == "txt2img":
         return benchmarks.txt2img_adherence(model, opt.single_repeats, opt.two_count, **sampling)
+    if opt.task == "relations":
+        return benchmarks.relation_sensitivity(model, opt.two_count, **sampling)
     if opt.task == "inpaint":
         return benchmarks.inpainting_accuracy(model, count, **sampling)
     if opt.task == "depth":

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 
-from ldm.evaluation import generation
+from ldm.evaluation import benchmarks, generation
 from ldm.evaluation.detector import detect_objects
 from ldm.util import load_model_from_config
 from tests.scripts.helpers import run_script
@@ -75,6 +75,17 @@ def test_default_txt2img_model_draws_the_prompted_colour_and_shape(txt2img_model
             objects = detect_objects(image)
             drawn.append((objects[0].colour, objects[0].shape) if objects else None)
         assert drawn.count((colour, shape)) >= 2, (prompt, drawn)
+
+
+def test_relation_sensitivity_runs_end_to_end_on_the_default_model(txt2img_model):
+    """Prompt pairs and their mirrors are drawn, detected and summarised into fractions."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    report = benchmarks.relation_sensitivity(txt2img_model, count=4, steps=4)
+    numbers = report.numbers
+    assert 0 <= numbers["pairs_judged"] <= 4
+    for name in ("position", "mirrored_position"):
+        assert numbers[name] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert "same layout, same noise" in report.markdown()
 
 
 def _saved_images(folder: Path):

@@ -13,6 +13,11 @@ Scoring rules:
 
 A prompt is "held-out" when any of its objects is a pair of
 :data:`ldm.data.shapes.HELD_OUT_COMBINATIONS`.
+
+Relation sensitivity: a two-object prompt and its mirror (same objects, opposite relation word)
+drawn from the same starting noise should come out with the objects swapped; ``same_layout``
+says whether they did not (both objects found in both images, and the first-named object on the
+same side in both).
 """
 from __future__ import annotations
 
@@ -68,6 +73,17 @@ def two_object_cases(count: int, held_out: bool, seed: int = 0) -> List[PromptCa
     return cases
 
 
+OPPOSITE_RELATIONS = {"above": "below", "below": "above",
+                      "to the left of": "to the right of", "to the right of": "to the left of"}
+
+
+def mirrored(case: PromptCase) -> PromptCase:
+    """The same two objects in the opposite relation ("above" <-> "below", "left" <-> "right")."""
+    if case.kind != "two":
+        raise ValueError("only two-object prompts have a mirror")
+    return PromptCase(case.objects, OPPOSITE_RELATIONS[case.relation])
+
+
 @dataclass(frozen=True)
 class Score:
     """Accuracies of one image for its prompt (position is None for one object)."""
@@ -93,6 +109,27 @@ def score_detections(case: PromptCase, objects: Sequence[DetectedObject]) -> Sco
     position = all(f is not None for f in found) and relation_holds(
         case.relation, (found[0].cx, found[0].cy), (found[1].cx, found[1].cy))
     return Score(float(colour), float(shape), float(position))
+
+
+def _first_minus_second(case: PromptCase, objects: Sequence[DetectedObject]) -> Optional[float]:
+    """Offset of the first-named object from the second along the relation's axis, or None
+    when either is not found."""
+    found = [largest_of_colour(list(objects), colour) for colour, _ in case.objects]
+    if any(f is None for f in found):
+        return None
+    if case.relation in ("above", "below"):
+        return found[0].cy - found[1].cy
+    return found[0].cx - found[1].cx
+
+
+def same_layout(case: PromptCase, objects: Sequence[DetectedObject],
+                mirror_objects: Sequence[DetectedObject]) -> Optional[bool]:
+    """Whether the image of ``case`` and that of its mirror put the first-named object on the
+    same side of the second (None when an object is missing from either image)."""
+    offsets = (_first_minus_second(case, objects), _first_minus_second(case, mirror_objects))
+    if None in offsets:
+        return None
+    return (offsets[0] < 0) == (offsets[1] < 0)
 
 
 def score_image(case: PromptCase, image: np.ndarray) -> Score:

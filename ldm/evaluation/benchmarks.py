@@ -11,8 +11,9 @@ import numpy as np
 from ldm.data.shapes import (COLOURS, SHAPES, ShapesDataset, box_mask, downsample, render_scene,
                              scene_for)
 from ldm.evaluation import generation
-from ldm.evaluation.adherence import (PromptCase, format_table, mean_accuracies, psnr, score_detections,
-                                      score_image, single_object_cases, summarize, two_object_cases)
+from ldm.evaluation.adherence import (PromptCase, format_table, mean_accuracies, mirrored, psnr, same_layout,
+                                      score_detections, score_image, single_object_cases, summarize,
+                                      two_object_cases)
 from ldm.evaluation.detector import SATURATION_MIN, VALUE_MIN, detect_objects, hsv
 
 EXTENT_MARGIN = 3.0   # pixels added around an object's extent to make an inpainting box
@@ -62,6 +63,33 @@ def txt2img_adherence(model, single_repeats: int = 4, two_count: int = 48, seed:
     scores = [score_image(case, image) for case, image in zip(cases, images)]
     rows = summarize(cases, scores)
     return Report("Text-to-image prompt adherence", format_table(rows), _row_numbers(rows),
+                  generation.sampling_settings(steps, scale, sampler, seed))
+
+
+def relation_sensitivity(model, count: int = 48, seed: int = 0, steps: int = 20, scale: float = 5.0,
+                         sampler: str = "dpm", batch_size: int = 16) -> Report:
+    """Does the relation word or the starting noise decide where the objects go? ``count``
+    seen two-object prompts and their mirrors, image k of both from the same noise: position
+    accuracy of each, and how often the pair has the same layout (0% for a model that follows
+    the relation word, 100% for one whose layout the noise alone decides)."""
+    cases = two_object_cases(count, held_out=False, seed=seed)
+    mirrors = [mirrored(case) for case in cases]
+    images = generation.txt2img(model, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    mirror_images = generation.txt2img(model, [c.text for c in mirrors], seed, steps, scale, batch_size, sampler)
+    found = [detect_objects(image) for image in images]
+    mirror_found = [detect_objects(image) for image in mirror_images]
+    position = np.mean([score_detections(c, f).position for c, f in zip(cases, found)])
+    mirror_position = np.mean([score_detections(c, f).position for c, f in zip(mirrors, mirror_found)])
+    same = [same_layout(c, f, m) for c, f, m in zip(cases, found, mirror_found)]
+    judged = [s for s in same if s is not None]
+    same_fraction = float(np.mean(judged)) if judged else float("nan")
+    table = ("| prompt pairs | position (as written) | position (mirrored) | both found | same layout, same noise |\n"
+             "|---|---|---|---|---|\n"
+             f"| {count} | {100 * position:.1f}% | {100 * mirror_position:.1f}% | {len(judged)} | "
+             f"{100 * same_fraction:.1f}% |")
+    numbers = {"position": float(position), "mirrored_position": float(mirror_position),
+               "pairs_judged": float(len(judged)), "same_layout": same_fraction}
+    return Report("Relation sensitivity (each prompt and its mirror from the same noise)", table, numbers,
                   generation.sampling_settings(steps, scale, sampler, seed))
 
 

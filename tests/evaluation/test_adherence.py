@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from ldm.data.shapes import HELD_OUT_COMBINATIONS, caption_of, render_scene, scene_for
-from ldm.evaluation.adherence import (PromptCase, Score, format_table, psnr, score_detections, score_image,
-                                      single_object_cases, summarize, two_object_cases)
+from ldm.evaluation.adherence import (PromptCase, Score, format_table, mirrored, psnr, same_layout,
+                                      score_detections, score_image, single_object_cases, summarize,
+                                      two_object_cases)
 from ldm.evaluation.detector import DetectedObject
 
 
@@ -43,6 +44,27 @@ def test_two_object_scoring_checks_each_colour_shape_and_the_relation():
     swapped = [_obj("red", "circle", cy=50), _obj("blue", "triangle", cy=10)]
     assert score_detections(case, swapped) == Score(1.0, 0.5, 0.0)
     assert score_detections(case, [_obj("red", "circle")]) == Score(0.5, 0.5, 0.0)
+
+
+def test_the_mirror_of_a_prompt_swaps_the_relation_word_only():
+    case = PromptCase((("red", "circle"), ("blue", "square")), "to the left of")
+    assert mirrored(case) == PromptCase(case.objects, "to the right of")
+    assert mirrored(mirrored(case)) == case
+    assert mirrored(PromptCase(case.objects, "below")).relation == "above"
+    with pytest.raises(ValueError, match="two-object"):
+        mirrored(PromptCase((("red", "circle"),)))
+
+
+def test_same_layout_compares_the_side_of_the_first_named_object_along_the_relation_axis():
+    case = PromptCase((("red", "circle"), ("blue", "square")), "above")
+    red_on_top = [_obj("red", "circle", cx=50, cy=10), _obj("blue", "square", cx=10, cy=50)]
+    red_below = [_obj("red", "circle", cx=50, cy=50), _obj("blue", "square", cx=10, cy=10)]
+    assert same_layout(case, red_on_top, red_on_top) is True
+    assert same_layout(case, red_on_top, red_below) is False
+    assert same_layout(case, red_on_top, red_on_top[:1]) is None
+    # left/right relations compare x: red left of blue in both images, whatever y does
+    sideways = PromptCase(case.objects, "to the left of")
+    assert same_layout(sideways, red_on_top, red_below) is True
 
 
 def test_renders_of_the_prompts_score_perfectly():
