@@ -177,14 +177,15 @@ def sample_object(rng: np.random.Generator, split: str, size: str, radius: float
                        jittered_rgb(rng, colour))
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", two_object_p: float = 0.5) -> Scene:
+def sample_scene(rng: np.random.Generator, split: str = "train", two_object_p: float = 0.5,
+                 relations: Sequence[str] = RELATIONS) -> Scene:
     """A random scene of ``split``: with probability ``two_object_p`` two objects of different
-    colours in one of the four relations, else one object of a random size class."""
+    colours in one of ``relations`` (all four by default), else one object of a random size class."""
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     background, gradient = sample_background(rng)
     if rng.uniform() < two_object_p:
-        relation = RELATIONS[rng.integers(len(RELATIONS))]
+        relation = relations[rng.integers(len(relations))]
         r1, r2 = rng.uniform(*TWO_OBJECT_RADII, size=2)
         c1, c2 = place_pair(rng, relation, r1, r2)
         first = sample_object(rng, split, "medium", r1, c1)
@@ -356,14 +357,16 @@ class ShapesDataset(Dataset):
     ``mask`` (H, W, 1) 1 = repaint and ``masked_image`` (H, W, 3) = image * (1 - mask) for
     inpainting; ``lr`` (H/4, W/4, 3) in [-1, 1], the bicubically downsampled image for x4
     upscaling. Training (``split="train"``) never shows a pair of :data:`HELD_OUT_COMBINATIONS`.
-    Single-object captions name the size class with probability ``size_word_p``. ``crop_size``
-    (a multiple of 4) cuts every map to the same random square, e.g. to train a convolutional
-    autoencoder on 32 x 32 patches at a quarter of the cost.
+    Single-object captions name the size class with probability ``size_word_p``; two-object
+    scenes use the relations in ``relations`` (default: all four; a subset, e.g. only "above" and
+    "to the left of", makes a curriculum in which the first-named object is always on top or
+    left). ``crop_size`` (a multiple of 4) cuts every map to the same random square, e.g. to
+    train a convolutional autoencoder on 32 x 32 patches at a quarter of the cost.
     """
 
     def __init__(self, length: int = 100_000, size: int = 64, seed: int = 0, split: str = "train",
                  two_object_p: float = 0.5, size_word_p: float = 0.7, mask_object_p: float = 0.75,
-                 crop_size: Optional[int] = None):
+                 crop_size: Optional[int] = None, relations: Optional[Sequence[str]] = None):
         super().__init__()
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -377,6 +380,11 @@ class ShapesDataset(Dataset):
                 raise DatasetError(f"{name} must be in [0, 1], got {p}")
         if crop_size is not None and (crop_size % 4 or not 4 <= crop_size <= size):
             raise DatasetError(f"crop_size must be a multiple of 4 in [4, {size}], got {crop_size}")
+        relations = tuple(RELATIONS if relations is None else relations)
+        unknown = [r for r in relations if r not in RELATIONS]
+        if unknown or not relations:
+            raise DatasetError(f"relations must be a non-empty list of {', '.join(RELATIONS)}; got {list(relations)}")
+        self.relations = relations
         self.length, self.size, self.seed, self.split = length, size, seed, split
         self.crop_size = crop_size
         self.two_object_p, self.size_word_p, self.mask_object_p = two_object_p, size_word_p, mask_object_p
@@ -389,14 +397,14 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene of example ``index`` (without rendering it)."""
-        return sample_scene(self.rng(index), self.split, self.two_object_p)
+        return sample_scene(self.rng(index), self.split, self.two_object_p, self.relations)
 
     def __getitem__(self, index: int) -> dict:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length} examples")
         index %= self.length
         rng = self.rng(index)
-        scene = sample_scene(rng, self.split, self.two_object_p)
+        scene = sample_scene(rng, self.split, self.two_object_p, self.relations)
         rendered = render_scene(scene, self.size)
         caption = caption_of(scene, with_size=rng.uniform() < self.size_word_p)
         mask = inpainting_mask(rng, scene, self.size, self.mask_object_p)[..., None]

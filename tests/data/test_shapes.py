@@ -84,6 +84,15 @@ def test_two_object_scenes_hold_their_relation_with_different_colours():
     assert relations == set(RELATIONS)
 
 
+def test_a_subset_of_relations_restricts_the_two_object_captions():
+    data = ShapesDataset(length=100, split="train", two_object_p=1.0, relations=["above", "to the left of"])
+    scenes = [data.scene(i) for i in range(100)]
+    assert {scene.relation for scene in scenes} == {"above", "to the left of"}
+    for scene in scenes:
+        first, second = scene.objects
+        assert first.cy < second.cy if scene.relation == "above" else first.cx < second.cx
+
+
 def test_relation_holds_reads_image_coordinates():
     assert relation_holds("above", (10, 5), (10, 40)) and not relation_holds("below", (10, 5), (10, 40))
     assert relation_holds("to the left of", (5, 30), (40, 32))
@@ -152,6 +161,8 @@ def test_scene_for_builds_the_prompted_objects():
     (dict(size=30), "size must be a multiple of 4"),
     (dict(two_object_p=1.5), "two_object_p must be in"),
     (dict(crop_size=30), "crop_size must be a multiple of 4"),
+    (dict(relations=["under"]), "relations must be a non-empty list of above"),
+    (dict(relations=[]), "relations must be a non-empty list"),
 ])
 def test_bad_parameters_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(DatasetError, match=message):
