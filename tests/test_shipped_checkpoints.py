@@ -97,6 +97,16 @@ def test_default_txt2img_model_puts_two_objects_in_the_prompted_relation(txt2img
     assert sum(positions) >= 14, list(zip([c.text for c in cases], positions))
 
 
+def test_inpainting_evaluation_is_reproducible():
+    """The same seed gives the same inpaintings: the masked image's latent, a posterior sample,
+    is drawn from the seeded generator too (it was not, and reported numbers moved run to run)."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model = load_model_from_config(OmegaConf.load(CHECKPOINTS / "shapes-inpainting.yaml"),
+                                   str(CHECKPOINTS / "shapes-inpainting.safetensors"), device="cpu", verbose=False)
+    first, second = (benchmarks.inpainting_accuracy(model, count=2, steps=2) for _ in range(2))
+    assert first.numbers == second.numbers
+
+
 def test_relation_sensitivity_runs_end_to_end_on_the_default_model(txt2img_model):
     """Prompt pairs and their mirrors are drawn, detected and summarised into fractions."""
     torch.set_num_threads(min(2, torch.get_num_threads()))

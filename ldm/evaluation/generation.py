@@ -87,6 +87,7 @@ def inpaint(model, images: np.ndarray, masks: np.ndarray, prompts: Sequence[str]
         mask = torch.from_numpy(np.asarray(masks[a:b], dtype=np.float32))[..., None].to(model.device)
         batch = {"mask": mask, "masked_image": (x * (1.0 - mask.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)}
         latent_hw = (x.shape[2] // 4, x.shape[3] // 4)
+        torch.manual_seed(seed + a)   # the masked image's latent is a sample of the autoencoder's posterior
         c_cat = model.concat_conditioning(batch, latent_hw)
         out.append(_images_with_concat(model, c_cat, prompts[a:b], latent_hw, seed, a, steps, scale, sampler))
     return np.concatenate(out)
