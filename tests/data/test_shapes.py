@@ -93,6 +93,12 @@ def test_a_subset_of_relations_restricts_the_two_object_captions():
         assert first.cy < second.cy if scene.relation == "above" else first.cx < second.cx
 
 
+def test_repeating_a_relation_weights_it():
+    data = ShapesDataset(length=400, split="train", two_object_p=1.0, relations=["above"] * 3 + ["below"])
+    share_above = np.mean([data.scene(i).relation == "above" for i in range(400)])
+    assert 0.65 < share_above < 0.85
+
+
 def test_relation_holds_reads_image_coordinates():
     assert relation_holds("above", (10, 5), (10, 40)) and not relation_holds("below", (10, 5), (10, 40))
     assert relation_holds("to the left of", (5, 30), (40, 32))
