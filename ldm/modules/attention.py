@@ -5,8 +5,11 @@ Every softmax attention here goes through :func:`scaled_dot_product`, i.e. torch
 ``scaled_dot_product_attention``, governed by two process-wide settings:
 
 * precision (``ATTN_PRECISION`` env var at import, or :func:`set_attention_precision`): ``"fp32"``
-  (default, as the original) upcasts q, k, v of half/bfloat16 inputs to float32 so that q·kᵀ cannot
-  overflow; ``"fp16"`` keeps the input dtype;
+  (default, as the original) computes q·kᵀ and the softmax of half/bfloat16 inputs in float32, so
+  that the scores cannot overflow; ``"fp16"`` lets them be computed in the input dtype. Where torch's
+  SDPA already works in float32 (see :func:`sdpa_scores_in_float32`) nothing is upcast: the fused
+  kernels then run at half precision speed, with the original's numerics (float32 scores and
+  softmax, the probabilities times v in half precision, as its autocast einsum did);
 * slicing (:func:`set_attention_slicing`): computes attention a chunk of query rows at a time, which
   caps the memory of the attention matrix and gives the same numbers.
 """
@@ -39,8 +42,9 @@ _settings = {
 
 
 def set_attention_precision(precision: str) -> None:
-    """Choose how attention scores are computed for half inputs: ``"fp32"`` upcasts q, k, v to
-    float32 (the original's default; avoids fp16 overflow NaNs), ``"fp16"`` keeps the input dtype."""
+    """Choose how attention scores are computed for half inputs: ``"fp32"`` in float32 (the
+    original's default; avoids fp16 overflow NaNs; q, k, v are upcast only where SDPA would not do it
+    itself), ``"fp16"`` in whatever precision SDPA uses for the input dtype."""
     _settings["precision"] = _checked_precision(precision, "attention precision")
 
 
@@ -76,6 +80,19 @@ def _sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
+def sdpa_scores_in_float32(device: torch.device) -> bool:
+    """Whether ``scaled_dot_product_attention`` computes the scores and softmax of float16/bfloat16
+    inputs in float32 on ``device`` by itself. On CPU and CUDA the fused kernels (flash, memory-
+    efficient, cuDNN) accumulate q·kᵀ in float32, and the math fallback upcasts half inputs unless
+    ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)`` was called; on other devices
+    (MPS, ...) this is not known, so the caller upcasts."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    return False
+
+
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mask: Optional[torch.Tensor] = None,
                        scale: Optional[float] = None) -> torch.Tensor:
@@ -83,7 +100,8 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     tensors; ``scale`` defaults to ``dim ** -0.5``, a boolean ``mask`` is True where a key may be
     attended. Honours the precision and slicing settings; returns the dtype of ``q``."""
     dtype = q.dtype
-    if _settings["precision"] == "fp32" and dtype in (torch.float16, torch.bfloat16):
+    if _settings["precision"] == "fp32" and dtype in (torch.float16, torch.bfloat16) \
+            and not sdpa_scores_in_float32(q.device):
         device_type = q.device.type
         no_autocast = (torch.autocast(device_type, enabled=False)
                        if torch.is_autocast_enabled(device_type) else contextlib.nullcontext())

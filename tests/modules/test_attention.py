@@ -1,5 +1,6 @@
 """ldm/modules/attention.py: attention maths against plain formulas, the precision and slicing
 switches, and the transformer layers' layouts and variants."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -106,8 +107,12 @@ def test_attention_slicing_rejects_non_positive_integers(bad):
         attention.set_attention_slicing(bad)
 
 
-@pytest.mark.parametrize("precision, computed_dtype", [("fp32", torch.float32), ("fp16", torch.bfloat16)])
-def test_precision_switch_sets_the_dtype_of_the_attention_scores(monkeypatch, precision, computed_dtype):
+@pytest.mark.parametrize("precision, sdpa_upcasts, computed_dtype", [
+    ("fp32", False, torch.float32), ("fp16", False, torch.bfloat16),
+    ("fp32", True, torch.bfloat16), ("fp16", True, torch.bfloat16)])
+def test_fp32_precision_upcasts_q_k_v_only_where_sdpa_does_not_compute_scores_in_fp32(
+        monkeypatch, precision, sdpa_upcasts, computed_dtype):
+    monkeypatch.setattr(attention, "sdpa_scores_in_float32", lambda device: sdpa_upcasts)
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -121,6 +126,33 @@ def test_precision_switch_sets_the_dtype_of_the_attention_scores(monkeypatch, pr
     out = layer(torch.randn(1, 6, 32, dtype=torch.bfloat16))
     assert seen == [(computed_dtype,) * 3]
     assert out.dtype == torch.bfloat16
+
+
+def test_sdpa_computes_half_precision_scores_in_fp32_on_cpu_and_cuda_but_not_elsewhere(monkeypatch):
+    assert attention.sdpa_scores_in_float32(torch.device("cpu"))
+    assert not attention.sdpa_scores_in_float32(torch.device("mps"))
+    monkeypatch.setattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", lambda: False)
+    assert attention.sdpa_scores_in_float32(torch.device("cuda"))
+    monkeypatch.setattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", lambda: True)
+    assert not attention.sdpa_scores_in_float32(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("backend", ["default", "math", "flash"])
+def test_fp16_attention_on_cpu_does_not_overflow_where_fp16_scores_would(backend):
+    """The guarantee behind not upcasting on CPU: q·kᵀ of these inputs exceeds the float16 range,
+    yet every SDPA backend returns what float64 attention on the same (rounded) inputs returns."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    generator = torch.Generator().manual_seed(0)
+    q, k = ((torch.randn(1, 2, 64, 40, generator=generator) * 60).half() for _ in range(2))
+    v = torch.randn(1, 2, 64, 40, generator=generator).half()
+    assert not torch.isfinite(q @ k.transpose(-1, -2)).all()
+    backends = {"default": None, "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}
+    with sdpa_kernel(backends[backend]) if backends[backend] else contextlib.nullcontext():
+        out = attention.scaled_dot_product(q, k, v)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-2)
 
 
 def test_attention_precision_rejects_unknown_values():
