@@ -231,10 +231,24 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
         arrays["posterior_mean_coef2"] = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
         for name, array in arrays.items():
             self.register_buffer(name, torch.tensor(array, dtype=torch.float32))
+        self._schedule_buffer_names = (*arrays, "lvlb_weights")
         lvlb_weights = self._lvlb_weights(arrays)
         if torch.isnan(lvlb_weights).all():
             raise ValueError("the noise schedule gives NaN variational-bound weights everywhere")
         self.register_buffer("lvlb_weights", lvlb_weights.to(self.betas.device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """Casts to float16/bfloat16 (``.half()``, ``.to(torch.bfloat16)``) move the noise schedule
+        but leave it in float32, as samplers and diffusers' schedulers keep it: rounded to bfloat16,
+        ``alphas_cumprod`` at t = 0 becomes 1 and DDIM's coefficients NaN."""
+        schedule = {name: self._buffers[name] for name in getattr(self, "_schedule_buffer_names", ())
+                    if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)
+        for name, before in schedule.items():
+            after = self._buffers[name]
+            if after.dtype in (torch.float16, torch.bfloat16) and before.dtype == torch.float32:
+                self._buffers[name] = before.to(after.device)
+        return self
 
     def _lvlb_weights(self, arrays: Dict[str, np.ndarray]) -> torch.Tensor:
         """Per-step weights of the variational bound, computed (on the host) in float32 from the

@@ -488,3 +488,17 @@ def test_ucg_training_replaces_items_with_the_configured_probability():
     batch = {"txt": ["keep"] * 100}
     never.apply_ucg_training(batch)
     assert batch["txt"] == ["keep"] * 100
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_casts_keep_the_noise_schedule_in_float32(dtype):
+    model = DDPM(unet_config=tiny_unet_config(), use_ema=False)
+    before = {name: getattr(model, name).clone() for name in SCHEDULE_BUFFERS + ["lvlb_weights"]}
+    model = model.to(dtype)
+    assert next(model.model.parameters()).dtype == dtype
+    for name, value in before.items():
+        assert getattr(model, name).dtype == torch.float32, name
+        torch.testing.assert_close(getattr(model, name), value, rtol=0, atol=0)
+    assert (1 - model.alphas_cumprod).min() > 0  # rounded to bfloat16 it would be 0 at t = 0
+    model = model.double()
+    assert model.alphas_cumprod.dtype == torch.float64  # wider casts are not held back

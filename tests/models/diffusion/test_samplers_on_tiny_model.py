@@ -106,3 +106,16 @@ def test_ddim_predicts_x0_of_a_v_model_with_the_model_conversion():
     with torch.no_grad():
         for name in ("ddim", "dpm", "euler"):
             assert torch.isfinite(_run(name, model, cond, None, [1], scale=1.0)).all()
+
+
+@pytest.mark.parametrize("name", ["ddim", "plms", "dpm", "euler"])
+def test_a_model_cast_to_bfloat16_samples_like_the_float32_model(name):
+    """Weights in bfloat16, the schedule kept in float32: finite and close to the float32 run (a
+    schedule rounded to bfloat16 made DDIM's coefficients NaN)."""
+    model = _build(tiny_latent_diffusion_config())
+    cond, uncond = _context(1, 1), torch.zeros(1, TINY_CONTEXT_TOKENS, TINY_CONTEXT_DIM)
+    with torch.no_grad():
+        full = _run(name, model, cond, uncond, [7], steps=5)
+        half = _run(name, model.to(torch.bfloat16), cond.bfloat16(), uncond.bfloat16(), [7], steps=5)
+    assert torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.05 * full.abs().max()
