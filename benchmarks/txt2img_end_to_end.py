@@ -6,13 +6,17 @@ Ours: ``load_model_from_config`` (random seeded weights, or ``--ckpt``), the pro
 hold our weight tensors (converted with diffusers' single-file functions), our tokenizer, and the
 matching scheduler (DDIM: ``clip_sample=False, set_alpha_to_one=False, steps_offset=1``). Both
 start from the same initial latent; the final latents and images are compared, then the two are
-timed alternately and the medians and the ratio ours / diffusers printed. Peak resident memory
-is measured first, each side in its own subprocess (peak RSS while generating one image).
+timed alternately and the medians and the ratio ours / diffusers printed: whole images, and the
+denoising loop alone in steps per second (it/s, the figure diffusers' progress bar shows: prompt
+embeddings given, no decoding). Peak memory is measured first, each side in its own subprocess
+(peak RSS while generating one image; on CUDA also ``torch.cuda.max_memory_allocated``).
 
     python benchmarks/txt2img_end_to_end.py                    # SD 1.x, 512 px, 20 DDIM steps
     python benchmarks/txt2img_end_to_end.py --small            # 256 px, 5 steps: a quick run
+    python benchmarks/txt2img_end_to_end.py --device cuda      # fp16 weights on both sides
 
-SD 1.x configs only (diffusers' converter for the CLIP text encoder); fp32 on CPU. Needs
+SD 1.x configs only (diffusers' converter for the CLIP text encoder); fp32 on CPU, fp16 on CUDA
+unless ``--dtype`` says otherwise (the weights themselves in that dtype, on both sides). Needs
 ``pip install -e ".[bench]"``.
 """
 from __future__ import annotations
@@ -32,9 +36,9 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CONFIGS, alternate, current_rss_bytes, diffusers_text_encoder,  # noqa: E402
-                               diffusers_unet, diffusers_vae, median_times, peak_rss_bytes,
-                               perturb_zero_parameters, reset_peak_rss)
+from benchmarks.common import (CONFIGS, DTYPES, alternate, current_rss_bytes,  # noqa: E402
+                               diffusers_text_encoder, diffusers_unet, diffusers_vae, median_times,
+                               peak_rss_bytes, perturb_zero_parameters, reset_peak_rss, resolve_dtype)
 from ldm.inference.pipeline import decode_latents, encode_prompts  # noqa: E402
 from ldm.models.diffusion.samplers import get_sampler  # noqa: E402
 from ldm.util import load_model_from_config, pick_device  # noqa: E402
@@ -58,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed images per side (after one untimed)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the memory subprocesses")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="dtype of the weights and latents (default: fp16 on CUDA, else fp32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -73,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # The two sides
 # ---------------------------------------------------------------------------------------------
 def load_ours(args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, DictConfig]:
-    """Our LatentDiffusion as every script loads it; random weights get their zero layers filled."""
+    """Our LatentDiffusion as every script loads it, in ``--dtype``; random weights get their zero
+    layers filled."""
     config = OmegaConf.load(args.config)
     if not config.model.params.cond_stage_config.target.endswith("FrozenCLIPEmbedder"):
         raise SystemExit(f"{args.config}: only SD 1.x configs (FrozenCLIPEmbedder) are supported")
@@ -81,7 +88,7 @@ def load_ours(args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.
     model = load_model_from_config(config, args.ckpt, device=device, verbose=False)
     if args.ckpt is None:
         perturb_zero_parameters(model.model)
-    return model, config
+    return model.to(resolve_dtype(args.dtype, device)), config
 
 
 def diffusers_scheduler(config: DictConfig, sampler: str):
@@ -123,8 +130,34 @@ def ours_generator(model: torch.nn.Module, args: argparse.Namespace) -> Callable
         samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
                                     verbose=False, eta=0.0, x_T=x_T.clone(),
                                     unconditional_guidance_scale=args.scale, unconditional_conditioning=uc)
-        return samples, decode_latents(model, samples)
+        # the sampler keeps its arithmetic in float32 (the schedule's dtype); the decoder takes the model's
+        return samples, decode_latents(model, samples.to(x_T.dtype))
     return generate
+
+
+def ours_loop(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], object]:
+    """Our denoising loop alone: prompts encoded beforehand, no decoding."""
+    sampler = get_sampler(args.sampler, model)
+    with torch.inference_mode():
+        c, uc = encode_prompts(model, [args.prompt], "", args.scale)
+
+    def loop(x_T: torch.Tensor):
+        return sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
+                              verbose=False, eta=0.0, x_T=x_T.clone(), unconditional_guidance_scale=args.scale,
+                              unconditional_conditioning=uc)
+    return loop
+
+
+def diffusers_loop(pipe, args: argparse.Namespace) -> Callable[[torch.Tensor], object]:
+    """diffusers' denoising loop alone: prompt embeddings given, latents returned undecoded."""
+    with torch.inference_mode():
+        c, uc = pipe.encode_prompt(args.prompt, pipe.device, 1, True, "")
+
+    def loop(x_T: torch.Tensor):
+        return pipe(prompt_embeds=c, negative_prompt_embeds=uc, height=args.size, width=args.size,
+                    num_inference_steps=args.steps, guidance_scale=args.scale, latents=x_T.clone(),
+                    output_type="latent").images
+    return loop
 
 
 def diffusers_generator(pipe, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
@@ -144,7 +177,8 @@ def diffusers_generator(pipe, args: argparse.Namespace) -> Callable[[torch.Tenso
 
 def initial_latent(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(args.seed)
-    return torch.randn(1, 4, args.size // 8, args.size // 8, generator=generator).to(device)
+    latent = torch.randn(1, 4, args.size // 8, args.size // 8, generator=generator)
+    return latent.to(device=device, dtype=resolve_dtype(args.dtype, device))
 
 
 def build_side(side: str, args: argparse.Namespace, device: torch.device) -> Callable[[torch.Tensor], Result]:
@@ -170,9 +204,15 @@ def run_child(args: argparse.Namespace) -> None:
     loaded = current_rss_bytes()
     if not reset_peak_rss():
         raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): no memory figures here")
+    if device.type == "cuda":
+        loaded_cuda = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
         generate(x_T)
     result = {"loaded_mib": loaded / 2 ** 20, "peak_mib": peak_rss_bytes() / 2 ** 20}
+    if device.type == "cuda":
+        result.update(cuda_loaded_mib=loaded_cuda / 2 ** 20,
+                      cuda_peak_mib=torch.cuda.max_memory_allocated(device) / 2 ** 20)
     Path(args.out).write_text(json.dumps(result))
 
 
@@ -193,10 +233,15 @@ def compare_and_time(args: argparse.Namespace, device: torch.device) -> dict:
     model, config = load_ours(args, device)
     pipe = diffusers_pipeline(model, config, args.sampler, args.size)
     generators = {"ours": ours_generator(model, args), "diffusers": diffusers_generator(pipe, args)}
+    loops = {"ours": ours_loop(model, args), "diffusers": diffusers_loop(pipe, args)}
     x_T = initial_latent(args, device)
     with torch.inference_mode():
         (z_ours, image_ours), (z_theirs, image_theirs) = (generators[side](x_T) for side in SIDES)
         times = alternate({side: (lambda fn=fn: fn(x_T)) for side, fn in generators.items()}, args.repeats, device)
+        for loop in loops.values():
+            loop(x_T)  # warm-up
+        loop_times = alternate({side: (lambda fn=fn: fn(x_T)) for side, fn in loops.items()}, args.repeats, device)
+    z_ours, z_theirs, image_ours, image_theirs = (t.float() for t in (z_ours, z_theirs, image_ours, image_theirs))
     return {
         "latent_max_diff": (z_ours - z_theirs).abs().max().item(),
         "latent_max_abs": z_theirs.abs().max().item(),
@@ -204,15 +249,19 @@ def compare_and_time(args: argparse.Namespace, device: torch.device) -> dict:
         "image_mean_diff": (image_ours - image_theirs).abs().mean().item(),
         "image_unsaturated": ((image_theirs > 0.01) & (image_theirs < 0.99)).float().mean().item(),
         "times": {side: median_times(t) for side, t in times.items()},
+        "loop_times": {side: median_times(t) for side, t in loop_times.items()},
     }
 
 
 def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -> None:
     import diffusers
 
+    device = pick_device(args.device)
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"txt2img {args.size}x{args.size}, {args.steps} {args.sampler} steps, scale {args.scale}, batch 1, "
-          f"{'weights ' + args.ckpt if args.ckpt else 'random weights'}; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}")
+          f"{'weights ' + args.ckpt if args.ckpt else 'random weights'}, {resolve_dtype(args.dtype, device)} "
+          f"on {device}{gpu}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"diffusers {diffusers.__version__}")
     print(f"agreement: final latent max |diff| {run['latent_max_diff']:.3g} (max |latent| "
           f"{run['latent_max_abs']:.3g}); image max |diff| {run['image_max_diff']:.3g}, mean "
           f"{run['image_mean_diff']:.3g} ({100 * run['image_unsaturated']:.0f}% of pixels not saturated)")
@@ -220,11 +269,20 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
     print(f"median of {args.repeats} per side, seconds per image: ours wall {ours_wall:.2f} cpu {ours_cpu:.2f}; "
           f"diffusers wall {theirs_wall:.2f} cpu {theirs_cpu:.2f}; ratio ours/diffusers wall "
           f"{ours_wall / theirs_wall:.3f} cpu {ours_cpu / theirs_cpu:.3f}")
+    ours_loop_s, theirs_loop_s = run["loop_times"]["ours"][0], run["loop_times"]["diffusers"][0]
+    print(f"denoising loop alone (median of {args.repeats}): ours {args.steps / ours_loop_s:.2f} it/s "
+          f"({ours_loop_s:.3f} s), diffusers {args.steps / theirs_loop_s:.2f} it/s ({theirs_loop_s:.3f} s); "
+          f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}")
     for side, m in memory.items():
+        cuda = (f"; CUDA allocated after loading {m['cuda_loaded_mib']:.0f} MiB, peak {m['cuda_peak_mib']:.0f} MiB"
+                if "cuda_peak_mib" in m else "")
         print(f"memory {side:9s}: RSS after loading {m['loaded_mib']:8.0f} MiB, peak while generating "
-              f"{m['peak_mib']:8.0f} MiB (+{m['peak_mib'] - m['loaded_mib']:.0f})")
+              f"{m['peak_mib']:8.0f} MiB (+{m['peak_mib'] - m['loaded_mib']:.0f}){cuda}")
     if memory:
         print(f"peak memory ratio ours/diffusers {memory['ours']['peak_mib'] / memory['diffusers']['peak_mib']:.3f}")
+        if "cuda_peak_mib" in memory["ours"]:
+            print(f"peak CUDA memory ratio ours/diffusers "
+                  f"{memory['ours']['cuda_peak_mib'] / memory['diffusers']['cuda_peak_mib']:.3f}")
 
 
 def main() -> None:
