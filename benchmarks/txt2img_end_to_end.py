@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--repeats", type=int, default=2, help="timed images per side (after one untimed)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory subprocesses")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of the weights and latents (default: fp16 on CUDA, else fp32)")
@@ -273,6 +274,10 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
     print(f"denoising loop alone (median of {args.repeats}): ours {args.steps / ours_loop_s:.2f} it/s "
           f"({ours_loop_s:.3f} s), diffusers {args.steps / theirs_loop_s:.2f} it/s ({theirs_loop_s:.3f} s); "
           f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}")
+    print_memory(memory)
+
+
+def print_memory(memory: Dict[str, dict]) -> None:
     for side, m in memory.items():
         cuda = (f"; CUDA allocated after loading {m['cuda_loaded_mib']:.0f} MiB, peak {m['cuda_peak_mib']:.0f} MiB"
                 if "cuda_peak_mib" in m else "")
@@ -292,6 +297,9 @@ def main() -> None:
         run_child(args)
         return
     memory = {} if args.skip_memory else measure_memory(args, argv)
+    if args.memory_only:
+        print_memory(memory)
+        return
     run = compare_and_time(args, pick_device(args.device))
     print_report(args, memory, run)
 
