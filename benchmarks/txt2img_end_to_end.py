@@ -123,14 +123,19 @@ def diffusers_pipeline(model: torch.nn.Module, config: DictConfig, sampler: str,
     return pipe
 
 
+def _sample_ours(sampler, args: argparse.Namespace, x_T: torch.Tensor, c, uc) -> torch.Tensor:
+    samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
+                                verbose=False, eta=0.0, x_T=x_T.clone(), unconditional_guidance_scale=args.scale,
+                                unconditional_conditioning=uc)
+    return samples
+
+
 def ours_generator(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
     sampler = get_sampler(args.sampler, model)
 
     def generate(x_T: torch.Tensor) -> Result:
         c, uc = encode_prompts(model, [args.prompt], "", args.scale)
-        samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
-                                    verbose=False, eta=0.0, x_T=x_T.clone(),
-                                    unconditional_guidance_scale=args.scale, unconditional_conditioning=uc)
+        samples = _sample_ours(sampler, args, x_T, c, uc)
         # the sampler keeps its arithmetic in float32 (the schedule's dtype); the decoder takes the model's
         return samples, decode_latents(model, samples.to(x_T.dtype))
     return generate
@@ -141,24 +146,21 @@ def ours_loop(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[tor
     sampler = get_sampler(args.sampler, model)
     with torch.inference_mode():
         c, uc = encode_prompts(model, [args.prompt], "", args.scale)
+    return lambda x_T: _sample_ours(sampler, args, x_T, c, uc)
 
-    def loop(x_T: torch.Tensor):
-        return sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
-                              verbose=False, eta=0.0, x_T=x_T.clone(), unconditional_guidance_scale=args.scale,
-                              unconditional_conditioning=uc)
-    return loop
+
+def _pipe_settings(args: argparse.Namespace, x_T: torch.Tensor) -> dict:
+    """The call arguments both diffusers sides share."""
+    return dict(height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=args.scale,
+                latents=x_T.clone())
 
 
 def diffusers_loop(pipe, args: argparse.Namespace) -> Callable[[torch.Tensor], object]:
     """diffusers' denoising loop alone: prompt embeddings given, latents returned undecoded."""
     with torch.inference_mode():
         c, uc = pipe.encode_prompt(args.prompt, pipe.device, 1, True, "")
-
-    def loop(x_T: torch.Tensor):
-        return pipe(prompt_embeds=c, negative_prompt_embeds=uc, height=args.size, width=args.size,
-                    num_inference_steps=args.steps, guidance_scale=args.scale, latents=x_T.clone(),
-                    output_type="latent").images
-    return loop
+    return lambda x_T: pipe(prompt_embeds=c, negative_prompt_embeds=uc, output_type="latent",
+                            **_pipe_settings(args, x_T)).images
 
 
 def diffusers_generator(pipe, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
@@ -169,9 +171,8 @@ def diffusers_generator(pipe, args: argparse.Namespace) -> Callable[[torch.Tenso
             final["latents"] = tensors["latents"]
             return tensors
 
-        images = pipe(args.prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
-                      guidance_scale=args.scale, latents=x_T.clone(), output_type="pt",
-                      callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"]).images
+        images = pipe(args.prompt, output_type="pt", callback_on_step_end=keep_latents,
+                      callback_on_step_end_tensor_inputs=["latents"], **_pipe_settings(args, x_T)).images
         return final["latents"], images
     return generate
 
