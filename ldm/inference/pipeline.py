@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ldm.inference.errors import UsageError
 from ldm.inference.host_memory import release_free_host_memory
-from ldm.inference.seeding import ImageNoise, image_seeds
+from ldm.models.diffusion.seeding import ImageNoise, image_seeds
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
 

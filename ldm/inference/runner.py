@@ -22,7 +22,7 @@ from ldm.inference.parameters import GenerationParameters
 from ldm.inference.pipeline import plan_batches, read_prompts
 from ldm.inference.precision import autocast_dtype, precision_scope
 from ldm.inference.sampler_choice import build_sampler, chosen_sampler
-from ldm.inference.seeding import ImageNoise, seed_global_generators
+from ldm.models.diffusion.seeding import ImageNoise, seed_global_generators
 from ldm.inference.tasks import Task
 from ldm.util import pick_device
 

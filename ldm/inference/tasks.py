@@ -17,7 +17,7 @@ from ldm.inference.loading import ModelSpec
 from ldm.inference.pipeline import (Batch, SamplingSettings, decode_latents, encode_image,
                                     encode_prompts, guided_pair, sample_from_image,
                                     sample_from_noise)
-from ldm.inference.seeding import ImageNoise
+from ldm.models.diffusion.seeding import ImageNoise
 
 _SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",
                     "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py"}

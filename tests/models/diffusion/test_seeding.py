@@ -1,6 +1,6 @@
 import torch
 
-from ldm.inference.seeding import ImageNoise, image_seeds
+from ldm.models.diffusion.seeding import ImageNoise, image_seeds
 
 
 def test_image_seeds_count_on_from_the_image_index():
