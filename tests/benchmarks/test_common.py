@@ -1,13 +1,11 @@
 """Tests of benchmarks/common.py: the diffusers twins share our weight tensors and compute the same
 outputs (tiny models), the alternating timer interleaves fairly, and the peak-RSS reset works."""
-import pytest
+import diffusers  # noqa: F401  (the twins are diffusers models; a missing install fails here, not skips)
 import torch
 from omegaconf import OmegaConf
 
 from benchmarks import common
 from ldm.util import instantiate_from_config
-
-pytest.importorskip("diffusers")
 
 UNET_PARAMS = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2, 1],
                    num_res_blocks=1, channel_mult=[1, 2, 2], num_heads=2, use_spatial_transformer=True,

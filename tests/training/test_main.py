@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -87,6 +88,7 @@ def test_sigusr1_writes_last_ckpt_and_training_continues(tmp_path):
         proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_trains_the_text_ldm_in_one_run_directory(tmp_path):
     images = make_image_folder(tmp_path / "images", count=4)
     marker = str(tmp_path / "rank{rank}.json")

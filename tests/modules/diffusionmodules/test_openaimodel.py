@@ -105,6 +105,7 @@ def test_unet_matches_diffusers_on_converted_weights(params):
 # ---------------------------------------------------------------------------------------------
 # Full-size networks run (one step each, 8x8 latent)
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name, context_dim", [("v1-inference", 768), ("v2-inference", 1024)])
 def test_full_size_unet_runs_one_step_on_cpu_in_float32(name, context_dim):
     config = OmegaConf.load(REPO_ROOT / MANIFEST_CONFIGS[name])
