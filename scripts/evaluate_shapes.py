@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", help="model weights (default: checkpoints/<shipped model>.safetensors)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    parser.add_argument("--sampler", default="dpm", help="sampler name (default dpm: DPM-Solver++ 2M)")
+    parser.add_argument("--sampler", default="dpm",
+                        help="sampler name (default dpm: DPM-Solver++ 2M); depth samples with DDIM, as depth2img")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=None,
                         help="images for inpaint/depth/upscale (default 96) and autoencoder (default 256)")
@@ -47,38 +48,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(task: str, config: str, ckpt: str, device: str):
-    from omegaconf import OmegaConf
+PIPELINE_TASKS = {"txt2img": "txt2img", "relations": "txt2img", "inpaint": "inpaint", "depth": "depth2img",
+                  "upscale": "upscale"}
 
-    from ldm.util import load_model_from_config
 
+def model_paths(task: str, config: str, ckpt: str):
     config = config or str(REPO / "checkpoints" / f"{SHIPPED[task]}.yaml")
     ckpt = ckpt or str(REPO / "checkpoints" / f"{SHIPPED[task]}.safetensors")
     for path in (config, ckpt):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path} does not exist (train the shapes models first: docs/SHAPES.md)")
+    return config, ckpt
+
+
+def load_autoencoder(config: str, ckpt: str, device: str):
+    from omegaconf import OmegaConf
+
+    from ldm.util import load_model_from_config
+
+    config, ckpt = model_paths("autoencoder", config, ckpt)
     return load_model_from_config(OmegaConf.load(config), ckpt, device=device, verbose=False)
 
 
 def run(opt: argparse.Namespace):
+    import ldm
     from ldm.evaluation import benchmarks
 
-    sampling = dict(seed=opt.seed, steps=opt.steps, scale=opt.scale, sampler=opt.sampler, batch_size=opt.batch_size)
+    sampling = dict(seed=opt.seed, steps=opt.steps, scale=opt.scale, batch_size=opt.batch_size)
     if opt.task == "detector":
         return benchmarks.detector_accuracy(opt.single_repeats, opt.two_count, opt.seed)
-    model = load("txt2img" if opt.task == "relations" else opt.task, opt.config, opt.ckpt, opt.device)
     count = opt.count or 96
     if opt.task == "autoencoder":
-        return benchmarks.autoencoder_psnr(model, opt.count or 256, opt.seed)
-    if opt.task == "txt2img":
-        return benchmarks.txt2img_adherence(model, opt.single_repeats, opt.two_count, **sampling)
-    if opt.task == "relations":
-        return benchmarks.relation_sensitivity(model, opt.two_count, **sampling)
-    if opt.task == "inpaint":
-        return benchmarks.inpainting_accuracy(model, count, **sampling)
+        return benchmarks.autoencoder_psnr(load_autoencoder(opt.config, opt.ckpt, opt.device), opt.count or 256,
+                                           opt.seed)
+    config, ckpt = model_paths("txt2img" if opt.task == "relations" else opt.task, opt.config, opt.ckpt)
+    pipe = ldm.load(PIPELINE_TASKS[opt.task], ckpt=ckpt, config=config, device=opt.device)
     if opt.task == "depth":
-        return benchmarks.depth_adherence(model, count, **sampling)
-    return benchmarks.upscaler_psnr(model, count, noise_level=opt.noise_level, **sampling)
+        return benchmarks.depth_adherence(pipe, count, **sampling)
+    sampling["sampler"] = opt.sampler
+    if opt.task == "txt2img":
+        return benchmarks.txt2img_adherence(pipe, opt.single_repeats, opt.two_count, **sampling)
+    if opt.task == "relations":
+        return benchmarks.relation_sensitivity(pipe, opt.two_count, **sampling)
+    if opt.task == "inpaint":
+        return benchmarks.inpainting_accuracy(pipe, count, **sampling)
+    return benchmarks.upscaler_psnr(pipe, count, noise_level=opt.noise_level, **sampling)
 
 
 def main(argv=None) -> int:
@@ -87,10 +101,13 @@ def main(argv=None) -> int:
         if getattr(opt, name) is not None and getattr(opt, name) < 1:
             print(f"evaluate_shapes.py: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    from ldm.inference.errors import UsageError
+    from ldm.util import CheckpointError
+
     started = time.time()
     try:
         report = run(opt)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UsageError, CheckpointError) as err:
         print(f"evaluate_shapes.py: error: {err}", file=sys.stderr)
         return 2
     print(report.markdown())

@@ -9,6 +9,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random-weight models (txt2img, inpaint, depth, upscale) saved as config + checkpoint,
+    built once per test run (tests/scripts/helpers.py)."""
+    from tests.scripts.helpers import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

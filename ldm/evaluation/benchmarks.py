@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 import numpy as np
+import torch
 
 from ldm.data.shapes import (COLOURS, SHAPES, ShapesDataset, box_mask, downsample, render_scene,
                              scene_for)
@@ -15,6 +16,7 @@ from ldm.evaluation.adherence import (PromptCase, format_table, mean_accuracies,
                                       score_detections, score_image, single_object_cases, summarize,
                                       two_object_cases)
 from ldm.evaluation.detector import SATURATION_MIN, VALUE_MIN, detect_objects, hsv
+from ldm.inference.images import to_uint8
 
 EXTENT_MARGIN = 3.0   # pixels added around an object's extent to make an inpainting box
 
@@ -55,18 +57,18 @@ def detector_accuracy(single_repeats: int = 8, two_count: int = 96, seed: int = 
                   {"renders": len(cases)})
 
 
-def txt2img_adherence(model, single_repeats: int = 4, two_count: int = 48, seed: int = 0, steps: int = 20,
+def txt2img_adherence(pipe, single_repeats: int = 4, two_count: int = 48, seed: int = 0, steps: int = 20,
                       scale: float = 5.0, sampler: str = "dpm", batch_size: int = 16) -> Report:
     """Colour, shape and position accuracy of generated images, seen vs held-out pairs."""
     cases = prompt_cases(single_repeats, two_count, seed)
-    images = generation.txt2img(model, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    images = generation.txt2img(pipe, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
     scores = [score_image(case, image) for case, image in zip(cases, images)]
     rows = summarize(cases, scores)
     return Report("Text-to-image prompt adherence", format_table(rows), _row_numbers(rows),
                   generation.sampling_settings(steps, scale, sampler, seed))
 
 
-def relation_sensitivity(model, count: int = 48, seed: int = 0, steps: int = 20, scale: float = 5.0,
+def relation_sensitivity(pipe, count: int = 48, seed: int = 0, steps: int = 20, scale: float = 5.0,
                          sampler: str = "dpm", batch_size: int = 16) -> Report:
     """Does the relation word or the starting noise decide where the objects go? ``count``
     seen two-object prompts and their mirrors, image k of both from the same noise: position
@@ -74,8 +76,8 @@ def relation_sensitivity(model, count: int = 48, seed: int = 0, steps: int = 20,
     the relation word, 100% for one whose layout the noise alone decides)."""
     cases = two_object_cases(count, held_out=False, seed=seed)
     mirrors = [mirrored(case) for case in cases]
-    images = generation.txt2img(model, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
-    mirror_images = generation.txt2img(model, [c.text for c in mirrors], seed, steps, scale, batch_size, sampler)
+    images = generation.txt2img(pipe, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    mirror_images = generation.txt2img(pipe, [c.text for c in mirrors], seed, steps, scale, batch_size, sampler)
     found = [detect_objects(image) for image in images]
     mirror_found = [detect_objects(image) for image in mirror_images]
     position = np.mean([score_detections(c, f).position for c, f in zip(cases, found)])
@@ -111,11 +113,25 @@ def autoencoder_psnr(autoencoder, count: int = 256, seed: int = 0) -> Report:
     """Reconstruction PSNR of the autoencoder on renders of the test split (never trained on)."""
     data = ShapesDataset(length=count, seed=seed, split="test")
     images = np.stack([(data[i]["image"] + 1.0) / 2.0 for i in range(count)])
-    recon = generation.reconstruct(autoencoder, images).astype(np.float32) / 255.0
+    recon = reconstruct(autoencoder, images).astype(np.float32) / 255.0
     values = np.array([psnr(a, b) for a, b in zip(images, recon)])
     table = ("| images | mean PSNR | median | 5th percentile |\n|---|---|---|---|\n"
              f"| {count} | {values.mean():.2f} dB | {np.median(values):.2f} dB | {np.percentile(values, 5):.2f} dB |")
     return Report("Autoencoder reconstruction", table, {"psnr": float(values.mean())}, {"test renders": count})
+
+
+@torch.no_grad()
+def reconstruct(autoencoder, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Autoencoder reconstructions (posterior mode) of ``images`` (N, H, W, 3) in [0, 1], as uint8
+    the way the scripts convert (``255 * clamp((x + 1) / 2)``, truncated)."""
+    device = next(autoencoder.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.asarray(images[start:start + batch_size], dtype=np.float32))
+        x = (2.0 * x - 1.0).permute(0, 3, 1, 2).to(device)
+        decoded = autoencoder.decode(autoencoder.encode(x).mode())
+        out.append(to_uint8(torch.clamp((decoded.float() + 1.0) / 2.0, 0.0, 1.0)))
+    return np.concatenate(out)
 
 
 def _other_object(rng: np.random.Generator, colour: str, shape: str):
@@ -125,7 +141,7 @@ def _other_object(rng: np.random.Generator, colour: str, shape: str):
     return colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))]
 
 
-def inpainting_accuracy(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+def inpainting_accuracy(pipe, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
                         sampler: str = "dpm", batch_size: int = 16) -> Report:
     """Replace the one object of a test render by another (both colour and shape differ): the
     mask is the object's box grown by EXTENT_MARGIN pixels and the prompt names the new object.
@@ -141,7 +157,7 @@ def inpainting_accuracy(model, count: int = 96, seed: int = 0, steps: int = 20, 
         images.append(render_scene(scene).image)
         cases.append(PromptCase((_other_object(rng, obj.colour, obj.shape),)))
     images, masks = np.stack(images), np.stack(masks)
-    out = generation.inpaint(model, images, masks, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
+    out = generation.inpaint(pipe, images, masks, [c.text for c in cases], seed, steps, scale, batch_size, sampler)
     scores, fidelity = [], []
     for case, image, mask, original in zip(cases, out, masks, images):
         inside = [o for o in detect_objects(image) if mask[int(round(o.cy)), int(round(o.cx))] > 0]
@@ -163,22 +179,24 @@ def foreground_iou(image: np.ndarray, segmentation: np.ndarray) -> float:
     return float((found & truth).sum() / union) if union else 1.0
 
 
-def depth_adherence(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
-                    sampler: str = "dpm", batch_size: int = 16) -> Report:
-    """Depth maps of test renders (one or two objects) with prompts that recolour the objects:
-    the generated objects must take the depth map's silhouettes (shape accuracy, foreground IoU)
-    and the prompt's colours (colour accuracy), and keep the relation of two objects."""
+def depth_adherence(pipe, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+                    batch_size: int = 16) -> Report:
+    """Depth maps of test renders (one or two objects) with prompts that recolour the objects,
+    generated from pure noise (strength 1, DDIM as depth2img samples): the generated objects must
+    take the depth map's silhouettes (shape accuracy, foreground IoU) and the prompt's colours
+    (colour accuracy), and keep the relation of two objects."""
     rng = np.random.default_rng(seed)
     data = ShapesDataset(length=count, seed=seed, split="test", two_object_p=0.5)
-    depths, cases, segmentations = [], [], []
+    renders, depths, cases, segmentations = [], [], [], []
     for i in range(count):
         scene, example = data.scene(i), data[i]
         colours = rng.choice(list(COLOURS), size=len(scene.objects), replace=False)
         cases.append(PromptCase(tuple((str(c), o.shape) for c, o in zip(colours, scene.objects)), scene.relation))
+        renders.append((example["image"] + 1.0) / 2.0)
         depths.append(example["depth"])
         segmentations.append(example["segmentation"])
-    out = generation.depth2img(model, np.stack(depths), [c.text for c in cases], seed, steps, scale,
-                               batch_size, sampler)
+    out = generation.depth2img(pipe, np.stack(renders), np.stack(depths), [c.text for c in cases], seed, steps,
+                               scale, batch_size)
     scores = [score_image(case, image) for case, image in zip(cases, out)]
     ious = [foreground_iou(image, seg) for image, seg in zip(out, segmentations)]
     acc = mean_accuracies(scores)
@@ -187,7 +205,7 @@ def depth_adherence(model, count: int = 96, seed: int = 0, steps: int = 20, scal
     table = ("| depth maps | colour | shape | position (two objects) | foreground IoU |\n|---|---|---|---|---|\n"
              f"| {count} | {100 * acc['colour']:.1f}% | {100 * acc['shape']:.1f}% | {position} | "
              f"{numbers['foreground_iou']:.3f} |")
-    return Report("Depth-conditioned generation", table, numbers, generation.sampling_settings(steps, scale, sampler, seed))
+    return Report("Depth-conditioned generation", table, numbers, generation.sampling_settings(steps, scale, "ddim (strength 1)", seed))
 
 
 def bicubic_upscale(low_res: np.ndarray, factor: int = 4) -> np.ndarray:
@@ -199,7 +217,7 @@ def bicubic_upscale(low_res: np.ndarray, factor: int = 4) -> np.ndarray:
     return np.asarray(pil.resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
 
 
-def upscaler_psnr(model, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
+def upscaler_psnr(pipe, count: int = 96, seed: int = 0, steps: int = 20, scale: float = 5.0,
                   noise_level: int = 20, sampler: str = "dpm", batch_size: int = 16) -> Report:
     """PSNR of x4 upscaled 16x16 test renders against the 64x64 originals, beside bicubic
     upsampling of the same inputs; the prompt is the render's caption."""
@@ -207,7 +225,7 @@ def upscaler_psnr(model, count: int = 96, seed: int = 0, steps: int = 20, scale:
     examples = [data[i] for i in range(count)]
     originals = np.stack([(e["image"] + 1.0) / 2.0 for e in examples])
     low_res = np.stack([downsample(o) for o in originals])
-    out = generation.upscale(model, low_res, [e["txt"] for e in examples], noise_level, seed, steps, scale,
+    out = generation.upscale(pipe, low_res, [e["txt"] for e in examples], noise_level, seed, steps, scale,
                              batch_size, sampler)
     model_psnr = np.mean([psnr(o.astype(np.float32) / 255.0, t) for o, t in zip(out, originals)])
     bicubic = np.mean([psnr(bicubic_upscale(lr), t) for lr, t in zip(low_res, originals)])

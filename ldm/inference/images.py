@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ PARAMETERS_KEY = "parameters"
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
 def open_image(path: str, flag: str) -> Image.Image:
     """Open and fully decode an image file; a missing or unreadable file is a UsageError naming
     the flag it came from."""
@@ -34,6 +37,50 @@ def open_image(path: str, flag: str) -> Image.Image:
         raise UsageError(f"{flag}: cannot read {path} as an image ({err})") from None
 
 
+def read_source(source: ImageSource, flag: str) -> Union[Image.Image, np.ndarray]:
+    """An image given as a file path, a PIL image or an array (``[H, W]`` or ``[H, W, C]``,
+    uint8 in [0, 255] or float in [0, 1]), as a PIL image or that array."""
+    if isinstance(source, (str, os.PathLike)):
+        return open_image(os.fspath(source), flag)
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4)):
+            raise UsageError(f"{flag}: an image array must be [H, W] or [H, W, 1|3|4], got shape "
+                             f"{list(source.shape)}")
+        if source.dtype != np.uint8 and not np.issubdtype(source.dtype, np.floating):
+            raise UsageError(f"{flag}: an image array must be uint8 or float, got {source.dtype}")
+        return source
+    raise UsageError(f"{flag}: expected a file path, a PIL image or an array, got {type(source).__name__}")
+
+
+def source_size(image: Union[Image.Image, np.ndarray]) -> Tuple[int, int]:
+    """``(width, height)`` of what :func:`read_source` returned."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+
+
+def _unit_array(image: Union[Image.Image, np.ndarray], mode: str) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: ``[H, W, 3]`` for mode RGB, ``[H, W]`` for mode L."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+    array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if mode == "RGB":
+        return np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else np.broadcast_to(
+            array, (*array.shape[:2], 3)).copy()
+    return array.mean(axis=-1) if array.ndim == 3 else array
+
+
+def _resized(image: Union[Image.Image, np.ndarray], size: Tuple[int, int], mode: str) -> Union[Image.Image, np.ndarray]:
+    """``image`` at ``size`` (Lanczos, in 8 bits as the originals resize); unchanged when it has that size."""
+    if source_size(image) == size:
+        return image
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.round(_unit_array(image, mode) * 255.0).astype(np.uint8), mode=mode)
+    return image.convert(mode).resize(size, resample=Image.LANCZOS)
+
+
 def size_rounded_down(size: Tuple[int, int], multiple: int, flag: str) -> Tuple[int, int]:
     """``(width, height)`` rounded down to multiples of ``multiple`` (the originals round
     img2img inputs down to 64 so that the UNet's down/up-sampling lines up)."""
@@ -44,54 +91,53 @@ def size_rounded_down(size: Tuple[int, int], multiple: int, flag: str) -> Tuple[
     return width, height
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a ``[1, 3, H, W]`` float tensor in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
+def image_to_tensor(image: Union[Image.Image, np.ndarray]) -> torch.Tensor:
+    """An RGB image as a ``[1, 3, H, W]`` float tensor in [-1, 1]."""
+    return torch.from_numpy(_unit_array(image, "RGB")).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
-def load_image(path: str, multiple: int, flag: str = "--init-img") -> torch.Tensor:
+def load_image(source: ImageSource, multiple: int, flag: str = "--init-img") -> torch.Tensor:
     """Read an RGB image, resize it (Lanczos) down to multiples of ``multiple``, as
     ``[1, 3, H, W]`` in [-1, 1]."""
-    image = open_image(path, flag).convert("RGB")
-    size = size_rounded_down(image.size, multiple, flag)
-    if size != image.size:
-        image = image.resize(size, resample=Image.LANCZOS)
-    return image_to_tensor(image)
+    image = read_source(source, flag)
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    return image_to_tensor(_resized(image, size_rounded_down(source_size(image), multiple, flag), "RGB"))
 
 
-def load_mask(path: str, image_size: Tuple[int, int], multiple: int,
+def load_mask(source: ImageSource, image_size: Tuple[int, int], multiple: int,
               flag: str = "--mask") -> torch.Tensor:
     """Read a mask of the same size as its image (white = repaint), resize it like the image and
     binarise it at 0.5 as the originals do: ``[1, 1, H, W]`` of 0 and 1."""
-    mask = open_image(path, flag)
-    if mask.size != tuple(image_size):
-        raise UsageError(f"{flag}: the mask is {mask.size[0]}x{mask.size[1]} but the image is "
+    mask = read_source(source, flag)
+    width, height = source_size(mask)
+    if (width, height) != tuple(image_size):
+        raise UsageError(f"{flag}: the mask is {width}x{height} but the image is "
                          f"{image_size[0]}x{image_size[1]}; they must be the same size")
-    mask = mask.convert("L")
-    size = size_rounded_down(mask.size, multiple, flag)
-    if size != mask.size:
-        mask = mask.resize(size, resample=Image.LANCZOS)
-    array = np.asarray(mask, dtype=np.float32) / 255.0
+    mask = _resized(mask, size_rounded_down((width, height), multiple, flag), "L")
+    array = _unit_array(mask, "L")
     return torch.from_numpy((array >= 0.5).astype(np.float32))[None, None]
 
 
-def load_depth(path: str, flag: str = "--depth") -> torch.Tensor:
+def load_depth(source: ImageSource, flag: str = "--depth") -> torch.Tensor:
     """Read a depth map (grey, RGB, or 16/32-bit; brighter = nearer, as MiDaS outputs) as
     ``[1, 1, H, W]`` float. Its scale does not matter: it is min/max normalised later."""
-    depth = open_image(path, flag)
-    if depth.mode.startswith(("I", "F")):
+    depth = read_source(source, flag)
+    if isinstance(depth, np.ndarray):
+        array = depth.astype(np.float32)
+        array = array.mean(axis=-1) if array.ndim == 3 else array
+    elif depth.mode.startswith(("I", "F")):
         array = np.asarray(depth, dtype=np.float32)
     else:
         array = np.asarray(depth.convert("L"), dtype=np.float32)
     if array.ndim != 2:
-        raise UsageError(f"{flag}: cannot read {path} as a single-channel depth map")
+        raise UsageError(f"{flag}: cannot read {source} as a single-channel depth map")
     return torch.from_numpy(array.copy())[None, None]
 
 
-def image_size_of(path: str, flag: str) -> Tuple[int, int]:
-    """``(width, height)`` of an image file."""
-    return open_image(path, flag).size
+def image_size_of(source: ImageSource, flag: str) -> Tuple[int, int]:
+    """``(width, height)`` of an image."""
+    return source_size(read_source(source, flag))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +190,14 @@ def save_png(array: np.ndarray, path: Path, parameters: Optional[str] = None) ->
     image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
     with open(path, "xb") as handle:
         image.save(handle, format="PNG", pnginfo=info)
+
+
+def save_image(image: Image.Image, path: Union[str, os.PathLike]) -> Path:
+    """Write a PIL image made by a pipeline as a PNG with its ``parameters`` text (PIL's own
+    ``save`` drops it); refuses to replace an existing file."""
+    array = np.asarray(image.convert("RGB"))
+    save_png(array, Path(path), image.info.get(PARAMETERS_KEY))
+    return Path(path)
 
 
 def read_parameters(path: str) -> Optional[str]:

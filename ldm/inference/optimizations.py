@@ -28,9 +28,8 @@ def apply_runtime_options(model: torch.nn.Module, opt: argparse.Namespace) -> No
 def compile_for_inference(module: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` for sampling. On CPU the weights are frozen into the graph (inductor's
     ``freezing``: constant-folded, convolution weights prepacked for oneDNN), which is what makes
-    compiling pay off there; the module must then not be trained."""
+    compiling pay off there; the module must then not be trained. The option is given to this
+    compilation only, not set for the process."""
     if next(module.parameters()).device.type == "cpu":
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
+        return torch.compile(module, options={"freezing": True})
     return torch.compile(module)

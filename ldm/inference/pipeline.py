@@ -4,7 +4,7 @@ from noise or from a partly noised image, and latents back into images."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -12,7 +12,6 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import UsageError
-from ldm.inference.host_memory import release_free_host_memory
 from ldm.models.diffusion.seeding import ImageNoise, image_seeds
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
@@ -21,7 +20,12 @@ from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 # Prompts and batches
 # ---------------------------------------------------------------------------------------------
 def read_prompts(opt: argparse.Namespace) -> List[str]:
-    """``--prompt``, or the non-blank lines of ``--from-file`` each repeated ``--repeat`` times."""
+    """``--prompt``, or the non-blank lines of ``--from-file`` each repeated ``--repeat`` times
+    (from the Python API, a list of prompts, each repeated ``repeat`` times)."""
+    if isinstance(opt.prompt, (list, tuple)) and opt.from_file is None:
+        if not opt.prompt:
+            raise UsageError("prompt: the list of prompts is empty")
+        return [str(prompt) for prompt in opt.prompt for _ in range(opt.repeat)]
     if opt.from_file is None:
         return [opt.prompt if opt.prompt is not None else ""]
     path = Path(opt.from_file)
@@ -37,29 +41,41 @@ def read_prompts(opt: argparse.Namespace) -> List[str]:
     return [prompt for prompt in prompts for _ in range(opt.repeat)]
 
 
+def prompt_sources(opt: argparse.Namespace, count: int) -> List[int]:
+    """For each of the ``count`` prompts of :func:`read_prompts`, the index of the prompt it
+    repeats in a prompt list (which per-prompt input image it takes); all 0 otherwise."""
+    if isinstance(opt.prompt, (list, tuple)) and opt.from_file is None:
+        return [index // opt.repeat for index in range(count)]
+    return [0] * count
+
+
 @dataclass
 class Batch:
-    """One call of the sampler: its prompts and the seed of each image."""
+    """One call of the sampler: its prompts, the seed of each image and which per-prompt input
+    (image, mask, depth map) each image takes."""
     prompts: List[str]
     seeds: List[int]
+    sources: List[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
 
 def plan_batches(prompts: Sequence[str], n_samples: int, n_iter: int, seed: int,
-                 fixed_code: bool) -> Iterator[Batch]:
+                 fixed_code: bool, sources: Optional[Sequence[int]] = None) -> Iterator[Batch]:
     """The originals' loop: ``n_iter`` passes over the prompts in chunks of ``n_samples`` (a
     single ``--prompt`` fills a whole batch). Image ``i`` of the run gets seed ``seed + i``; with
     ``fixed_code`` image ``j`` of every batch gets ``seed + j``, i.e. the same noise each pass."""
+    sources = list(sources) if sources is not None else [0] * len(prompts)
     if len(prompts) == 1:
-        prompts = list(prompts) * n_samples
-    chunks = [list(prompts[start:start + n_samples]) for start in range(0, len(prompts), n_samples)]
+        prompts, sources = list(prompts) * n_samples, sources * n_samples
+    starts = range(0, len(prompts), n_samples)
+    chunks = [(list(prompts[a:a + n_samples]), list(sources[a:a + n_samples])) for a in starts]
     index = 0
     for _ in range(n_iter):
-        for chunk in chunks:
+        for chunk, chunk_sources in chunks:
             first = 0 if fixed_code else index
-            yield Batch(prompts=chunk, seeds=image_seeds(seed, first, len(chunk)))
+            yield Batch(prompts=chunk, seeds=image_seeds(seed, first, len(chunk)), sources=chunk_sources)
             index += len(chunk)
 
 
@@ -114,10 +130,7 @@ def encode_image(model: torch.nn.Module, image: torch.Tensor, noise: ImageNoise)
 
 
 def decode_latents(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``. On
-    CPU the memory the sampler freed goes back to the OS first, so the decoder's peak is lower."""
-    if z.device.type == "cpu":
-        release_free_host_memory()
+    """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``."""
     x = model.decode_first_stage(z)
     return torch.clamp((x.float() + 1.0) / 2.0, min=0.0, max=1.0)
 
@@ -172,4 +185,4 @@ def sample_from_image(sampler: Any, settings: SamplingSettings, init_latent: tor
     with tqdm(total=t_enc, desc="denoising", leave=False) as bar:
         return sampler.decode(z_enc, cond, t_enc, unconditional_guidance_scale=settings.scale,
                               unconditional_conditioning=uncond, verbose=False,
-                              callback=lambda step: bar.update(1))
+                              callback=lambda step: bar.update(1), generator=noise.generators)

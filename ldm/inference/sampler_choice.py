@@ -15,15 +15,32 @@ from ldm.models.diffusion import samplers as registry
 DEFAULT_SAMPLER = "ddim"
 
 
+# Keywords of ``sampler.sample`` -> the flag a user sets them with.
+_OPTION_FLAGS = {"eta": "--ddim_eta"}
+
+
 def chosen_sampler(opt: argparse.Namespace, needs_partial_denoising: bool) -> str:
     """The canonical sampler name the flags ask for. Scripts that denoise part of the way
     (img2img, depth2img) have no sampler flags: they need DDIM's ``stochastic_encode``/``decode``."""
     if needs_partial_denoising:
         return DEFAULT_SAMPLER
     try:
-        return registry.resolve_sampler_name(opt.sampler, plms=opt.plms, dpm=opt.dpm)
+        return registry.resolve_sampler_name(getattr(opt, "sampler", None), plms=getattr(opt, "plms", False),
+                                             dpm=getattr(opt, "dpm", False))
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def check_sampler_options(name: str, eta: float, blends_known_region: bool) -> None:
+    """Refuse, before any model is loaded, an option the sampler would not honour (the sampler
+    contract of :mod:`ldm.models.diffusion.samplers`), naming the flag."""
+    try:
+        registry.check_sampler_options(name, eta=eta, mask=True if blends_known_region else None)
+    except registry.UnsupportedSamplerOption as err:
+        message = str(err)
+        for keyword, flag in _OPTION_FLAGS.items():
+            message = message.replace(f"{keyword} (", f"{keyword} ({flag} ", 1)
+        raise UsageError(message) from None
 
 
 @dataclass

@@ -5,14 +5,14 @@ time."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ldm.inference.errors import UsageError
-from ldm.inference.images import (image_size_of, load_depth, load_image, load_mask,
-                                  pixels_for_output)
+from ldm.inference.host_memory import release_free_host_memory
+from ldm.inference.images import image_size_of, load_depth, load_image, load_mask, pixels_for_output
 from ldm.inference.loading import ModelSpec
 from ldm.inference.pipeline import (Batch, SamplingSettings, decode_latents, encode_image,
                                     encode_prompts, guided_pair, sample_from_image,
@@ -31,6 +31,7 @@ class Task:
     name = ""
     accepted_kinds: Tuple[str, ...] = ("text",)
     needs_partial_denoising = False
+    blends_known_region = False
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         self.opt = opt
@@ -38,13 +39,18 @@ class Task:
         self._check_model()
 
     def _check_model(self) -> None:
-        if self.spec.kind in self.accepted_kinds:
+        self.check_model_kind(self.spec, self.opt.config)
+
+    @classmethod
+    def check_model_kind(cls, spec: ModelSpec, config: str) -> None:
+        """Refuse a model of another task (an inpainting model in txt2img, ...), naming the script to use."""
+        if spec.kind in cls.accepted_kinds:
             return
-        wanted = " or ".join(_KIND_NAMES[kind] for kind in self.accepted_kinds)
-        use = _SCRIPT_FOR_KIND.get(self.spec.kind)
+        wanted = " or ".join(_KIND_NAMES[kind] for kind in cls.accepted_kinds)
+        use = _SCRIPT_FOR_KIND.get(spec.kind)
         advice = f"; use {use}" if use else ""
-        raise UsageError(f"{self.name} needs {wanted} model, but --config {self.opt.config} is "
-                         f"{_KIND_NAMES[self.spec.kind]} model{advice}")
+        raise UsageError(f"{cls.name} needs {wanted} model, but --config {config} is "
+                         f"{_KIND_NAMES[spec.kind]} model{advice}")
 
     @property
     def settings(self) -> SamplingSettings:
@@ -65,11 +71,46 @@ class Task:
         """Task-specific entries of the PNG parameters (after A1111's standard ones)."""
         return {}
 
+    @staticmethod
+    def _decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1]. On CPU the heap memory the sampler freed is handed back to
+        the OS first (:mod:`~ldm.inference.host_memory`), which lowers the decoder's peak."""
+        if z.device.type == "cpu":
+            release_free_host_memory()
+        return decode_latents(model, z)
+
     def _text(self, model: torch.nn.Module, batch: Batch) -> Tuple[Any, Optional[Any]]:
         return encode_prompts(model, batch.prompts, self.opt.negative_prompt, self.opt.scale)
 
     def _latent_hw(self, image: torch.Tensor) -> Tuple[int, int]:
         return image.shape[-2] // self.spec.vae_factor, image.shape[-1] // self.spec.vae_factor
+
+    def _inputs(self, value: Any, flag: str, what: str, read: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        """A required input (an image, mask or depth map) read with ``read``: one for every
+        prompt, or, from the Python API, a list with one per prompt of a prompt list, stacked
+        into ``[P, ...]``."""
+        return _read_inputs(self.opt.prompt, _required(value, flag, what), flag, read)
+
+
+def rows_for(inputs: Optional[torch.Tensor], batch: Batch) -> Optional[torch.Tensor]:
+    """The inputs of a batch's images: the one input as it is (``[1, ...]``, broadcast by the
+    caller), or the row of each image's prompt."""
+    if inputs is None or inputs.shape[0] == 1:
+        return inputs
+    return inputs[torch.as_tensor(batch.sources, device=inputs.device)]
+
+
+def _read_inputs(prompt: Any, value: Any, flag: str, read: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    if not isinstance(value, (list, tuple)):
+        return read(value)
+    prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
+    if len(value) != len(prompts):
+        raise UsageError(f"{flag}: got {len(value)} inputs for {len(prompts)} prompt(s); give one, or one per prompt")
+    tensors = [read(item) for item in value]
+    if any(t.shape != tensors[0].shape for t in tensors):
+        sizes = sorted({f"{t.shape[-1]}x{t.shape[-2]}" for t in tensors})
+        raise UsageError(f"{flag}: the inputs of one call must have one size, got {', '.join(sizes)}")
+    return torch.cat(tensors)
 
 
 def check_strength(strength: float) -> None:
@@ -109,7 +150,7 @@ class TextToImage(Task):
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         shape = [self.channels, self.height // self.factor, self.width // self.factor]
-        return decode_latents(model, sample_from_noise(sampler, self.settings, shape, c, uc, noise))
+        return self._decode(model, sample_from_noise(sampler, self.settings, shape, c, uc, noise))
 
 
 class ImageToImage(Task):
@@ -119,8 +160,8 @@ class ImageToImage(Task):
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
         check_strength(opt.strength)
-        self.image = load_image(_required(opt.init_img, "--init-img", "the image to start from"),
-                                spec.pixel_multiple)
+        self.image = self._inputs(opt.init_img, "--init-img", "the image to start from",
+                                  lambda source: load_image(source, spec.pixel_multiple))
 
     def output_size(self):
         return self.image.shape[-1], self.image.shape[-2]
@@ -130,9 +171,9 @@ class ImageToImage(Task):
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
-        init_latent = encode_image(model, self.image, noise)
+        init_latent = encode_image(model, rows_for(self.image, batch), noise)
         z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, c, uc, noise)
-        return decode_latents(model, z)
+        return self._decode(model, z)
 
     def extra_parameters(self):
         return {"Denoising strength": self.opt.strength}
@@ -147,14 +188,23 @@ class Inpainting(Task):
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
-        path = _required(opt.init_img, "--init-img", "the image to inpaint")
-        mask_path = _required(opt.mask, "--mask", "a mask image, white where to repaint")
-        self.image = load_image(path, spec.pixel_multiple)
-        self.mask = load_mask(mask_path, image_size_of(path, "--init-img"), spec.pixel_multiple)
+        self.image = self._inputs(opt.init_img, "--init-img", "the image to inpaint",
+                                  lambda source: load_image(source, spec.pixel_multiple))
+        images = opt.init_img if isinstance(opt.init_img, (list, tuple)) else [opt.init_img]
+        sizes = iter([image_size_of(image, "--init-img") for image in images])
+        self.mask = self._inputs(opt.mask, "--mask", "a mask image, white where to repaint",
+                                 lambda source: load_mask(source, next(sizes), spec.pixel_multiple))
+        if self.mask.shape[0] not in (1, self.image.shape[0]):
+            raise UsageError("--mask: give one mask, or one per image")
 
     @property
     def uses_inpainting_model(self) -> bool:
         return self.spec.kind == "inpaint"
+
+    @property
+    def blends_known_region(self) -> bool:
+        """A normal text-to-image model inpaints by the sampler's mask/x0 blending."""
+        return not self.uses_inpainting_model
 
     def output_size(self):
         return self.image.shape[-1], self.image.shape[-2]
@@ -164,19 +214,20 @@ class Inpainting(Task):
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
-        latent_hw = self._latent_hw(self.image)
-        latent_mask = F.interpolate(self.mask, size=latent_hw).expand(len(batch), -1, -1, -1)
+        image, mask = rows_for(self.image, batch), rows_for(self.mask, batch)
+        latent_hw = self._latent_hw(image)
+        latent_mask = F.interpolate(mask, size=latent_hw).expand(len(batch), -1, -1, -1)
         shape = [self.spec.channels, *latent_hw]
         if self.uses_inpainting_model:
-            masked_latent = encode_image(model, self.image * (self.mask < 0.5), noise)
+            masked_latent = encode_image(model, image * (mask < 0.5), noise)
             concat = _concat_in_model_order(model, latent_mask, masked_latent)
             cond, uncond = guided_pair(c, uc, c_concat=concat)
             z = sample_from_noise(sampler, self.settings, shape, cond, uncond, noise)
-            return decode_latents(model, z)
-        init_latent = encode_image(model, self.image, noise)
+            return self._decode(model, z)
+        init_latent = encode_image(model, image, noise)
         z = sample_from_noise(sampler, self.settings, shape, c, uc, noise,
                               mask=1.0 - latent_mask, x0=init_latent)
-        return pixels_for_output(self.image) * (1.0 - self.mask) + decode_latents(model, z) * self.mask
+        return pixels_for_output(image) * (1.0 - mask) + self._decode(model, z) * mask
 
     def extra_parameters(self):
         return {"Inpainting": "model" if self.uses_inpainting_model else "latent mask blending"}
@@ -200,9 +251,9 @@ class DepthToImage(Task):
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
         check_strength(opt.strength)
-        path = _required(opt.init_img, "--init-img", "the image to start from")
-        self.image = load_image(path, spec.pixel_multiple)
-        self.depth = load_depth(opt.depth) if opt.depth else None
+        self.image = self._inputs(opt.init_img, "--init-img", "the image to start from",
+                                  lambda source: load_image(source, spec.pixel_multiple))
+        self.depth = None if opt.depth is None else self._inputs(opt.depth, "--depth", "a depth map", load_depth)
 
     def output_size(self):
         return self.image.shape[-1], self.image.shape[-2]
@@ -211,22 +262,24 @@ class DepthToImage(Task):
         self.image = self.image.to(device)
         self.depth = self.depth.to(device) if self.depth is not None else None
 
-    def _depth(self, model) -> torch.Tensor:
+    def _depth(self, model, image: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The given depth map, else the model's own estimate of the image's depth."""
         if self.depth is not None:
-            return self.depth
+            return rows_for(self.depth, batch)
         if getattr(model, "depth_model", None) is None:
             raise UsageError("--depth is required: this model has no depth estimator (MiDaS is not built "
                              "in); pass a depth map image of --init-img (brighter = nearer)")
-        return model.estimate_depth(self.image)
+        return model.estimate_depth(image)
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
-        init_latent = encode_image(model, self.image, noise)
-        depth = model.depth_to_concat(self._depth(model), self._latent_hw(self.image)).expand(len(batch), -1, -1, -1)
+        image = rows_for(self.image, batch)
+        init_latent = encode_image(model, image, noise)
+        depth = model.depth_to_concat(self._depth(model, image, batch), self._latent_hw(image))
+        depth = depth.expand(len(batch), -1, -1, -1)
         cond, uncond = guided_pair(c, uc, c_concat=depth.to(init_latent.dtype))
         z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, cond, uncond, noise)
-        return decode_latents(model, z)
+        return self._decode(model, z)
 
     def extra_parameters(self):
         return {"Denoising strength": self.opt.strength}
@@ -243,8 +296,8 @@ class Upscaling(Task):
         top = spec.max_noise_level
         if not 0 <= opt.noise_level < top:
             raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {opt.noise_level}")
-        path = _required(opt.init_img, "--init-img", "the low-resolution image to upscale")
-        self.low_res = load_image(path, spec.latent_multiple)
+        self.low_res = self._inputs(opt.init_img, "--init-img", "the low-resolution image to upscale",
+                                    lambda source: load_image(source, spec.latent_multiple))
 
     def output_size(self):
         return self.low_res.shape[-1] * self.spec.vae_factor, self.low_res.shape[-2] * self.spec.vae_factor
@@ -256,17 +309,20 @@ class Upscaling(Task):
         c, uc = self._text(model, batch)
         count = len(batch)
         level = torch.full((count,), self.opt.noise_level, device=self.low_res.device, dtype=torch.long)
-        low_res = self.low_res.expand(count, -1, -1, -1)
+        low_res = rows_for(self.low_res, batch).expand(count, -1, -1, -1)
         augmented = model.low_scale_model.q_sample(low_res, level, noise=noise.randn(low_res.shape[1:]))
         cond, uncond = guided_pair(c, uc, c_concat=augmented, c_adm=level)
         shape = [self.spec.channels, *low_res.shape[-2:]]
-        return decode_latents(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
+        return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
 
     def extra_parameters(self):
         return {"Noise level": self.opt.noise_level}
 
 
-def _required(value: Optional[str], flag: str, what: str) -> str:
-    if not value:
+TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Inpainting, DepthToImage, Upscaling)}
+
+
+def _required(value: Any, flag: str, what: str) -> Any:
+    if value is None or (isinstance(value, (str, list, tuple)) and not value):
         raise UsageError(f"{flag} is required: {what}")
     return value

@@ -35,15 +35,15 @@ def test_without_flags_slicing_is_off_even_after_an_earlier_run(model):
     assert not model.first_stage_model.tiling
 
 
-def test_compile_wraps_the_unet_only_and_freezes_its_weights_on_cpu(model, monkeypatch):
+def test_compile_wraps_the_unet_only_and_freezes_its_weights_on_cpu_for_this_compilation_only(model):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "freezing", False)
     unet = model.model.diffusion_model
     apply_runtime_options(model, _options(compile=True))
     assert model.model.diffusion_model is not unet
     assert model.model.diffusion_model._orig_mod is unet
-    assert inductor_config.freezing
+    assert model.model.diffusion_model.get_compiler_config()["freezing"] is True
+    assert inductor_config.freezing is False  # the process-wide setting is untouched
 
 
 def test_tiling_an_autoencoder_that_cannot_is_an_error(model):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ldm.inference import runner
 from tests.scripts.helpers import error_line, files_under, load_script, main_exit_code, run_script, write_test_image
 
 
@@ -118,7 +119,7 @@ def test_out_of_memory_suggests_smaller_batches_slicing_and_tiling(tiny_models, 
     def run_out_of_memory(opt, task):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(script, "run_task", run_out_of_memory)
+    monkeypatch.setattr(runner, "run_task", run_out_of_memory)
     with pytest.raises(SystemExit) as stop:
         script.main([*tiny_models["txt2img"].flags(), "--outdir", str(tmp_path / "out")])
     assert stop.value.code == 2

@@ -1,0 +1,214 @@
+"""The one generation path: ``ldm.load(task)`` returns a :class:`Pipeline`, a loaded model with
+its task, and calling it makes images. The scripts, the evaluation and the web UI all go through
+it, so the same options give the same pixels everywhere::
+
+    import ldm
+    pipe = ldm.load("txt2img")                      # the shipped shapes model
+    images = pipe("a red circle above a blue square", steps=20, scale=5.0, sampler="dpmpp_2m", seed=0, n=4)
+    images[0].info["parameters"]                    # A1111 parameters text, also written into saved PNGs
+
+Keywords are the scripts' flag names (``steps``, ``scale``, ``seed``, ``negative_prompt``, ``H``,
+``W``, ``strength``, ``mask``, ``depth``, ``noise_level``, ...) with three short forms: ``n``
+(images per prompt, ``--n_samples``), ``eta`` (``--ddim_eta``) and ``image`` (``--init-img``,
+a path, a PIL image or an array). Defaults are the scripts' defaults. A bad value raises
+:class:`~ldm.inference.errors.UsageError` (a ValueError) with the message the script prints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+
+from ldm.inference.cli import check_positive
+from ldm.inference.errors import UsageError
+from ldm.inference.images import PARAMETERS_KEY, to_uint8
+from ldm.inference.loading import (ModelSpec, choose_model_paths, inference_config, load_model, model_hash,
+                                   model_name, read_config, read_model_spec)
+from ldm.inference.optimizations import apply_runtime_options
+from ldm.inference.parameters import GenerationParameters
+from ldm.inference.parsers import TASK_NAMES, default_options
+from ldm.inference.pipeline import Batch, plan_batches, prompt_sources, read_prompts
+from ldm.inference.precision import autocast_dtype, precision_scope
+from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler
+from ldm.inference.tasks import TASKS, Task
+from ldm.models.diffusion.seeding import ImageNoise, seed_global_generators
+from ldm.util import pick_device
+
+# Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
+LOAD_SETTINGS = ("config", "ckpt", "device", "precision", "bf16", "ema", "compile", "attention_slicing",
+                 "vae_tiling")
+# Flags of the scripts' output and batching that a call expresses otherwise (n, batch_size, a return value).
+_SCRIPT_ONLY = ("outdir", "skip_save", "skip_grid", "n_rows", "from_file", "n_iter", "n_samples", "repeat")
+# Short keyword -> the flag's destination.
+KEYWORD_FLAGS = {"n": "n_samples", "eta": "ddim_eta", "image": "init_img"}
+
+
+def choose_device(requested: str) -> torch.device:
+    """``device``: auto, cpu, cuda, cuda:N or mps, and available on this machine."""
+    if not isinstance(requested, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", requested):
+        raise UsageError(f"--device: unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+    try:
+        return pick_device(None if requested == "auto" else requested)
+    except RuntimeError as err:
+        raise UsageError(str(err)) from None
+
+
+def task_options(task: str) -> argparse.Namespace:
+    """Every option of ``task`` at the script's default."""
+    if task not in TASK_NAMES:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+    return default_options(task)
+
+
+@dataclass
+class Run:
+    """A checked request: the task with its inputs read, the sampler, and the batches to make."""
+    opt: argparse.Namespace
+    task: Task
+    sampler: str
+    batches: List[Batch]
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
+    """Check every option and read every input of a request, before any sampling (and, for the
+    scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
+    check_positive(opt, "steps", "n_samples", "n_iter", "repeat")
+    task = TASKS[task_name](opt, spec)
+    sampler = chosen_sampler(opt, task.needs_partial_denoising)
+    check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
+    prompts = read_prompts(opt)
+    sources = prompt_sources(opt, len(prompts))
+    batches = list(plan_batches(prompts, opt.n_samples, opt.n_iter, opt.seed, opt.fixed_code, sources))
+    return Run(opt=opt, task=task, sampler=sampler, batches=batches)
+
+
+class Pipeline:
+    """A model loaded for one task. ``pipe(prompt, **options)`` returns PIL images, each with its
+    generation parameters in ``image.info["parameters"]``; :meth:`generate` yields the raw batches
+    (the scripts write them as they come)."""
+
+    def __init__(self, task: str, model: torch.nn.Module, spec: ModelSpec, settings: argparse.Namespace,
+                 device: torch.device, dtype: Optional[torch.dtype]):
+        self.task = task
+        self.model = model
+        self.spec = spec
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self._model_hash: Optional[str] = None
+
+    @classmethod
+    def from_options(cls, task: str, opt: argparse.Namespace) -> "Pipeline":
+        """Load the model that ``opt.config``/``opt.ckpt`` name (the task's shipped model when both
+        are None) with the load settings of ``opt``."""
+        settings = copy.copy(opt)
+        settings.config, settings.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
+        config = read_config(settings.config)
+        spec = read_model_spec(config)
+        TASKS[task].check_model_kind(spec, settings.config)
+        device = choose_device(settings.device)
+        dtype = autocast_dtype(device, settings.precision, settings.bf16)
+        config = inference_config(config, fp16_unet=dtype is not None and device.type != "cpu", ema=settings.ema)
+        model = load_model(config, settings.config, settings.ckpt, device, settings.ema)
+        apply_runtime_options(model, settings)
+        return cls(task, model, spec, settings, device, dtype)
+
+    # -- calling ---------------------------------------------------------------------------------
+    def options(self, prompt: Union[None, str, Sequence[str]] = None, **keywords: Any) -> argparse.Namespace:
+        """The scripts' options for one call: the defaults, the load settings, then ``keywords``.
+
+        ``prompt`` is one prompt (``n`` images of it, in one batch unless ``batch_size`` says
+        otherwise) or a list of prompts (``n`` images of each, ``batch_size`` at a time, 1 by
+        default); per-prompt inputs (``image``, ``mask``, ``depth``) may then be lists too."""
+        opt = task_options(self.task)
+        for name in LOAD_SETTINGS:
+            setattr(opt, name, getattr(self.settings, name))
+        batch_size = keywords.pop("batch_size", None)
+        for keyword, value in keywords.items():
+            name = KEYWORD_FLAGS.get(keyword, keyword)
+            if name not in vars(opt) or name in LOAD_SETTINGS or (name in _SCRIPT_ONLY and keyword != "n"):
+                raise TypeError(f"{self.task} pipeline got an unexpected keyword {keyword!r}"
+                                + (" (set it in ldm.load)" if name in LOAD_SETTINGS else ""))
+            setattr(opt, name, value)
+        if prompt is not None:
+            opt.prompt = list(prompt) if isinstance(prompt, (list, tuple)) else prompt
+        count = opt.n_samples
+        if isinstance(opt.prompt, list):
+            opt.repeat, opt.n_samples = count, batch_size or 1
+        elif batch_size is not None and batch_size < count:
+            opt.prompt, opt.repeat, opt.n_samples = [opt.prompt], count, batch_size
+        opt.n_iter = 1
+        return opt
+
+    def __call__(self, prompt: Union[None, str, Sequence[str]] = None, **keywords: Any) -> List[Image.Image]:
+        run = prepare_run(self.task, self.options(prompt, **keywords), self.spec)
+        images = []
+        for _, pixels, texts in self.generate(run):
+            for array, text in zip(to_uint8(pixels), texts):
+                image = Image.fromarray(array)
+                image.info[PARAMETERS_KEY] = text
+                images.append(image)
+        return images
+
+    def generate(self, run: Run, on_batch: Optional[Callable[[int, int], None]] = None
+                 ) -> Iterator[Tuple[Batch, torch.Tensor, List[str]]]:
+        """``(batch, images in [0, 1] [B, 3, H, W] on the CPU, parameters text of each image)``
+        per batch of ``run``; every random draw of an image comes from its own seed."""
+        sampler = build_sampler(run.sampler, self.model)
+        run.task.to_device(self.device)
+        describe = self._parameters_writer(run, sampler.display_name)
+        with torch.no_grad(), precision_scope(self.device, self.dtype), self._weights_scope():
+            for index, batch in enumerate(run.batches):
+                if on_batch is not None:
+                    on_batch(index, len(run.batches))
+                seed_global_generators(batch.seeds[0])
+                images = run.task.generate(self.model, sampler.sampler, batch, ImageNoise(batch.seeds, self.device))
+                yield batch, images.cpu(), [describe(p, s) for p, s in zip(batch.prompts, batch.seeds)]
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def model_hash(self) -> Optional[str]:
+        """A1111's model hash of the checkpoint file, computed once."""
+        if self._model_hash is None and self.settings.ckpt is not None:
+            self._model_hash = model_hash(self.settings.ckpt)
+        return self._model_hash
+
+    def _parameters_writer(self, run: Run, sampler_name: str) -> Callable[[str, int], str]:
+        """``(prompt, seed) -> parameters text`` of an image of this run."""
+        opt = run.opt
+        width, height = run.task.output_size()
+        ckpt = self.settings.ckpt
+        common = dict(negative_prompt=opt.negative_prompt, steps=opt.steps, sampler=sampler_name,
+                      cfg_scale=opt.scale, width=width, height=height, model_hash=self.model_hash,
+                      model_name=model_name(ckpt) if ckpt else None, extra=run.task.extra_parameters())
+        return lambda prompt, seed: GenerationParameters(prompt=prompt, seed=seed, **common).to_text()
+
+    def _weights_scope(self) -> ContextManager:
+        """Sample with the EMA weights when the model keeps them (a config with ``use_ema`` and no
+        ``ema`` choice), as the originals' ``model.ema_scope()``."""
+        return self.model.ema_scope() if getattr(self.model, "use_ema", False) else contextlib.nullcontext()
+
+
+def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
+         precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
+         attention_slicing: Optional[int] = None, vae_tiling: bool = False) -> Pipeline:
+    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale): the shipped
+    shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
+    beside it or the original config its layout fits, as the scripts pick it."""
+    opt = task_options(task)
+    if precision not in ("autocast", "full"):
+        raise UsageError(f"--precision must be autocast or full, got {precision!r}")
+    for name, value in dict(ckpt=ckpt, config=config, device=device, precision=precision, ema=ema, bf16=bf16,
+                            compile=compile, attention_slicing=attention_slicing, vae_tiling=vae_tiling).items():
+        setattr(opt, name, str(value) if name in ("ckpt", "config") and value is not None else value)
+    return Pipeline.from_options(task, opt)

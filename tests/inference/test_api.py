@@ -1,0 +1,149 @@
+"""``ldm.load(task)(...)``: the Python API is the scripts' generation path (same pixels for the same
+options), with the scripts' defaults and one-line errors, on tiny random-weight models."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ldm
+from ldm.inference.errors import UsageError
+from tests.scripts.helpers import files_under, main_exit_code, png_parameters, write_test_image
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_models):
+    """One pipeline per task on the tiny models, loaded once."""
+    model_of = {"txt2img": "txt2img", "img2img": "txt2img", "inpaint": "inpaint", "depth2img": "depth",
+                "upscale": "upscale"}
+    return {task: ldm.load(task, ckpt=str(tiny_models[name].ckpt), config=str(tiny_models[name].config),
+                           device="cpu")
+            for task, name in model_of.items()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    return {"image": write_test_image(folder / "in.png", size=(32, 32), seed=1),
+            "small": write_test_image(folder / "small.png", size=(8, 8), seed=2),
+            "depth": write_test_image(folder / "depth.png", size=(32, 32), seed=3, mode="L"),
+            "mask": folder / "mask.png"}
+
+
+def _task_options(task, inputs):
+    """(CLI flags, API keywords) of the same request of ``task``."""
+    extra = {"img2img": {"init-img": inputs["image"], "strength": 0.6},
+             "inpaint": {"init-img": inputs["image"], "mask": inputs["mask"]},
+             "depth2img": {"init-img": inputs["image"], "depth": inputs["depth"], "strength": 0.7},
+             "upscale": {"init-img": inputs["small"], "noise_level": 30}}.get(task, {})
+    flags = ["--prompt", "a red circle", "--negative_prompt", "blue", "--steps", "3", "--scale", "3.0",
+             "--seed", "11", "--n_samples", "2", "--n_iter", "1"]
+    for name, value in extra.items():
+        flags += [f"--{name}", str(value)]
+    keywords = dict(negative_prompt="blue", steps=3, scale=3.0, seed=11, n=2)
+    keywords.update({("image" if name == "init-img" else name): value for name, value in extra.items()})
+    return flags, keywords
+
+
+@pytest.mark.parametrize("task", ["txt2img", "img2img", "inpaint", "depth2img", "upscale"])
+def test_the_api_makes_the_same_pixels_and_parameters_as_the_script(task, pipes, tiny_models, inputs, tmp_path,
+                                                                     capsys):
+    flags, keywords = _task_options(task, inputs)
+    pipe = pipes[task]
+    outdir = tmp_path / "out"
+    model_flags = ["--config", pipe.settings.config, "--ckpt", pipe.settings.ckpt]
+    assert main_exit_code(f"{task}.py", [*flags, *model_flags, "--outdir", str(outdir), "--skip_grid"]) == 0, \
+        capsys.readouterr().err
+    written = files_under(outdir)
+    images = pipe("a red circle", **keywords)
+    assert len(images) == len(written) == 2
+    for image, path in zip(images, written):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(path)))
+        assert image.info["parameters"] == Image.open(path).info["parameters"]
+    assert png_parameters(written[1])["Seed"] == "12"
+
+
+def test_a_single_prompt_makes_n_images_seeded_one_after_the_other(pipes):
+    pipe = pipes["txt2img"]
+    together = pipe("a red circle", steps=2, seed=5, n=3)
+    alone = pipe("a red circle", steps=2, seed=6, n=1)
+    assert [image.info["parameters"].split("Seed: ")[1].split(",")[0] for image in together] == ["5", "6", "7"]
+    assert np.abs(np.asarray(together[1], dtype=int) - np.asarray(alone[0], dtype=int)).max() <= 1
+
+
+def test_a_prompt_list_makes_n_images_of_each_prompt_with_one_input_each(pipes, inputs):
+    pipe = pipes["img2img"]
+    red = np.zeros((32, 32, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    images = pipe(["a red circle", "a blue square"], image=[Image.open(inputs["image"]), red], n=2,
+                  batch_size=3, steps=3, strength=0.5, seed=0)
+    assert [image.info["parameters"].splitlines()[0] for image in images] == ["a red circle"] * 2 + ["a blue square"] * 2
+    # the blue-square images start from the red array: more red than the ones from the test image
+    reds = [np.asarray(image, dtype=float)[..., 0].mean() for image in images]
+    assert min(reds[2:]) > max(reds[:2])
+
+
+def test_img2img_with_eta_draws_its_step_noise_from_each_images_seed(pipes, inputs):
+    pipe = pipes["img2img"]
+    options = dict(image=str(inputs["image"]), steps=4, strength=0.9, eta=1.0)
+    batch = pipe("a red circle", seed=20, n=2, **options)
+    alone = pipe("a red circle", seed=21, n=1, **options)
+    other = pipe("a red circle", seed=21, n=1, **dict(options, eta=0.0))
+    assert np.abs(np.asarray(batch[1], dtype=int) - np.asarray(alone[0], dtype=int)).max() <= 1
+    assert np.abs(np.asarray(alone[0], dtype=int) - np.asarray(other[0], dtype=int)).mean() > 1.0
+
+
+def test_a_bad_value_raises_a_value_error_with_the_scripts_message(pipes, tiny_models, tmp_path, capsys):
+    pipe = pipes["img2img"]
+    with pytest.raises(UsageError, match=r"^--strength must be in \[0, 1\], got 1.5$") as raised:
+        pipe("a cat", image=np.zeros((32, 32, 3), dtype=np.uint8), strength=1.5)
+    assert isinstance(raised.value, ValueError)
+    code = main_exit_code("img2img.py", [*tiny_models["txt2img"].flags(), "--init-img", "x.png", "--strength",
+                                         "1.5", "--outdir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"img2img.py: error: {raised.value}"
+
+
+def test_unknown_keywords_and_per_call_load_settings_are_type_errors(pipes):
+    with pytest.raises(TypeError, match="unexpected keyword 'strength'"):
+        pipes["txt2img"]("a cat", strength=0.5)
+    with pytest.raises(TypeError, match="set it in ldm.load"):
+        pipes["txt2img"]("a cat", device="cpu")
+
+
+def test_per_prompt_inputs_must_match_the_prompts(pipes, inputs):
+    with pytest.raises(UsageError, match="got 1 inputs for 2 prompt"):
+        pipes["img2img"](["a", "b"], image=[str(inputs["image"])])
+
+
+def test_an_unknown_task_is_named_in_the_error():
+    with pytest.raises(UsageError, match="unknown task 'txt2vid'; choose one of txt2img, img2img"):
+        ldm.load("txt2vid")
+
+
+def test_a_model_of_another_task_is_refused_at_load(tiny_models):
+    with pytest.raises(UsageError, match="txt2img needs a text-to-image model.*use scripts/inpaint.py"):
+        ldm.load("txt2img", ckpt=str(tiny_models["inpaint"].ckpt), config=str(tiny_models["inpaint"].config),
+                 device="cpu")
+
+
+def test_import_ldm_does_not_import_the_api_or_torch():
+    code = "import sys, ldm; print('ldm.inference.api' in sys.modules, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_save_image_writes_the_parameters_and_never_overwrites(pipes, tmp_path):
+    from ldm.inference.images import read_parameters, save_image
+
+    image = pipes["txt2img"]("a red circle", steps=1, n=1)[0]
+    path = save_image(image, tmp_path / "a.png")
+    assert read_parameters(str(path)) == image.info["parameters"]
+    with pytest.raises(FileExistsError):
+        save_image(image, path)
