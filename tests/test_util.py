@@ -1,4 +1,5 @@
-"""ldm/util.py: config instantiation and the one safe checkpoint loader."""
+"""ldm/util/: config instantiation, the one safe checkpoint loader, state-dict matching, device
+choice; and that every name the original ``ldm.util`` module offered is still importable from it."""
 import os
 import pickle
 
@@ -7,9 +8,22 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.util import (REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, compare_state_dict, count_params,
-                      get_obj_from_str, in_cwd_or_repository, instantiate_from_config, load_checkpoint,
-                      load_state_dict_checked, save_checkpoint, select_ema_weights)
+from ldm.util import (
+    REPOSITORY_ROOT,
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_tensor_shapes,
+    compare_state_dict,
+    count_params,
+    first_line,
+    get_obj_from_str,
+    in_cwd_or_repository,
+    instantiate_from_config,
+    load_checkpoint,
+    load_state_dict_checked,
+    save_checkpoint,
+    select_ema_weights,
+)
 
 
 class _TwoLayer(torch.nn.Module):
@@ -195,8 +209,16 @@ def test_wrong_layout_is_reported_per_component_and_refused_when_strict():
     other = _TwoLayer(width=4).state_dict()
     report = compare_state_dict(model, other)
     assert "UNet (model.diffusion_model)" in report.mismatched
-    with pytest.raises(CheckpointError, match="does not fit the config.*UNet"):
+    with pytest.raises(CheckpointMismatchError, match="^the checkpoint does not fit the config: .*UNet"):
         load_state_dict_checked(model, other, verbose=False)
+
+
+def test_a_mismatch_is_a_checkpoint_error_and_an_unreadable_file_is_not_a_mismatch(tmp_path):
+    assert issubclass(CheckpointMismatchError, CheckpointError)
+    (tmp_path / "bad.ckpt").write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "bad.ckpt")
+    assert not isinstance(info.value, CheckpointMismatchError)
 
 
 def test_missing_and_unexpected_keys_are_named():
@@ -233,6 +255,16 @@ def test_relative_checkpoint_paths_are_found_from_the_repository_root_too(tmp_pa
     (tmp_path / "configs" / "mine.ckpt").write_bytes(b"x")
     assert in_cwd_or_repository("configs/mine.ckpt") == "configs/mine.ckpt"
     assert in_cwd_or_repository("nowhere/x.ckpt") == "nowhere/x.ckpt"
+
+
+def test_home_relative_paths_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert in_cwd_or_repository("~/model.ckpt") == str(tmp_path / "model.ckpt")
+
+
+def test_repository_root_is_the_folder_holding_the_package():
+    assert os.path.isfile(os.path.join(REPOSITORY_ROOT, "ldm", "util", "__init__.py"))
+    assert os.path.isdir(os.path.join(REPOSITORY_ROOT, "configs"))
 
 
 def test_skip_prefixes_are_reported_in_one_line_not_as_errors():
@@ -282,7 +314,7 @@ def test_transformers5_clip_keys_are_renamed_to_the_original_layout():
 
 
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
-    from ldm import util
+    from ldm.util import devices as util
 
     monkeypatch.setattr(util, "_device_available", lambda kind: kind in ("mps", "cpu"))
     assert util.pick_device() == torch.device("mps")
@@ -292,9 +324,34 @@ def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 
 
 def test_pick_device_refuses_a_device_that_is_not_there(monkeypatch):
-    from ldm import util
+    from ldm.util import devices as util
 
     monkeypatch.setattr(util, "_device_available", lambda kind: kind == "cpu")
     with pytest.raises(RuntimeError, match="--device cuda:1 was asked for, but CUDA is not available"):
         util.pick_device("cuda:1")
     assert util.pick_device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# The module's public names
+# ---------------------------------------------------------------------------------------------
+# Every name the original single-module ldm.util offered (and code here imports from it).
+ORIGINAL_NAMES = ["exists", "default", "ismap", "isimage", "mean_flat", "count_params", "log_txt_as_img",
+                  "get_obj_from_str", "instantiate_from_config", "REPOSITORY_ROOT", "in_cwd_or_repository",
+                  "write_atomically", "CheckpointError", "load_checkpoint", "save_checkpoint",
+                  "checkpoint_tensor_shapes", "StateDictReport", "compare_state_dict", "upgrade_legacy_keys",
+                  "select_ema_weights", "load_state_dict_checked", "pick_device", "load_model_from_config"]
+
+
+@pytest.mark.parametrize("name", ORIGINAL_NAMES)
+def test_every_name_of_the_original_module_is_importable_from_ldm_util(name):
+    import ldm.util
+
+    assert name in ldm.util.__all__ and getattr(ldm.util, name) is not None
+
+
+def test_first_line_of_an_error_message():
+    assert first_line(ValueError("  bad value\nmore detail")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(RuntimeError("Weights only load failed.\nWeightsUnpickler error: Unsupported x\n"),
+                      after="WeightsUnpickler error:") == "Unsupported x"

@@ -3,7 +3,6 @@ between PIL and tensors, making grids (no torchvision), and writing numbered PNG
 generation parameters, never over an existing file."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -13,6 +12,7 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from ldm.inference.errors import UsageError
+from ldm.util.images import make_grid
 
 SAMPLES_DIRNAME = "samples"
 PARAMETERS_KEY = "parameters"
@@ -156,26 +156,6 @@ def pixels_for_output(image: torch.Tensor) -> torch.Tensor:
     interval, so truncation cannot lose one), for pasting known pixels into outputs."""
     levels = torch.round((image.float() + 1.0) / 2.0 * 255.0)
     return (levels + 0.5) / 255.0
-
-
-def make_grid(images: torch.Tensor, nrow: int = 4, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
-    """Tile ``[N, C, H, W]`` into one ``[C, H', W']`` image, ``nrow`` images per row, with
-    ``padding`` pixels of ``pad_value`` around each (torchvision's ``make_grid`` layout, written
-    here because torchvision cannot be used). Single-channel batches become 3-channel."""
-    if images.dim() != 4:
-        raise ValueError(f"make_grid expects a (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    if images.shape[1] == 1:
-        images = images.repeat(1, 3, 1, 1)
-    count, channels, height, width = images.shape
-    columns = min(nrow, count)
-    rows = math.ceil(count / columns)
-    cell_h, cell_w = height + padding, width + padding
-    grid = images.new_full((channels, rows * cell_h + padding, columns * cell_w + padding), pad_value)
-    for index in range(count):
-        top = (index // columns) * cell_h + padding
-        left = (index % columns) * cell_w + padding
-        grid[:, top:top + height, left:left + width] = images[index]
-    return grid
 
 
 # ---------------------------------------------------------------------------------------------

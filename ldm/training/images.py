@@ -1,5 +1,5 @@
-"""Sample grids of training runs, written with the package's one image helper
-(:mod:`ldm.inference.images`)."""
+"""Sample grids of training runs: grids from :mod:`ldm.util.images`, written as PNG with the
+package's one image writer (:mod:`ldm.inference.images`)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ import os
 import numpy as np
 import torch
 
-from ldm.inference.images import make_grid, save_png
+from ldm.inference.images import save_png
+from ldm.util.images import make_grid
 
 __all__ = ["make_grid", "grid_to_uint8", "save_log_image"]
 

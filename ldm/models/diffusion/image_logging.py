@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from ldm.inference.images import make_grid
-from ldm.util import isimage, ismap, log_txt_as_img
+from ldm.util import isimage, ismap, log_txt_as_img, make_grid
 
 CLASS_CONDITIONING_KEYS = ("class_label", "cls")
 
