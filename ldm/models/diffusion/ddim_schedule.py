@@ -1,32 +1,40 @@
 """What DDIM and PLMS share: the DDIM time grid and its coefficients (``make_schedule``), the
-per-step scalars, the guided model call that returns eps for eps and v models, and inpainting's
-known-region blend. Both samplers keep the original attribute names (``ddim_timesteps``,
-``ddim_alphas``, ``ddim_alphas_prev``, ``ddim_sigmas``, ...)."""
+sampling loop over that grid (time range, guidance schedule, inpainting blend, callbacks,
+intermediates), the guided model call that returns eps for eps, v and x0 models, and the DDIM
+update (Song et al. 2021, eq. 12) that both take their steps with. Both samplers keep the
+original attribute names (``ddim_timesteps``, ``ddim_alphas``, ``ddim_alphas_prev``,
+``ddim_sigmas``, ...)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from types import SimpleNamespace
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from ldm.models.diffusion.sampling_util import Generator, guided_model_output, randn
+from ldm.models.diffusion.sampling_util import (
+    Generator,
+    Sampler,
+    append_dims,
+    guided_model_output,
+    norm_thresholding,
+    randn,
+)
 from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps
 
 
-class DDIMScheduleSampler:
-    """Base of ``DDIMSampler`` and ``PLMSSampler``; the device comes from the model unless given."""
+class DDIMScheduleSampler(Sampler):
+    """Base of ``DDIMSampler`` and ``PLMSSampler``; the device comes from the model unless given.
+    Subclasses name their loop method (``loop_method``) and take one step in ``grid_step``."""
+
+    label = "DDIM"  # for messages and the progress bar
+    loop_method = "grid_sampling"
 
     def __init__(self, model, schedule: str = "linear", device=None, **kwargs):
-        self.model = model
+        super().__init__(model, device)
         self.ddpm_num_timesteps = model.num_timesteps
         self.schedule = schedule
-        self.device = torch.device(device) if device is not None else model.device
-
-    def register_buffer(self, name: str, attr: Any) -> None:
-        """Store ``attr`` as an attribute, on the sampler's device when it is a tensor."""
-        if isinstance(attr, torch.Tensor) and attr.device != self.device:
-            attr = attr.to(self.device)
-        setattr(self, name, attr)
 
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform",
                       ddim_eta: float = 0., verbose: bool = True) -> None:
@@ -65,6 +73,100 @@ class DDIMScheduleSampler:
         if not hasattr(self, "ddim_timesteps"):
             raise RuntimeError("call make_schedule(ddim_num_steps, ...) (or sample) first")
 
+    def _sample(self, S: int, size: Tuple[int, ...], request: SimpleNamespace):
+        self.make_schedule(ddim_num_steps=S, ddim_eta=request.eta, verbose=request.verbose)
+        if request.verbose:
+            print(f"Data shape for {self.label} sampling is {size}, eta {request.eta}")
+        return getattr(self, self.loop_method)(
+            request.conditioning, size, callback=request.callback,
+            img_callback=request.img_callback, quantize_denoised=request.quantize_x0,
+            mask=request.mask, x0=request.x0, ddim_use_original_steps=False,
+            noise_dropout=request.noise_dropout, temperature=request.temperature,
+            score_corrector=request.score_corrector, corrector_kwargs=request.corrector_kwargs,
+            x_T=request.x_T, log_every_t=request.log_every_t,
+            unconditional_guidance_scale=request.unconditional_guidance_scale,
+            unconditional_conditioning=request.unconditional_conditioning,
+            dynamic_threshold=request.dynamic_threshold, ucg_schedule=request.ucg_schedule,
+            generator=request.generator, verbose=request.verbose)
+
+    def time_range(self, timesteps: Optional[int] = None,
+                   use_original_steps: bool = False) -> Sequence[int]:
+        """The timesteps to visit, first (noisiest) to last: the DDIM grid, or every one of the
+        model's with ``use_original_steps``; ``timesteps`` (an int) keeps only the first part
+        of the grid, as the original does."""
+        if use_original_steps:
+            return list(reversed(range(0, self.ddpm_num_timesteps if timesteps is None
+                                       else timesteps)))
+        grid = self.ddim_timesteps
+        if timesteps is not None:
+            n = grid.shape[0]
+            grid = grid[:int(min(timesteps / n, 1) * n) - 1]
+        return np.flip(grid)
+
+    @torch.no_grad()
+    def grid_sampling(self, cond: Any, shape: Sequence[int], x_T: Optional[torch.Tensor] = None,
+                      ddim_use_original_steps: bool = False, callback: Optional[Callable] = None,
+                      timesteps: Optional[int] = None, quantize_denoised: bool = False,
+                      mask: Optional[torch.Tensor] = None, x0: Optional[torch.Tensor] = None,
+                      img_callback: Optional[Callable] = None, log_every_t: int = 100,
+                      temperature: float = 1., noise_dropout: float = 0., score_corrector=None,
+                      corrector_kwargs=None, unconditional_guidance_scale: float = 1.,
+                      unconditional_conditioning: Any = None,
+                      dynamic_threshold: Optional[float] = None,
+                      ucg_schedule: Optional[Sequence[float]] = None,
+                      generator: Generator = None, verbose: bool = True):
+        """The loop from x_T down the grid (``time_range``), one ``grid_step`` per timestep;
+        ``ucg_schedule`` gives the guidance scale of each step. Returns ``(samples,
+        {"x_inter": [...], "pred_x0": [...]})``, logged every ``log_every_t`` steps."""
+        self._require_schedule()
+        b = shape[0]
+        img = randn(shape, generator, device=self.device) if x_T is None else x_T
+        time_range = self.time_range(timesteps, ddim_use_original_steps)
+        total_steps = len(time_range)
+        if ucg_schedule is not None and len(ucg_schedule) != total_steps:
+            raise ValueError(f"ucg_schedule has {len(ucg_schedule)} scales for "
+                             f"{total_steps} steps")
+        if verbose:
+            print(f"Running {self.label} Sampling with {total_steps} timesteps")
+
+        intermediates = {"x_inter": [img], "pred_x0": [img]}
+        history: List[torch.Tensor] = []
+        iterator = tqdm(time_range, desc=f"{self.label} Sampler", total=total_steps,
+                        disable=not verbose)
+        for i, step in enumerate(iterator):
+            index = total_steps - i - 1
+            ts = torch.full((b,), int(step), device=self.device, dtype=torch.long)
+            next_step = time_range[min(i + 1, total_steps - 1)]
+            ts_next = torch.full((b,), int(next_step), device=self.device, dtype=torch.long)
+            if mask is not None:
+                img = self.blend_known_region(img, x0, mask, ts, generator)
+            if ucg_schedule is not None:
+                unconditional_guidance_scale = ucg_schedule[i]
+            img, pred_x0 = self.grid_step(
+                img, cond, ts, ts_next, index, history, use_original_steps=ddim_use_original_steps,
+                quantize_denoised=quantize_denoised, temperature=temperature,
+                noise_dropout=noise_dropout, score_corrector=score_corrector,
+                corrector_kwargs=corrector_kwargs,
+                unconditional_guidance_scale=unconditional_guidance_scale,
+                unconditional_conditioning=unconditional_conditioning,
+                dynamic_threshold=dynamic_threshold, generator=generator)
+            if callback:
+                callback(i)
+            if img_callback:
+                img_callback(pred_x0, i)
+            if index % log_every_t == 0 or index == total_steps - 1:
+                intermediates["x_inter"].append(img)
+                intermediates["pred_x0"].append(pred_x0)
+        return img, intermediates
+
+    def grid_step(self, x: torch.Tensor, c: Any, t: torch.Tensor, t_next: torch.Tensor,
+                  index: int, history: List[torch.Tensor],
+                  **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step of ``grid_sampling`` from timestep ``t`` (grid ``index``) towards
+        ``t_next``; ``history`` is the loop's memory (PLMS keeps its noise predictions there).
+        Returns ``(x_prev, pred_x0)``."""
+        raise NotImplementedError
+
     def step_coefficients(self, index: int, use_original_steps: bool, batch_size: int,
                           dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
         """``(a_t, a_prev, sigma_t, sqrt(1 - a_t))`` of step ``index``, each shaped
@@ -93,7 +195,7 @@ class DDIMScheduleSampler:
         elif self.model.parameterization == "eps":
             e_t = model_output
         elif self.model.parameterization == "x0":
-            a_t = self.alphas_cumprod.to(x)[t].reshape(-1, *((1,) * (x.ndim - 1)))
+            a_t = append_dims(self.alphas_cumprod.to(x)[t], x.ndim)
             e_t = (x - a_t.sqrt() * model_output) / (1. - a_t).sqrt()
         else:
             raise ValueError(f"unknown parameterization '{self.model.parameterization}'")
@@ -127,3 +229,28 @@ class DDIMScheduleSampler:
             generator = generator[0]
         one = randn((1, *shape[1:]), generator, device=self.device, dtype=dtype)
         return one.repeat(shape[0], *((1,) * (len(shape) - 1)))
+
+    def ddim_update(self, x: torch.Tensor, e_t: torch.Tensor,
+                    coefficients: Tuple[torch.Tensor, ...], pred_x0: Optional[torch.Tensor] = None,
+                    quantize_denoised: bool = False, temperature: float = 1.,
+                    noise_dropout: float = 0., dynamic_threshold: Optional[float] = None,
+                    generator: Generator = None,
+                    repeat_noise: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The DDIM update (Song et al. 2021, eq. 12) with noise prediction ``e_t`` and the
+        ``step_coefficients`` ``(a_t, a_prev, sigma_t, sqrt(1 - a_t))``:
+        ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``, x0 predicted
+        from eps (eq. 9) unless given, optionally quantized and norm-thresholded, z scaled by
+        ``temperature`` and dropped out with ``noise_dropout``. Returns ``(x_prev, pred_x0)``."""
+        a_t, a_prev, sigma_t, sqrt_one_minus_at = coefficients
+        if pred_x0 is None:
+            pred_x0 = (x - sqrt_one_minus_at * e_t) / a_t.sqrt()
+        if quantize_denoised:
+            pred_x0, _, *_ = self.model.first_stage_model.quantize(pred_x0)
+        if dynamic_threshold is not None:
+            pred_x0 = norm_thresholding(pred_x0, dynamic_threshold)
+        dir_xt = (1. - a_prev - sigma_t ** 2).sqrt() * e_t
+        noise = sigma_t * self.draw_noise(x.shape, generator, a_t.dtype,
+                                          repeat=repeat_noise) * temperature
+        if noise_dropout > 0.:
+            noise = torch.nn.functional.dropout(noise, p=noise_dropout)
+        return a_prev.sqrt() * pred_x0 + dir_xt + noise, pred_x0

@@ -4,18 +4,24 @@ DPM++ 2M SDE, and ``KDiffusionSampler``, which runs any of them (and UniPC) behi
 
 Every sampler is a plain function ``f(denoiser, x, sigmas, callback, disable, generator)`` that
 integrates from ``sigmas[0]`` to ``sigmas[-1]`` and calls ``callback(i, x, denoised)`` after
-step i; ``generator`` drives the noise of the stochastic ones.
+step i (the loop is ``integrate``); ``generator`` drives the noise of the stochastic ones.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from types import SimpleNamespace
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from tqdm import trange
 
-from ldm.models.diffusion.sampling_util import Generator, randn, warn_on_batch_mismatch
-from ldm.models.diffusion.sigma_schedule import (DiscreteSigmaSchedule, ModelDenoiser,
-                                                 sigma_to_vp_space, vp_to_sigma_space)
+from ldm.models.diffusion.sampling_util import BASIC_OPTIONS, Generator, Sampler, SamplerCapabilities, randn
+from ldm.models.diffusion.sigma_schedule import (
+    SIGMA_SCHEDULES,
+    DiscreteSigmaSchedule,
+    ModelDenoiser,
+    sigma_to_vp_space,
+    vp_to_sigma_space,
+)
 from ldm.models.diffusion.uni_pc import sample_unipc
 
 
@@ -40,16 +46,27 @@ def _noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
+def integrate(step: Callable, denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+              callback: Optional[Callable] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """The loop every sampler here runs: for i = 0 .. n - 1, ``denoised = denoiser(x,
+    sigmas[i])``, ``x = step(i, x, denoised)`` (the move to sigmas[i + 1]), then
+    ``callback(i, x, denoised)``."""
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = denoiser(x, sigmas[i])
+        x = step(i, x, denoised)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
 def sample_euler(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
                  callback: Optional[Callable] = None, disable: Optional[bool] = None,
                  generator: Generator = None) -> torch.Tensor:
     """Euler's method (Karras et al. 2022, Alg. 1 without the second-order correction)."""
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = denoiser(x, sigmas[i])
-        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    def euler_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        return x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+
+    return integrate(euler_step, denoiser, x, sigmas, callback, disable)
 
 
 def sample_euler_ancestral(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
@@ -57,15 +74,14 @@ def sample_euler_ancestral(denoiser: Callable, x: torch.Tensor, sigmas: torch.Te
                            generator: Generator = None, eta: float = 1.) -> torch.Tensor:
     """Ancestral sampling with Euler steps: Euler to sigma_down, then add sigma_up noise
     (Song et al. 2021 ancestral sampler in the sigma parameterisation of Karras et al. 2022)."""
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = denoiser(x, sigmas[i])
+    def ancestral_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + _noise_like(x, generator) * sigma_up
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+        return x
+
+    return integrate(ancestral_step, denoiser, x, sigmas, callback, disable)
 
 
 def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
@@ -73,19 +89,37 @@ def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
                 generator: Generator = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Alg. 1, i.e. Alg. 2 with S_churn = 0);
     the final step to sigma = 0 is an Euler step. 2 evaluations per step, 1 for the last."""
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = denoiser(x, sigmas[i])
+    def heun_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         x_euler = x + d * dt
         if sigmas[i + 1] == 0:
-            x = x_euler
+            return x_euler
+        d_2 = to_d(x_euler, sigmas[i + 1], denoiser(x_euler, sigmas[i + 1]))
+        return x + (d + d_2) / 2 * dt
+
+    return integrate(heun_step, denoiser, x, sigmas, callback, disable)
+
+
+def _multistep(sigmas: torch.Tensor, update: Callable) -> Callable:
+    """The step of a DPM-Solver++(2M)-style sampler (Lu et al. 2022b, Alg. 2): ``update(i, x,
+    denoised, h, old_denoised, h_last)`` moves x by h = log(sigma_i / sigma_i+1) with the
+    previous data prediction and step (None on the first step); the step to sigma = 0 returns
+    the data prediction."""
+    old_denoised, h_last = None, None
+
+    def step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        nonlocal old_denoised, h_last
+        if sigmas[i + 1] == 0:
+            x = denoised
         else:
-            d_2 = to_d(x_euler, sigmas[i + 1], denoiser(x_euler, sigmas[i + 1]))
-            x = x + (d + d_2) / 2 * dt
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+            h = torch.log(sigmas[i]) - torch.log(sigmas[i + 1])
+            x = update(i, x, denoised, h, old_denoised, h_last)
+            h_last = h
+        old_denoised = denoised
+        return x
+
+    return step
 
 
 def sample_dpmpp_2m(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
@@ -93,23 +127,15 @@ def sample_dpmpp_2m(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
                     generator: Generator = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) with lambda = -log(sigma): first order on
     the first step and on the final step to sigma = 0."""
-    old_denoised, h_last = None, None
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = denoiser(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = torch.log(sigmas[i]) - torch.log(sigmas[i + 1])
-            denoised_d = denoised
-            if old_denoised is not None:
-                r = h_last / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * denoised_d
-            h_last = h
-        old_denoised = denoised
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    def update(i: int, x: torch.Tensor, denoised: torch.Tensor, h: torch.Tensor,
+               old_denoised: Optional[torch.Tensor], h_last: Optional[torch.Tensor]) -> torch.Tensor:
+        denoised_d = denoised
+        if old_denoised is not None:
+            r = h_last / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        return (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * denoised_d
+
+    return integrate(_multistep(sigmas, update), denoiser, x, sigmas, callback, disable)
 
 
 def sample_dpmpp_2m_sde(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
@@ -119,27 +145,20 @@ def sample_dpmpp_2m_sde(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tenso
     diffusion SDE in data prediction): x_t = (sigma_t / sigma_s) e^-h x_s + (1 - e^-2h) D +
     sigma_t sqrt(1 - e^-2h) z, D extrapolated from the last two predictions. ``eta`` = 0 gives
     DPM-Solver++(2M) with the midpoint-style correction."""
-    old_denoised, h_last = None, None
-    for i in trange(len(sigmas) - 1, disable=disable):
-        denoised = denoiser(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            h = torch.log(sigmas[i]) - torch.log(sigmas[i + 1])
-            eta_h = eta * h
-            decay = -torch.expm1(-h - eta_h)
-            x = sigmas[i + 1] / sigmas[i] * torch.exp(-eta_h) * x + decay * denoised
-            if old_denoised is not None:
-                r = h_last / h
-                x = x + 0.5 * decay * (1 / r) * (denoised - old_denoised)
-            if eta:
-                noise_std = sigmas[i + 1] * (-torch.expm1(-2 * eta_h)).sqrt()
-                x = x + _noise_like(x, generator) * noise_std
-            h_last = h
-        old_denoised = denoised
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    def update(i: int, x: torch.Tensor, denoised: torch.Tensor, h: torch.Tensor,
+               old_denoised: Optional[torch.Tensor], h_last: Optional[torch.Tensor]) -> torch.Tensor:
+        eta_h = eta * h
+        decay = -torch.expm1(-h - eta_h)
+        x = sigmas[i + 1] / sigmas[i] * torch.exp(-eta_h) * x + decay * denoised
+        if old_denoised is not None:
+            r = h_last / h
+            x = x + 0.5 * decay * (1 / r) * (denoised - old_denoised)
+        if eta:
+            noise_std = sigmas[i + 1] * (-torch.expm1(-2 * eta_h)).sqrt()
+            x = x + _noise_like(x, generator) * noise_std
+        return x
+
+    return integrate(_multistep(sigmas, update), denoiser, x, sigmas, callback, disable)
 
 
 SIGMA_SAMPLERS: Dict[str, Callable] = {
@@ -150,83 +169,73 @@ SIGMA_SAMPLERS: Dict[str, Callable] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "unipc": sample_unipc,
 }
+STOCHASTIC_SAMPLERS = ("euler_a", "dpmpp_2m_sde")  # they draw fresh noise with their own eta = 1
 
 
-class KDiffusionSampler:
+def sigma_sampler_capabilities(algorithm: str,
+                               sigma_schedule: str = "default") -> SamplerCapabilities:
+    """What ``KDiffusionSampler(model, algorithm, sigma_schedule)`` honours, named as the
+    registry names it (``euler``, ``euler_karras``): mask/x0 (the denoiser keeps the known
+    region), both callbacks, dynamic_threshold, intermediates; not DDIM's eta or noise options."""
+    if algorithm not in SIGMA_SAMPLERS:
+        raise ValueError(f"unknown sigma-space sampler '{algorithm}'; expected one of "
+                         f"{', '.join(SIGMA_SAMPLERS)}")
+    if sigma_schedule not in SIGMA_SCHEDULES:
+        raise ValueError(f"unknown sigma schedule '{sigma_schedule}'; "
+                         f"expected {' or '.join(repr(k) for k in SIGMA_SCHEDULES)}")
+    eta_reason = ("it is stochastic with its own eta = 1, not DDIM's eta"
+                  if algorithm in STOCHASTIC_SAMPLERS else "it is deterministic")
+    name = algorithm if sigma_schedule == "default" else f"{algorithm}_{sigma_schedule}"
+    return SamplerCapabilities(name, BASIC_OPTIONS | {"mask", "img_callback", "dynamic_threshold"},
+                               why_not=(("eta", eta_reason),))
+
+
+class KDiffusionSampler(Sampler):
     """A sigma-space sampler behind the DDIM ``sample(...)`` call:
     ``KDiffusionSampler(model, algorithm="euler", sigma_schedule="default", device=None)``,
     with ``algorithm`` in ``SIGMA_SAMPLERS`` and ``sigma_schedule`` ``default`` (timesteps
     uniform from N - 1 to 0) or ``karras`` (Karras et al. 2022, eq. 5). ``S`` steps end at
-    sigma = 0. ``eta`` (DDIM's) is ignored; the ancestral/SDE samplers use eta = 1."""
+    sigma = 0. ``sample`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})`` like DDIM;
+    with ``mask``/``x0`` the prediction is ``x0`` where the mask is 1, so that region ends
+    exactly at ``x0``. DDIM's eta is refused; the ancestral/SDE samplers use eta = 1."""
 
     def __init__(self, model, algorithm: str = "euler", sigma_schedule: str = "default",
                  device=None, **kwargs):
-        if algorithm not in SIGMA_SAMPLERS:
-            raise ValueError(f"unknown sigma-space sampler '{algorithm}'; expected one of "
-                             f"{', '.join(SIGMA_SAMPLERS)}")
-        if sigma_schedule not in ("default", "karras"):
-            raise ValueError(f"unknown sigma schedule '{sigma_schedule}'; "
-                             "expected 'default' or 'karras'")
-        self.model = model
+        self.capabilities = sigma_sampler_capabilities(algorithm, sigma_schedule)
+        super().__init__(model, device)
         self.algorithm = algorithm
         self.sigma_schedule = sigma_schedule
-        self.device = torch.device(device) if device is not None else model.device
         self.schedule = DiscreteSigmaSchedule(
             model.alphas_cumprod.detach().to(self.device, torch.float32))
 
     def get_sigmas(self, steps: int) -> torch.Tensor:
         return self.schedule.get_sigmas(steps, self.sigma_schedule)
 
-    def _refuse_unsupported(self, **used: bool) -> None:
-        for name, is_used in used.items():
-            if is_used:
-                raise ValueError(f"the {self.algorithm} sampler does not support {name}; "
-                                 "use ddim")
-
-    @torch.no_grad()
-    def sample(self, S: int, batch_size: int, shape: Sequence[int], conditioning: Any = None,
-               callback: Optional[Callable] = None, normals_sequence=None,
-               img_callback: Optional[Callable] = None, quantize_x0: bool = False,
-               eta: float = 0., mask: Optional[torch.Tensor] = None,
-               x0: Optional[torch.Tensor] = None, temperature: float = 1.,
-               noise_dropout: float = 0., score_corrector=None, corrector_kwargs=None,
-               verbose: bool = True, x_T: Optional[torch.Tensor] = None, log_every_t: int = 100,
-               unconditional_guidance_scale: float = 1., unconditional_conditioning: Any = None,
-               dynamic_threshold: Optional[float] = None, ucg_schedule=None,
-               generator: Generator = None,
-               **kwargs) -> Tuple[torch.Tensor, Dict[str, List[torch.Tensor]]]:
-        """Draw ``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps. Returns
-        ``(samples, {"x_inter": [...], "pred_x0": [...]})`` like DDIM; ``callback(i)`` and
-        ``img_callback(pred_x0, i)`` are called after each step. With ``mask``/``x0`` the
-        prediction is ``x0`` where the mask is 1, so that region ends exactly at ``x0``."""
-        self._refuse_unsupported(**{
-            "score_corrector": score_corrector is not None, "quantize_x0": bool(quantize_x0),
-            "noise_dropout": noise_dropout > 0, "temperature": temperature != 1.,
-            "ucg_schedule": ucg_schedule is not None})
-        warn_on_batch_mismatch(conditioning, batch_size)
-        size = (batch_size, *shape)
-        if verbose:
+    def _sample(self, S: int, size: Tuple[int, ...], request: SimpleNamespace):
+        if request.verbose:
             print(f"Data shape for {self.algorithm} ({self.sigma_schedule} sigmas) sampling is "
                   f"{size}, {S} steps")
         sigmas = self.get_sigmas(S)
-        img = randn(size, generator, device=self.device) if x_T is None else x_T
-        denoiser = ModelDenoiser(self.model, self.schedule, conditioning,
-                                 unconditional_conditioning, unconditional_guidance_scale,
-                                 dynamic_threshold, mask=mask, x0=x0)
+        img = (randn(size, request.generator, device=self.device) if request.x_T is None
+               else request.x_T)
+        denoiser = ModelDenoiser(self.model, self.schedule, request.conditioning,
+                                 request.unconditional_conditioning,
+                                 request.unconditional_guidance_scale, request.dynamic_threshold,
+                                 mask=request.mask, x0=request.x0)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             index = S - i - 1
-            if index % log_every_t == 0 or index == S - 1:
+            if index % request.log_every_t == 0 or index == S - 1:
                 intermediates["x_inter"].append(sigma_to_vp_space(x, sigmas[i + 1].to(x)))
                 intermediates["pred_x0"].append(denoised)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(denoised, i)
+            if request.callback:
+                request.callback(i)
+            if request.img_callback:
+                request.img_callback(denoised, i)
 
         x = vp_to_sigma_space(img, sigmas[0].to(img.dtype))
         samples = SIGMA_SAMPLERS[self.algorithm](denoiser, x, sigmas.to(img.dtype),
-                                                 callback=on_step, disable=not verbose,
-                                                 generator=generator)
+                                                 callback=on_step, disable=not request.verbose,
+                                                 generator=request.generator)
         return denoiser.keep_known_region(samples), intermediates

@@ -2,17 +2,32 @@
 
 Every sampler is built as ``get_sampler(name, model, device=None)`` and is called the same way:
 ``sampler.sample(S, batch_size, shape, conditioning, ..., x_T=..., unconditional_guidance_scale=
-..., unconditional_conditioning=..., generator=...)`` -> ``(samples, intermediates)``.
+..., unconditional_conditioning=..., generator=...)`` -> ``(samples, intermediates)``. What each
+one honours beyond that (eta, mask/x0, callbacks, ...) is ``sampler_capabilities(name)``, known
+without a model; ``check_sampler_options(name, **options)`` refuses what it cannot honour, as
+its ``sample()`` does.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
-from ldm.models.diffusion.k_diffusion import KDiffusionSampler
+from ldm.models.diffusion.k_diffusion import SIGMA_SAMPLERS, KDiffusionSampler, sigma_sampler_capabilities
 from ldm.models.diffusion.plms import PLMSSampler
+from ldm.models.diffusion.sampling_util import (
+    OPTION_DEFAULTS,
+    SamplerCapabilities,
+    UnsupportedSamplerOption,
+    check_options,
+)
+from ldm.models.diffusion.sigma_schedule import SIGMA_SCHEDULES
+
+__all__ = ["SAMPLERS", "ALIASES", "CAPABILITIES", "SamplerCapabilities",
+           "UnsupportedSamplerOption", "sampler_names", "describe_samplers", "display_name",
+           "resolve_sampler_name", "get_sampler", "sampler_capabilities", "samplers_supporting",
+           "check_sampler_options"]
 
 
 def _sigma_sampler(algorithm: str, sigma_schedule: str) -> Callable:
@@ -34,10 +49,14 @@ _INFO = {
 }
 
 SAMPLERS: Dict[str, Callable] = {"ddim": DDIMSampler, "plms": PLMSSampler, "dpm": DPMSolverSampler}
-for _algorithm in ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"):
-    SAMPLERS[_algorithm] = _sigma_sampler(_algorithm, "default")
-    SAMPLERS[f"{_algorithm}_karras"] = _sigma_sampler(_algorithm, "karras")
+CAPABILITIES: Dict[str, SamplerCapabilities] = {
+    name: sampler.capabilities for name, sampler in SAMPLERS.items()}
+for _algorithm in SIGMA_SAMPLERS:
     _display, _description = _INFO[_algorithm]
+    for _kind in SIGMA_SCHEDULES:
+        _capabilities = sigma_sampler_capabilities(_algorithm, _kind)
+        SAMPLERS[_capabilities.name] = _sigma_sampler(_algorithm, _kind)
+        CAPABILITIES[_capabilities.name] = _capabilities
     _INFO[f"{_algorithm}_karras"] = (f"{_display} Karras", f"{_description}, Karras sigmas")
 
 ALIASES: Dict[str, str] = {
@@ -87,3 +106,25 @@ def get_sampler(name: str, model, device=None):
     """The sampler called ``name`` (or an alias) for ``model``, on ``device`` (default: the
     model's)."""
     return SAMPLERS[resolve_sampler_name(name)](model, device=device)
+
+
+def sampler_capabilities(name: str) -> SamplerCapabilities:
+    """What the sampler called ``name`` (or an alias) honours; no model needed."""
+    return CAPABILITIES[resolve_sampler_name(name)]
+
+
+def samplers_supporting(option: str) -> List[str]:
+    """The samplers that honour the ``sample()`` keyword ``option`` (or
+    ``partial_denoising``), in registry order."""
+    return [name for name, capabilities in CAPABILITIES.items() if capabilities.supports(option)]
+
+
+def check_sampler_options(name: str, **options: Any) -> None:
+    """Raise ``UnsupportedSamplerOption`` (a ValueError with a one-line message) for the first
+    option, named as the ``sample()`` keyword, that the sampler ``name`` cannot honour; neutral
+    values (eta 0, temperature 1, None, ...) always pass. ``sample()`` runs the same check."""
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown sampler option {', '.join(unknown)}; expected one of "
+                         f"{', '.join(OPTION_DEFAULTS)}")
+    check_options(sampler_capabilities(name), options, samplers_supporting)

@@ -1,9 +1,12 @@
-"""Helpers every sampler shares: the one classifier-free-guidance wrapper, x0 thresholding,
-seeded noise draws (one generator per image, so results do not depend on the batch size) and
-the conditioning batch-size check."""
+"""Helpers every sampler shares: the sampler contract (``Sampler``, the one ``sample(...)``
+signature, and ``SamplerCapabilities``, what each sampler honours), the one
+classifier-free-guidance wrapper, x0 thresholding, seeded noise draws (one generator per image,
+so results do not depend on the batch size) and the conditioning batch-size check."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -117,3 +120,179 @@ def randn(shape: Sequence[int], generator: Generator = None, device=None,
                          "pass one generator per batch element")
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
                         .to(device) for g in generators])
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler contract
+# ---------------------------------------------------------------------------------------------
+OPTION_DEFAULTS: Dict[str, Any] = {
+    "eta": 0., "mask": None, "x0": None, "callback": None, "img_callback": None,
+    "score_corrector": None, "corrector_kwargs": None, "generator": None, "quantize_x0": False,
+    "temperature": 1., "noise_dropout": 0., "dynamic_threshold": None, "ucg_schedule": None,
+    "log_every_t": 100, "normals_sequence": None,
+}
+"""The ``sample()`` keywords that a sampler may be unable to honour, with their neutral values
+(a neutral value is always accepted)."""
+
+_CAPABILITY_OF = {"x0": "mask", "corrector_kwargs": "score_corrector"}  # part of another option
+BASIC_OPTIONS = frozenset({"callback", "generator", "log_every_t"})  # what most samplers honour
+
+_WHY_NOT = {
+    "eta": "it is deterministic",
+    "mask": "it has no known-region blend for inpainting",
+    "callback": "it reports no steps",
+    "img_callback": "it reports no per-step x0 prediction",
+    "score_corrector": "it has no hook to correct the noise prediction",
+    "generator": "it draws no noise",
+    "quantize_x0": "it does not quantize its x0 prediction",
+    "temperature": "it draws no DDIM noise to scale",
+    "noise_dropout": "it draws no DDIM noise to drop out",
+    "dynamic_threshold": "it does not threshold its x0 prediction",
+    "ucg_schedule": "its guidance scale is fixed for the whole run",
+    "log_every_t": "it returns no intermediates",
+    "normals_sequence": "the originals accept it and never use it",
+    "partial_denoising": "it has no stochastic_encode/decode",
+}
+
+# (option, the option it acts through, why): the first is ignored while the second is neutral
+_NEEDS: Tuple[Tuple[str, str, str], ...] = (
+    ("x0", "mask", "x0 is the latent kept where mask is 1"),
+    ("corrector_kwargs", "score_corrector", "they are the score_corrector's keywords"))
+
+
+class UnsupportedSamplerOption(ValueError):
+    """A ``sample()`` option that the chosen sampler cannot honour."""
+
+
+@dataclass(frozen=True)
+class SamplerCapabilities:
+    """What a sampler honours beyond what every sampler takes (conditioning, x_T, guidance
+    scale and unconditional conditioning, verbose): ``options`` names the ``sample()`` keywords
+    it honours (``mask`` stands for mask/x0 blending, ``score_corrector`` for it and its
+    ``corrector_kwargs``); ``partial_denoising`` is img2img's ``stochastic_encode``/``decode``.
+    ``why_not`` holds sampler-specific reasons for refusals; ``needs`` options that act only
+    through another one, as ``(option, other, why)``."""
+
+    name: str
+    options: FrozenSet[str] = BASIC_OPTIONS
+    partial_denoising: bool = False
+    why_not: Tuple[Tuple[str, str], ...] = ()
+    needs: Tuple[Tuple[str, str, str], ...] = ()
+
+    def __post_init__(self):
+        unknown = set(self.options) - (set(OPTION_DEFAULTS) - set(_CAPABILITY_OF))
+        if unknown:
+            raise ValueError(f"unknown sampler options {sorted(unknown)}")
+
+    def supports(self, option: str) -> bool:
+        """Whether the sampler honours ``option`` (a ``sample()`` keyword, or
+        ``partial_denoising``)."""
+        if option == "partial_denoising":
+            return self.partial_denoising
+        if option not in OPTION_DEFAULTS:
+            raise ValueError(f"unknown sampler option '{option}'; expected one of "
+                             f"{', '.join(OPTION_DEFAULTS)} or partial_denoising")
+        return _CAPABILITY_OF.get(option, option) in self.options
+
+    def reason(self, option: str) -> str:
+        """Why the sampler refuses ``option``."""
+        capability = _CAPABILITY_OF.get(option, option)
+        return dict(self.why_not).get(capability, _WHY_NOT[capability])
+
+
+def is_neutral(option: str, value: Any) -> bool:
+    """Whether ``value`` is ``option``'s neutral default (eta 0, temperature 1, None, ...)."""
+    default = OPTION_DEFAULTS[option]
+    if default is None or value is None:
+        return value is default
+    return isinstance(value, (bool, int, float)) and value == default
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        text = repr(list(value))
+        return text if len(text) <= 40 else f"a {type(value).__name__} of {len(value)}"
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    return f"a {type(value).__name__}"
+
+
+def _name_list(names: Sequence[str]) -> str:
+    """``euler, heun (each also _karras)`` for ``euler, euler_karras, heun, heun_karras``."""
+    plain = [n for n in names if not (n.endswith("_karras") and n[:-len("_karras")] in names)]
+    return ", ".join(plain) + (" (each also _karras)" if len(plain) < len(names) else "")
+
+
+def check_options(capabilities: SamplerCapabilities, options: Mapping[str, Any],
+                  supporters: Callable[[str], List[str]]) -> None:
+    """Raise ``UnsupportedSamplerOption`` (one line: sampler, option, value, why, and the
+    samplers ``supporters(option)`` that take it) for the first non-neutral option the sampler
+    cannot honour, or that would be ignored because the option it acts through is neutral."""
+    for option, value in options.items():
+        if is_neutral(option, value) or capabilities.supports(option):
+            continue
+        names = supporters(option)
+        takers = (f"samplers that take {option}: {_name_list(names)}" if names
+                  else f"no sampler takes {option}")
+        raise UnsupportedSamplerOption(
+            f"the {capabilities.name} sampler does not support {option} ({_describe(value)}): "
+            f"{capabilities.reason(option)}; {takers}")
+    for option, other, why in _NEEDS + capabilities.needs:
+        value = options.get(option, OPTION_DEFAULTS[option])
+        if not is_neutral(option, value) and is_neutral(other, options.get(other)):
+            raise UnsupportedSamplerOption(
+                f"the {capabilities.name} sampler ignores {option} ({_describe(value)}) when "
+                f"{other} is {OPTION_DEFAULTS[other]!r}: {why}")
+
+
+class Sampler:
+    """Base of every sampler: ``Sampler(model, device=None)`` (the device is the model's unless
+    given) and the originals' ``sample(...)`` call. ``sample`` refuses the options the sampler
+    cannot honour (``capabilities``), so none is silently dropped, then runs ``_sample``."""
+
+    capabilities: SamplerCapabilities
+
+    def __init__(self, model, device=None, **kwargs):
+        self.model = model
+        self.device = torch.device(device) if device is not None else model.device
+
+    def register_buffer(self, name: str, attr: Any) -> None:
+        """Store ``attr`` as an attribute, on the sampler's device when it is a tensor."""
+        if isinstance(attr, torch.Tensor) and attr.device != self.device:
+            attr = attr.to(self.device)
+        setattr(self, name, attr)
+
+    @torch.no_grad()
+    def sample(self, S: int, batch_size: int, shape: Sequence[int], conditioning: Any = None,
+               callback: Optional[Callable] = None, normals_sequence=None,
+               img_callback: Optional[Callable] = None, quantize_x0: bool = False,
+               eta: float = 0., mask: Optional[torch.Tensor] = None,
+               x0: Optional[torch.Tensor] = None, temperature: float = 1.,
+               noise_dropout: float = 0., score_corrector=None, corrector_kwargs=None,
+               verbose: bool = True, x_T: Optional[torch.Tensor] = None, log_every_t: int = 100,
+               unconditional_guidance_scale: float = 1., unconditional_conditioning: Any = None,
+               dynamic_threshold: Optional[float] = None,
+               ucg_schedule: Optional[Sequence[float]] = None, generator: Generator = None,
+               **kwargs) -> Tuple[torch.Tensor, Optional[Dict[str, List[torch.Tensor]]]]:
+        """Draw ``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps, from ``x_T`` or
+        from noise drawn with ``generator`` (one, or one per batch element). Returns
+        ``(samples, intermediates)``; ``callback(i)`` and ``img_callback(pred_x0, i)`` follow
+        each step. Extra keywords are accepted and unused, as in the originals."""
+        arguments = dict(locals())
+        from ldm.models.diffusion.samplers import samplers_supporting  # the registry imports us
+
+        check_options(self.capabilities, {k: arguments[k] for k in OPTION_DEFAULTS},
+                      samplers_supporting)
+        warn_on_batch_mismatch(conditioning, batch_size)
+        request = SimpleNamespace(**{k: v for k, v in arguments.items()
+                                     if k not in ("self", "S", "batch_size", "shape", "kwargs")})
+        return self._sample(S, (batch_size, *shape), request)
+
+    def _sample(self, S: int, size: Tuple[int, ...], request: SimpleNamespace):
+        """Sample ``size`` (batch first) in ``S`` steps; ``request`` holds the other keywords
+        of ``sample`` (already checked against ``capabilities``)."""
+        raise NotImplementedError

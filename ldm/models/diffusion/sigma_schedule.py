@@ -8,11 +8,14 @@ interpolated linearly in t, so any sigma in [sigma_min, sigma_max] maps to a fra
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling_util import guided_model_output, norm_thresholding
+from ldm.models.diffusion.sampling_util import append_dims, guided_model_output, norm_thresholding
+
+SIGMA_SCHEDULES = ("default", "karras")  # the kinds ``DiscreteSigmaSchedule.get_sigmas`` makes
 
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.,
@@ -72,7 +75,8 @@ class DiscreteSigmaSchedule:
             t = torch.linspace(len(self.sigmas) - 1, 0, n, dtype=self.sigmas.dtype,
                                device=self.sigmas.device)
             return torch.cat([self.t_to_sigma(t), self.sigmas.new_zeros(1)])
-        raise ValueError(f"unknown sigma schedule '{kind}'; expected 'default' or 'karras'")
+        raise ValueError(f"unknown sigma schedule '{kind}'; "
+                         f"expected {' or '.join(repr(k) for k in SIGMA_SCHEDULES)}")
 
 
 def vp_to_sigma_space(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -102,25 +106,23 @@ class ModelDenoiser:
                  x0: Optional[torch.Tensor] = None):
         if model.parameterization not in ("eps", "v", "x0"):
             raise ValueError(f"unknown parameterization '{model.parameterization}'")
-        self.model = model
-        self.schedule = schedule
-        self.conditioning = conditioning
-        self.unconditional_conditioning = unconditional_conditioning
-        self.guidance_scale = guidance_scale
-        self.dynamic_threshold = dynamic_threshold
         if mask is not None and x0 is None:
             raise ValueError("mask needs x0, the latent whose masked region is kept")
-        self.mask = mask
-        self.x0 = x0
+        self.model = model
+        self.schedule = schedule
+        self.guided_output = partial(guided_model_output, model.apply_model, cond=conditioning,
+                                     unconditional_conditioning=unconditional_conditioning,
+                                     guidance_scale=guidance_scale)
+        self.dynamic_threshold = dynamic_threshold
+        self.mask, self.x0 = mask, x0
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(x.dtype) * x.new_ones(x.shape[0])
         t = self.schedule.sigma_to_t(sigma)
-        scale = sigma[(...,) + (None,) * (x.ndim - 1)]
+        scale = append_dims(sigma, x.ndim)
         c_in = 1 / (scale ** 2 + 1).sqrt()
-        out = guided_model_output(self.model.apply_model, x * c_in, t, self.conditioning,
-                                  self.unconditional_conditioning, self.guidance_scale)
+        out = self.guided_output(x * c_in, t)
         self.calls += 1
         if self.model.parameterization == "eps":
             denoised = x - scale * out

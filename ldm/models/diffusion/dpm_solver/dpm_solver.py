@@ -17,178 +17,16 @@ t in [1/N, 1] for a discrete schedule of N steps; the network sees ``(t - 1/N) *
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from ldm.models.diffusion.sampling_util import guided_model_output
+from ldm.models.diffusion.sampling_util import append_dims
 
+from .model_wrapper import model_wrapper
+from .noise_schedule import NoiseScheduleVP, interpolate_fn
 
-def expand_dims(v: torch.Tensor, dims: int) -> torch.Tensor:
-    """Give the [N] tensor ``v`` trailing singleton dims so it has ``dims`` dimensions."""
-    return v[(...,) + (None,) * (dims - 1)]
-
-
-def interpolate_fn(x: torch.Tensor, xp: torch.Tensor, yp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation through the knots ``(xp, yp)`` (each [C, K], xp increasing),
-    extended linearly beyond the end knots; differentiable. ``x`` is [N, C]; returns [N, C]."""
-    knots = xp.shape[1]
-    query = x.transpose(0, 1).contiguous()
-    upper = torch.searchsorted(xp.contiguous(), query).clamp(1, knots - 1)
-    lower = upper - 1
-    x_lo, x_hi = torch.gather(xp, 1, lower), torch.gather(xp, 1, upper)
-    y_lo, y_hi = torch.gather(yp, 1, lower), torch.gather(yp, 1, upper)
-    weight = (query - x_lo) / (x_hi - x_lo)
-    return ((1 - weight) * y_lo + weight * y_hi).transpose(0, 1)
-
-
-class NoiseScheduleVP:
-    """The forward process q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) of a VP diffusion, with
-    alpha_t^2 + sigma_t^2 = 1, in continuous time.
-
-    ``discrete``: from ``betas`` or ``alphas_cumprod`` (N values); log(alpha_t) is interpolated
-    piecewise-linearly over t_n = (n + 1) / N. ``linear``: the VP-SDE of Song et al. 2021
-    (beta(t) = beta_0 + t (beta_1 - beta_0)). ``cosine``: Nichol & Dhariwal 2021 (T = 0.9946).
-    """
-
-    def __init__(self, schedule: str = "discrete", betas: Optional[torch.Tensor] = None,
-                 alphas_cumprod: Optional[torch.Tensor] = None, continuous_beta_0: float = 0.1,
-                 continuous_beta_1: float = 20.):
-        if schedule not in ("discrete", "linear", "cosine"):
-            raise ValueError(f"unsupported noise schedule '{schedule}'; "
-                             "expected 'discrete', 'linear' or 'cosine'")
-        self.schedule = schedule
-        if schedule == "discrete":
-            if betas is not None:
-                log_alphas = 0.5 * torch.log(1 - torch.as_tensor(betas)).cumsum(dim=0)
-            elif alphas_cumprod is not None:
-                log_alphas = 0.5 * torch.log(torch.as_tensor(alphas_cumprod))
-            else:
-                raise ValueError("a discrete noise schedule needs betas or alphas_cumprod")
-            self.total_N = len(log_alphas)
-            self.T = 1.
-            self.t_array = torch.linspace(0., 1., self.total_N + 1,
-                                          dtype=log_alphas.dtype)[1:].reshape((1, -1))
-            self.log_alpha_array = log_alphas.reshape((1, -1))
-        else:
-            self.total_N = 1000
-            self.beta_0 = continuous_beta_0
-            self.beta_1 = continuous_beta_1
-            self.cosine_s = 0.008
-            self.cosine_log_alpha_0 = math.log(math.cos(self.cosine_s / (1. + self.cosine_s)
-                                                        * math.pi / 2.))
-            self.T = 0.9946 if schedule == "cosine" else 1.
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.log_alpha_array.dtype if self.schedule == "discrete" else torch.float32
-
-    def marginal_log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
-        """log(alpha_t)."""
-        if self.schedule == "discrete":
-            return interpolate_fn(t.reshape((-1, 1)), self.t_array.to(t),
-                                  self.log_alpha_array.to(t)).reshape((-1,))
-        if self.schedule == "linear":
-            return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-        log_alpha = torch.log(torch.cos((t + self.cosine_s) / (1. + self.cosine_s) * math.pi / 2.))
-        return log_alpha - self.cosine_log_alpha_0
-
-    def marginal_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.marginal_log_mean_coeff(t))
-
-    def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(1. - torch.exp(2. * self.marginal_log_mean_coeff(t)))
-
-    def marginal_lambda(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda_t = log(alpha_t) - log(sigma_t), the half-log-SNR."""
-        log_mean_coeff = self.marginal_log_mean_coeff(t)
-        log_std = 0.5 * torch.log(1. - torch.exp(2. * log_mean_coeff))
-        return log_mean_coeff - log_std
-
-    def inverse_lambda(self, lamb: torch.Tensor) -> torch.Tensor:
-        """The time t whose half-log-SNR is ``lamb``."""
-        log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lamb), -2. * lamb)
-        if self.schedule == "linear":
-            # root of 0.25 (b1 - b0) t^2 + 0.5 b0 t + log_alpha = 0, rationalised for stability
-            tmp = -4. * (self.beta_1 - self.beta_0) * log_alpha
-            delta = self.beta_0 ** 2 + tmp
-            return tmp / (torch.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
-        if self.schedule == "discrete":
-            t = interpolate_fn(log_alpha.reshape((-1, 1)),
-                               torch.flip(self.log_alpha_array.to(lamb), [1]),
-                               torch.flip(self.t_array.to(lamb), [1]))
-            return t.reshape((-1,))
-        return (torch.arccos(torch.exp(log_alpha + self.cosine_log_alpha_0))
-                * 2. * (1. + self.cosine_s) / math.pi - self.cosine_s)
-
-
-def model_wrapper(model: Callable, noise_schedule: NoiseScheduleVP, model_type: str = "noise",
-                  model_kwargs: Optional[dict] = None, guidance_type: str = "uncond",
-                  condition: Any = None, unconditional_condition: Any = None,
-                  guidance_scale: float = 1., classifier_fn: Optional[Callable] = None,
-                  classifier_kwargs: Optional[dict] = None) -> Callable:
-    """Turn ``model(x, t_input[, cond], **model_kwargs)`` into a noise predictor
-    ``model_fn(x, t_continuous)`` for DPM_Solver.
-
-    ``model_type``: what the network predicts — ``noise`` (eps), ``x_start`` (x0), ``v``
-    (Salimans & Ho 2022) or ``score``; converted to eps with alpha_t, sigma_t.
-    ``guidance_type``: ``uncond``; ``classifier`` (Dhariwal & Nichol 2021: eps - s sigma_t grad
-    log p(c | x_t)); ``classifier-free`` (Ho & Salimans 2022, batched [uncond, cond]).
-    """
-    model_kwargs = model_kwargs or {}
-    classifier_kwargs = classifier_kwargs or {}
-    if model_type not in ("noise", "x_start", "v", "score"):
-        raise ValueError(f"model_type must be noise, x_start, v or score, got '{model_type}'")
-    if guidance_type not in ("uncond", "classifier", "classifier-free"):
-        raise ValueError("guidance_type must be uncond, classifier or classifier-free, "
-                         f"got '{guidance_type}'")
-    if guidance_type == "classifier" and classifier_fn is None:
-        raise ValueError("classifier guidance needs classifier_fn")
-
-    def get_model_input_time(t_continuous: torch.Tensor) -> torch.Tensor:
-        if noise_schedule.schedule == "discrete":
-            return (t_continuous - 1. / noise_schedule.total_N) * 1000.
-        return t_continuous
-
-    def noise_pred_fn(x: torch.Tensor, t_continuous: torch.Tensor, cond: Any = None):
-        t_input = get_model_input_time(t_continuous)
-        if cond is None:
-            output = model(x, t_input, **model_kwargs)
-        else:
-            output = model(x, t_input, cond, **model_kwargs)
-        if model_type == "noise":
-            return output
-        dims = x.dim()
-        alpha_t = expand_dims(noise_schedule.marginal_alpha(t_continuous), dims)
-        sigma_t = expand_dims(noise_schedule.marginal_std(t_continuous), dims)
-        if model_type == "x_start":
-            return (x - alpha_t * output) / sigma_t
-        if model_type == "v":
-            return alpha_t * output + sigma_t * x
-        return -sigma_t * output
-
-    def cond_grad_fn(x: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_prob = classifier_fn(x_in, t_input, condition, **classifier_kwargs)
-            return torch.autograd.grad(log_prob.sum(), x_in)[0]
-
-    def model_fn(x: torch.Tensor, t_continuous: torch.Tensor) -> torch.Tensor:
-        if t_continuous.reshape((-1,)).shape[0] == 1:
-            t_continuous = t_continuous.reshape((-1,)).expand((x.shape[0]))
-        if guidance_type == "uncond":
-            return noise_pred_fn(x, t_continuous)
-        if guidance_type == "classifier":
-            cond_grad = cond_grad_fn(x, get_model_input_time(t_continuous))
-            sigma_t = noise_schedule.marginal_std(t_continuous)
-            noise = noise_pred_fn(x, t_continuous)
-            return noise - guidance_scale * expand_dims(sigma_t, cond_grad.dim()) * cond_grad
-        return guided_model_output(lambda x_in, t_in, c_in: noise_pred_fn(x_in, t_in, cond=c_in),
-                                   x, t_continuous, condition, unconditional_condition,
-                                   guidance_scale)
-
-    return model_fn
+__all__ = ["DPM_Solver", "NoiseScheduleVP", "model_wrapper", "interpolate_fn"]
 
 
 class DPM_Solver:
@@ -215,10 +53,10 @@ class DPM_Solver:
         dims = x.dim()
         ns = self.noise_schedule
         alpha_t, sigma_t = ns.marginal_alpha(t), ns.marginal_std(t)
-        x0 = (x - expand_dims(sigma_t, dims) * noise) / expand_dims(alpha_t, dims)
+        x0 = (x - append_dims(sigma_t, dims) * noise) / append_dims(alpha_t, dims)
         if self.thresholding:
             s = torch.quantile(torch.abs(x0).reshape((x0.shape[0], -1)), 0.995, dim=1)
-            s = expand_dims(torch.clamp(s, min=self.max_val), dims)
+            s = append_dims(torch.clamp(s, min=self.max_val), dims)
             x0 = torch.clamp(x0, -s, s) / s
         return x0
 
@@ -278,16 +116,16 @@ class DPM_Solver:
         h = ns.marginal_lambda(t) - ns.marginal_lambda(s)
         if self.predict_x0:
             A = ns.marginal_std(t) / ns.marginal_std(s)
-            return h, -h, expand_dims(A, dims), expand_dims(ns.marginal_alpha(t), dims)
+            return h, -h, append_dims(A, dims), append_dims(ns.marginal_alpha(t), dims)
         A = torch.exp(ns.marginal_log_mean_coeff(t) - ns.marginal_log_mean_coeff(s))
-        return h, h, expand_dims(A, dims), expand_dims(ns.marginal_std(t), dims)
+        return h, h, append_dims(A, dims), append_dims(ns.marginal_std(t), dims)
 
     @staticmethod
     def _phis(hh: torch.Tensor, dims: int):
         phi_1 = torch.expm1(hh)
         phi_2 = phi_1 / hh - 1.
         phi_3 = phi_2 / hh - 0.5
-        return tuple(expand_dims(p, dims) for p in (phi_1, phi_2, phi_3))
+        return tuple(append_dims(p, dims) for p in (phi_1, phi_2, phi_3))
 
     def _intermediate_time(self, s: torch.Tensor, h: torch.Tensor, r: float) -> torch.Tensor:
         return self.noise_schedule.inverse_lambda(self.noise_schedule.marginal_lambda(s) + r * h)
@@ -299,7 +137,7 @@ class DPM_Solver:
         _, hh, A, coef = self._step_terms(s, t, x.dim())
         if model_s is None:
             model_s = self.model_fn(x, s)
-        x_t = A * x - coef * expand_dims(torch.expm1(hh), x.dim()) * model_s
+        x_t = A * x - coef * append_dims(torch.expm1(hh), x.dim()) * model_s
         return (x_t, {"model_s": model_s}) if return_intermediate else x_t
 
     def singlestep_dpm_solver_second_update(self, x: torch.Tensor, s: torch.Tensor,
@@ -380,7 +218,7 @@ class DPM_Solver:
         t_prev_1, t_prev_0 = t_prev_list[-2:]
         h, hh, A, coef = self._step_terms(t_prev_0, t, dims)
         h_0 = ns.marginal_lambda(t_prev_0) - ns.marginal_lambda(t_prev_1)
-        D1_0 = expand_dims(h / h_0, dims) * (model_prev_0 - model_prev_1)
+        D1_0 = append_dims(h / h_0, dims) * (model_prev_0 - model_prev_1)
         phi_1, phi_2, _ = self._phis(hh, dims)
         correction = 0.5 * phi_1 * D1_0 if solver_type == "dpm_solver" else phi_2 * D1_0
         return A * x - coef * (phi_1 * model_prev_0 + correction)
@@ -407,10 +245,10 @@ class DPM_Solver:
                                                        ns.marginal_lambda(t_prev_0))
         r0 = (lambda_prev_0 - lambda_prev_1) / h
         r1 = (lambda_prev_1 - lambda_prev_2) / h
-        D1_0 = expand_dims(1. / r0, dims) * (model_prev_0 - model_prev_1)
-        D1_1 = expand_dims(1. / r1, dims) * (model_prev_1 - model_prev_2)
-        D1 = D1_0 + expand_dims(r0 / (r0 + r1), dims) * (D1_0 - D1_1)
-        D2 = expand_dims(1. / (r0 + r1), dims) * (D1_0 - D1_1)
+        D1_0 = append_dims(1. / r0, dims) * (model_prev_0 - model_prev_1)
+        D1_1 = append_dims(1. / r1, dims) * (model_prev_1 - model_prev_2)
+        D1 = D1_0 + append_dims(r0 / (r0 + r1), dims) * (D1_0 - D1_1)
+        D2 = append_dims(1. / (r0 + r1), dims) * (D1_0 - D1_1)
         phi_1, phi_2, phi_3 = self._phis(hh, dims)
         return A * x - coef * (phi_1 * model_prev_0 + phi_2 * D1 + phi_3 * D2)
 
