@@ -13,7 +13,7 @@ from ldm.modules.attention import set_attention_slicing
 
 def apply_runtime_options(model: torch.nn.Module, opt: argparse.Namespace) -> None:
     """Apply ``--attention-slicing``, ``--vae-tiling`` and ``--compile`` to a loaded model."""
-    set_attention_slicing(opt.attention_slicing)
+    set_attention_slicing(model, opt.attention_slicing)
     if opt.vae_tiling:
         enable_tiling = getattr(model.first_stage_model, "enable_tiling", None)
         if enable_tiling is None:

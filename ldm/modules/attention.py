@@ -2,22 +2,26 @@
 spatial transformer that conditions the UNet on text (Rombach et al. 2022, sec. 3.3).
 
 Every softmax attention here goes through :func:`scaled_dot_product`, i.e. torch's
-``scaled_dot_product_attention``, governed by two process-wide settings:
+``scaled_dot_product_attention``. Each attention layer (an :class:`AttentionLayer`) carries two
+settings of its own, so that one model's settings never change another's:
 
-* precision (``ATTN_PRECISION`` env var at import, or :func:`set_attention_precision`): ``"fp32"``
-  (default, as the original) computes q·kᵀ and the softmax of half/bfloat16 inputs in float32, so
-  that the scores cannot overflow; ``"fp16"`` lets them be computed in the input dtype. Where torch's
-  SDPA already works in float32 (see :func:`sdpa_scores_in_float32`) nothing is upcast: the fused
-  kernels then run at half precision speed, with the original's numerics (float32 scores and
-  softmax, the probabilities times v in half precision, as its autocast einsum did);
-* slicing (:func:`set_attention_slicing`): computes attention a chunk of query rows at a time, which
-  caps the memory of the attention matrix and gives the same numbers.
+* ``attention_precision``, initialised from the ``ATTN_PRECISION`` environment variable when the
+  layer is built (the original's switch), changed for a whole model with
+  :func:`set_attention_precision`: ``"fp32"`` (default, as the original) computes q·kᵀ and the
+  softmax of half/bfloat16 inputs in float32, so that the scores cannot overflow; ``"fp16"`` lets
+  them be computed in the input dtype. Where torch's SDPA already works in float32 (see
+  :func:`sdpa_scores_in_float32`) nothing is upcast: the fused kernels then run at half precision
+  speed, with the original's numerics (float32 scores and softmax, the probabilities times v in
+  half precision, as its autocast einsum did);
+* ``attention_slice_size`` (:func:`set_attention_slicing`, off by default): computes attention a
+  chunk of query rows at a time, which caps the memory of the attention matrix and gives the same
+  numbers.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -35,41 +39,21 @@ def _checked_precision(value: str, source: str) -> str:
     return value
 
 
-_settings = {
-    "precision": _checked_precision(os.environ.get("ATTN_PRECISION", "fp32"), "ATTN_PRECISION"),
-    "slice_size": None,
-}
-
-
-def set_attention_precision(precision: str) -> None:
-    """Choose how attention scores are computed for half inputs: ``"fp32"`` in float32 (the
-    original's default; avoids fp16 overflow NaNs; q, k, v are upcast only where SDPA would not do it
-    itself), ``"fp16"`` in whatever precision SDPA uses for the input dtype."""
-    _settings["precision"] = _checked_precision(precision, "attention precision")
-
-
-def get_attention_precision() -> str:
-    """The current attention precision, ``"fp32"`` or ``"fp16"``."""
-    return _settings["precision"]
-
-
-def set_attention_slicing(slice_size: Optional[int]) -> None:
-    """Compute attention ``slice_size`` query rows at a time (None: all at once). Slicing bounds the
-    memory of the (rows x keys) score matrix at no change to the result."""
+def _checked_slice_size(slice_size: Optional[int]) -> Optional[int]:
     if slice_size is not None and (isinstance(slice_size, bool) or not isinstance(slice_size, int)
                                    or slice_size < 1):
         raise ValueError(f"attention slice size must be a positive integer or None, got {slice_size!r}")
-    _settings["slice_size"] = slice_size
+    return slice_size
 
 
-def get_attention_slicing() -> Optional[int]:
-    """The current attention slice size (None when slicing is off)."""
-    return _settings["slice_size"]
+def attention_precision_from_environment() -> str:
+    """The ``ATTN_PRECISION`` environment variable (the original's switch): ``"fp32"`` (default) or
+    ``"fp16"``."""
+    return _checked_precision(os.environ.get("ATTN_PRECISION", "fp32"), "ATTN_PRECISION")
 
 
-def _sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: Optional[torch.Tensor], scale: Optional[float]) -> torch.Tensor:
-    step = _settings["slice_size"]
+def _sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                      scale: Optional[float], step: Optional[int]) -> torch.Tensor:
     rows = q.shape[-2]
     if step is None or step >= rows:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -94,21 +78,83 @@ def sdpa_scores_in_float32(device: torch.device) -> bool:
 
 
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       mask: Optional[torch.Tensor] = None,
-                       scale: Optional[float] = None) -> torch.Tensor:
+                       mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+                       precision: str = "fp32", slice_size: Optional[int] = None) -> torch.Tensor:
     """``softmax(q kᵀ · scale) v`` (Vaswani et al. 2017, eq. 1) over ``(batch, heads, tokens, dim)``
     tensors; ``scale`` defaults to ``dim ** -0.5``, a boolean ``mask`` is True where a key may be
-    attended. Honours the precision and slicing settings; returns the dtype of ``q``."""
+    attended. ``precision`` and ``slice_size`` as the settings of :class:`AttentionLayer`; returns
+    the dtype of ``q``."""
     dtype = q.dtype
-    if _settings["precision"] == "fp32" and dtype in (torch.float16, torch.bfloat16) \
-            and not sdpa_scores_in_float32(q.device):
+    if precision == "fp32" and dtype in (torch.float16, torch.bfloat16) and not sdpa_scores_in_float32(q.device):
         device_type = q.device.type
         no_autocast = (torch.autocast(device_type, enabled=False)
                        if torch.is_autocast_enabled(device_type) else contextlib.nullcontext())
         with no_autocast:
-            out = _sliced_attention(q.float(), k.float(), v.float(), mask, scale)
+            out = _sliced_attention(q.float(), k.float(), v.float(), mask, scale, slice_size)
         return out.to(dtype)
-    return _sliced_attention(q, k, v, mask, scale)
+    return _sliced_attention(q, k, v, mask, scale, slice_size)
+
+
+class AttentionLayer(nn.Module):
+    """Base of the layers that attend through :func:`scaled_dot_product` with settings of their
+    own: ``attention_precision`` (from ``ATTN_PRECISION`` when built) and ``attention_slice_size``
+    (None: all query rows at once). Registers no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention_precision = attention_precision_from_environment()
+        self.attention_slice_size: Optional[int] = None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               scale: Optional[float] = None) -> torch.Tensor:
+        """:func:`scaled_dot_product` with this layer's settings."""
+        return scaled_dot_product(q, k, v, mask=mask, scale=scale, precision=self.attention_precision,
+                                  slice_size=self.attention_slice_size)
+
+
+def attention_layers(model: nn.Module) -> Iterator[AttentionLayer]:
+    """The attention layers of ``model`` (the model itself included)."""
+    return (module for module in model.modules() if isinstance(module, AttentionLayer))
+
+
+def _common_setting(model: nn.Module, name: str):
+    values = {getattr(layer, name) for layer in attention_layers(model)}
+    if len(values) > 1:
+        raise ValueError(f"the attention layers of this model differ in {name}: {sorted(map(str, values))}")
+    return values.pop() if values else None
+
+
+def set_attention_precision(model: nn.Module, precision: str) -> int:
+    """Choose how the attention layers of ``model`` compute scores for half inputs: ``"fp32"`` in
+    float32 (the original's default; avoids fp16 overflow NaNs; q, k, v are upcast only where SDPA
+    would not do it itself), ``"fp16"`` in whatever precision SDPA uses for the input dtype.
+    Other models are not affected. Returns the number of layers set."""
+    precision = _checked_precision(precision, "attention precision")
+    layers = list(attention_layers(model))
+    for layer in layers:
+        layer.attention_precision = precision
+    return len(layers)
+
+
+def get_attention_precision(model: nn.Module) -> Optional[str]:
+    """The attention precision of ``model``'s attention layers (None when it has none)."""
+    return _common_setting(model, "attention_precision")
+
+
+def set_attention_slicing(model: nn.Module, slice_size: Optional[int]) -> int:
+    """Make the attention layers of ``model`` compute ``slice_size`` query rows at a time (None:
+    all at once). Slicing bounds the memory of the (rows x keys) score matrix at no change to the
+    result. Other models are not affected. Returns the number of layers set."""
+    slice_size = _checked_slice_size(slice_size)
+    layers = list(attention_layers(model))
+    for layer in layers:
+        layer.attention_slice_size = slice_size
+    return len(layers)
+
+
+def get_attention_slicing(model: nn.Module) -> Optional[int]:
+    """The attention slice size of ``model``'s attention layers (None when slicing is off)."""
+    return _common_setting(model, "attention_slice_size")
 
 
 def Normalize(in_channels: int) -> nn.GroupNorm:
@@ -144,7 +190,7 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionLayer):
     """Multi-head attention of ``x`` (queries) over ``context`` (keys and values; ``x`` itself when
     None), with bias-free q/k/v projections and an output projection, scale ``dim_head ** -0.5``."""
 
@@ -174,7 +220,7 @@ class CrossAttention(nn.Module):
         v = self._split_heads(self.to_v(context))
         if exists(mask):
             mask = mask.reshape(mask.shape[0], 1, 1, -1).to(torch.bool)
-        out = scaled_dot_product(q, k, v, mask=mask, scale=self.scale)
+        out = self.attend(q, k, v, mask=mask, scale=self.scale)
         b, _, n, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -271,7 +317,7 @@ class SpatialTransformer(nn.Module):
         return x + x_in
 
 
-class SpatialSelfAttention(nn.Module):
+class SpatialSelfAttention(AttentionLayer):
     """Single-head self-attention over the pixels of a feature map with 1x1-conv projections and
     a residual connection."""
 
@@ -291,7 +337,7 @@ class SpatialSelfAttention(nn.Module):
         def as_tokens(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(b, 1, c, height * width).transpose(-1, -2)
 
-        h = scaled_dot_product(as_tokens(self.q(h)), as_tokens(self.k(h)), as_tokens(self.v(h)))
+        h = self.attend(as_tokens(self.q(h)), as_tokens(self.k(h)), as_tokens(self.v(h)))
         h = h.transpose(-1, -2).reshape(b, c, height, width)
         return x + self.proj_out(h)
 

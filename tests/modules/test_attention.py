@@ -1,5 +1,5 @@
-"""ldm/modules/attention.py: attention maths against plain formulas, the precision and slicing
-switches, and the transformer layers' layouts and variants."""
+"""ldm/modules/attention.py: attention maths against plain formulas, the per-model precision and
+slicing settings, and the transformer layers' layouts and variants."""
 import contextlib
 import os
 import subprocess
@@ -10,17 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from ldm.modules import attention
-from ldm.modules.attention import (GEGLU, BasicTransformerBlock, CrossAttention, FeedForward,
-                                   LinearAttention, MemoryEfficientCrossAttention, SpatialSelfAttention,
-                                   SpatialTransformer, scaled_dot_product)
+from ldm.modules.attention import (
+    GEGLU,
+    BasicTransformerBlock,
+    CrossAttention,
+    FeedForward,
+    LinearAttention,
+    MemoryEfficientCrossAttention,
+    SpatialSelfAttention,
+    SpatialTransformer,
+    scaled_dot_product,
+)
 
 
 @pytest.fixture(autouse=True)
-def _restore_attention_settings():
-    precision, slice_size = attention.get_attention_precision(), attention.get_attention_slicing()
-    yield
-    attention.set_attention_precision(precision)
-    attention.set_attention_slicing(slice_size)
+def _default_precision(monkeypatch):
+    """The layers built here start from the default precision, whatever the caller's environment."""
+    monkeypatch.delenv("ATTN_PRECISION", raising=False)
 
 
 def _reference_cross_attention(layer: CrossAttention, x, context, mask=None):
@@ -71,7 +77,7 @@ def test_sliced_attention_equals_unsliced(slice_size):
     layer = CrossAttention(64, context_dim=32, heads=4, dim_head=16).eval()
     x, context = torch.randn(2, 20, 64), torch.randn(2, 7, 32)
     full = layer(x, context)
-    attention.set_attention_slicing(slice_size)
+    assert attention.set_attention_slicing(layer, slice_size) == 1
     torch.testing.assert_close(layer(x, context), full, rtol=1e-6, atol=1e-6)
 
 
@@ -84,9 +90,8 @@ def test_sliced_attention_computes_one_chunk_of_rows_at_a_time(monkeypatch):
         return sdpa(q, k, v, **kwargs)
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
-    attention.set_attention_slicing(8)
     q, k, v = torch.randn(3, 1, 2, 20, 16).unbind(0)
-    scaled_dot_product(q, k, v)
+    scaled_dot_product(q, k, v, slice_size=8)
     assert rows_seen == [8, 8, 4]
 
 
@@ -96,15 +101,17 @@ def test_sliced_attention_gradients_equal_unsliced():
     layer(x).square().sum().backward()
     full_grad = x.grad.clone()
     x.grad = None
-    attention.set_attention_slicing(5)
+    attention.set_attention_slicing(layer, 5)
     layer(x).square().sum().backward()
     torch.testing.assert_close(x.grad, full_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [0, -4, 2.5, "auto", True])
 def test_attention_slicing_rejects_non_positive_integers(bad):
+    layer = CrossAttention(32, heads=2, dim_head=16)
     with pytest.raises(ValueError, match="positive integer"):
-        attention.set_attention_slicing(bad)
+        attention.set_attention_slicing(layer, bad)
+    assert layer.attention_slice_size is None
 
 
 @pytest.mark.parametrize("precision, sdpa_upcasts, computed_dtype", [
@@ -121,8 +128,8 @@ def test_fp32_precision_upcasts_q_k_v_only_where_sdpa_does_not_compute_scores_in
         return sdpa(q, k, v, **kwargs)
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
-    attention.set_attention_precision(precision)
     layer = CrossAttention(32, heads=2, dim_head=16).to(torch.bfloat16)
+    attention.set_attention_precision(layer, precision)
     out = layer(torch.randn(1, 6, 32, dtype=torch.bfloat16))
     assert seen == [(computed_dtype,) * 3]
     assert out.dtype == torch.bfloat16
@@ -155,19 +162,91 @@ def test_fp16_attention_on_cpu_does_not_overflow_where_fp16_scores_would(backend
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-2)
 
 
-def test_attention_precision_rejects_unknown_values():
+def test_attention_precision_rejects_unknown_values(monkeypatch):
     with pytest.raises(ValueError, match="'fp32' or 'fp16'"):
-        attention.set_attention_precision("fp8")
+        attention.set_attention_precision(CrossAttention(32, heads=2, dim_head=16), "fp8")
+    monkeypatch.setenv("ATTN_PRECISION", "fp64")
+    with pytest.raises(ValueError, match="ATTN_PRECISION must be 'fp32' or 'fp16', got 'fp64'"):
+        CrossAttention(32, heads=2, dim_head=16)
 
 
-@pytest.mark.parametrize("env_value, expected", [("fp16", "fp16"), (None, "fp32")])
-def test_attention_precision_is_read_from_the_environment_at_import(env_value, expected):
+@pytest.mark.parametrize("env_value, expected", [("fp16", "fp16"), ("fp32", "fp32"), (None, "fp32")])
+def test_attention_precision_is_read_from_the_environment_when_a_layer_is_built(monkeypatch, env_value, expected):
+    if env_value is None:
+        monkeypatch.delenv("ATTN_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ATTN_PRECISION", env_value)
+    model = SpatialTransformer(32, 2, 16, depth=2, context_dim=24)
+    assert attention.get_attention_precision(model) == expected
+    assert {layer.attention_precision for layer in attention.attention_layers(model)} == {expected}
+
+
+def test_the_original_environment_switch_works_in_a_fresh_process():
     env = {k: v for k, v in os.environ.items() if k != "ATTN_PRECISION"}
-    if env_value is not None:
-        env["ATTN_PRECISION"] = env_value
-    code = "import ldm.modules.attention as a; print(a.get_attention_precision())"
+    env["ATTN_PRECISION"] = "fp16"
+    code = ("from ldm.modules.attention import CrossAttention\n"
+            "print(CrossAttention(32, heads=2, dim_head=16).attention_precision)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == expected
+    assert result.stdout.strip() == "fp16"
+
+
+def _two_unets():
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    def unet(use_spatial_transformer):
+        return UNetModel(image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
+                         attention_resolutions=[1], channel_mult=[1], num_heads=2,
+                         use_spatial_transformer=use_spatial_transformer,
+                         context_dim=24 if use_spatial_transformer else None)
+
+    return unet(True), unet(False)
+
+
+def test_settings_apply_to_every_attention_layer_of_one_model_and_to_no_other():
+    text_unet, class_unet = _two_unets()
+    kinds = {type(layer).__name__ for layer in attention.attention_layers(text_unet)}
+    assert kinds == {"CrossAttention"}
+    assert {type(layer).__name__ for layer in attention.attention_layers(class_unet)} == {"QKVAttentionLegacy"}
+    assert attention.set_attention_slicing(text_unet, 4) == 8  # 4 transformers x (self + cross attention)
+    assert attention.set_attention_precision(text_unet, "fp16") == 8
+    assert attention.get_attention_slicing(text_unet) == 4
+    assert attention.get_attention_precision(text_unet) == "fp16"
+    assert attention.get_attention_slicing(class_unet) is None
+    assert attention.get_attention_precision(class_unet) == "fp32"
+    fresh = CrossAttention(32, heads=2, dim_head=16)
+    assert (fresh.attention_slice_size, fresh.attention_precision) == (None, "fp32")
+
+
+def test_a_sliced_model_gives_the_same_output_and_leaves_another_model_unsliced(monkeypatch):
+    first, _ = _two_unets()
+    second, _ = _two_unets()
+    for p in first.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    second.load_state_dict(first.state_dict())
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 24)
+    expected = second(x, t, context)
+    rows_seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        rows_seen.append(q.shape[-2])
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    attention.set_attention_slicing(first, 16)
+    torch.testing.assert_close(first(x, t, context), expected, rtol=1e-5, atol=1e-5)
+    assert set(rows_seen) == {16}
+    rows_seen.clear()
+    second(x, t, context)
+    assert set(rows_seen) == {64}
+
+
+def test_disagreeing_layers_are_reported_not_averaged():
+    model = SpatialTransformer(32, 2, 16, context_dim=24)
+    model.transformer_blocks[0].attn1.attention_slice_size = 8
+    with pytest.raises(ValueError, match="differ in attention_slice_size"):
+        attention.get_attention_slicing(model)
+    assert attention.get_attention_slicing(torch.nn.Linear(2, 2)) is None
 
 
 def test_memory_efficient_cross_attention_is_a_drop_in_for_cross_attention():

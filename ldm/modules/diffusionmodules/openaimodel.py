@@ -17,9 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.modules.attention import SpatialTransformer, scaled_dot_product
-from ldm.modules.diffusionmodules.util import (avg_pool_nd, checkpoint, conv_nd, linear,
-                                               normalization, timestep_embedding, zero_module)
+from ldm.modules.attention import AttentionLayer, SpatialTransformer
+from ldm.modules.diffusionmodules.util import (
+    avg_pool_nd,
+    checkpoint,
+    conv_nd,
+    linear,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
 
 
 class AttentionPool2d(nn.Module):
@@ -221,38 +228,39 @@ class AttentionBlock(nn.Module):
         return (x + h).reshape(b, c, *spatial)
 
 
-def _attend_channels_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention over (batch, heads, channels, length) tensors; returns the same layout."""
-    out = scaled_dot_product(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-    return out.transpose(-1, -2)
+class _QKVAttentionBase(AttentionLayer):
+    """Multi-head attention on a packed (batch, 3 * heads * ch, length) qkv tensor; subclasses say
+    how q, k and v are laid out in it. Returns (batch, heads * ch, length)."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+
+    def _split(self, qkv: torch.Tensor, ch: int) -> tuple:
+        """q, k, v as (batch, heads, ch, length)."""
+        raise NotImplementedError
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        q, k, v = self._split(qkv, width // (3 * self.n_heads))
+        out = self.attend(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return out.transpose(-1, -2).reshape(bs, -1, length)
 
 
-class QKVAttentionLegacy(nn.Module):
+class QKVAttentionLegacy(_QKVAttentionBase):
     """Attention on a (batch, heads * 3 * ch, length) tensor laid out heads first, then q/k/v."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs, self.n_heads, ch * 3, length).split(ch, dim=2)
-        return _attend_channels_first(q, k, v).reshape(bs, -1, length)
+    def _split(self, qkv: torch.Tensor, ch: int) -> tuple:
+        bs, _, length = qkv.shape
+        return qkv.reshape(bs, self.n_heads, ch * 3, length).split(ch, dim=2)
 
 
-class QKVAttention(nn.Module):
+class QKVAttention(_QKVAttentionBase):
     """Attention on a (batch, 3 * heads * ch, length) tensor laid out q/k/v first, then heads."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs, 3, self.n_heads, ch, length).unbind(dim=1)
-        return _attend_channels_first(q, k, v).reshape(bs, -1, length)
+    def _split(self, qkv: torch.Tensor, ch: int) -> tuple:
+        bs, _, length = qkv.shape
+        return qkv.reshape(bs, 3, self.n_heads, ch, length).unbind(dim=1)
 
 
 class Timestep(nn.Module):
@@ -392,7 +400,8 @@ class UNetModel(nn.Module):
             self._attention(ch, self.num_heads, disable_middle_self_attn),
             self._res_block(ch))
         self.output_blocks, ch = self._build_output_blocks(skip_channels, ch, ds)
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+                                 zero_module(conv_nd(dims, ch, out_channels, 3, padding=1)))
         if self.predict_codebook_ids:
             self.id_predictor = nn.Sequential(normalization(ch), conv_nd(dims, ch, n_embed, 1))
 
