@@ -8,8 +8,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ldm.modules.diffusionmodules.util import (extract_into_tensor, forward_process_arrays,
-                                               make_beta_schedule)
+from ldm.modules.diffusionmodules.util import extract_into_tensor, forward_process_arrays, make_beta_schedule
 from ldm.util import default
 
 
