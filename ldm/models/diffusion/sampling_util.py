@@ -201,10 +201,11 @@ class SamplerCapabilities:
 
 
 def is_neutral(option: str, value: Any) -> bool:
-    """Whether ``value`` is ``option``'s neutral default (eta 0, temperature 1, None, ...)."""
+    """Whether ``value`` is ``option``'s neutral default (eta 0, temperature 1, None, ...); an
+    empty dict counts as None (``corrector_kwargs={}``)."""
     default = OPTION_DEFAULTS[option]
     if default is None or value is None:
-        return value is default
+        return value is default or (default is None and isinstance(value, dict) and not value)
     return isinstance(value, (bool, int, float)) and value == default
 
 
@@ -218,7 +219,8 @@ def _describe(value: Any) -> str:
         return text if len(text) <= 40 else f"a {type(value).__name__} of {len(value)}"
     if callable(value):
         return getattr(value, "__qualname__", type(value).__name__)
-    return f"a {type(value).__name__}"
+    kind = type(value).__name__
+    return f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def _name_list(names: Sequence[str]) -> str:
@@ -243,7 +245,8 @@ def check_options(capabilities: SamplerCapabilities, options: Mapping[str, Any],
             f"{capabilities.reason(option)}; {takers}")
     for option, other, why in _NEEDS + capabilities.needs:
         value = options.get(option, OPTION_DEFAULTS[option])
-        if not is_neutral(option, value) and is_neutral(other, options.get(other)):
+        other_value = options.get(other, OPTION_DEFAULTS[other])
+        if not is_neutral(option, value) and is_neutral(other, other_value):
             raise UnsupportedSamplerOption(
                 f"the {capabilities.name} sampler ignores {option} ({_describe(value)}) when "
                 f"{other} is {OPTION_DEFAULTS[other]!r}: {why}")

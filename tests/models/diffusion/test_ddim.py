@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
-from tests.models.diffusion.gaussian_analytic import (GaussianDataModel, fitted_order,
-                                                      format_table, relative_error)
+from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
 SHAPE = (4, 8, 8)
@@ -227,7 +226,10 @@ def test_ddim_decode_with_eta_is_reproducible_per_image_with_generators():
     sampler = DDIMSampler(model)
     sampler.make_schedule(20, ddim_eta=0.8, verbose=False)
     x = torch.randn(2, *SHAPE)
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (5, 6)]
+
     pair = sampler.decode(x, None, 10, verbose=False, generator=gens())
     single = sampler.decode(x[1:], None, 10, verbose=False, generator=[torch.Generator().manual_seed(6)])
     assert torch.allclose(pair[1:], single, atol=1e-6)

@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
-from ldm.models.diffusion.dpm_solver.dpm_solver import (DPM_Solver, NoiseScheduleVP,
-                                                        interpolate_fn, model_wrapper)
-from tests.models.diffusion.gaussian_analytic import (GaussianDataModel, fitted_order,
-                                                      format_table, linear_alphas_cumprod,
-                                                      relative_error)
+from ldm.models.diffusion.dpm_solver.dpm_solver import DPM_Solver, NoiseScheduleVP, interpolate_fn, model_wrapper
+from tests.models.diffusion.gaussian_analytic import (
+    GaussianDataModel,
+    fitted_order,
+    format_table,
+    linear_alphas_cumprod,
+    relative_error,
+)
 
 SHAPE = (4, 8, 8)
 EVALS = (6, 12, 24, 48)
@@ -170,7 +173,10 @@ def test_adaptive_solver_meets_tighter_tolerances_with_more_evaluations(order):
 
 def test_thresholding_clips_the_data_prediction_to_its_quantile():
     ns = NoiseScheduleVP("discrete", alphas_cumprod=linear_alphas_cumprod())
-    big = lambda x, t: -torch.full_like(x, 100.)  # eps that implies a huge x0
+
+    def big(x, t):  # eps that implies a huge x0
+        return -torch.full_like(x, 100.)
+
     solver = DPM_Solver(model_wrapper(big, ns), ns, predict_x0=True, thresholding=True,
                         max_val=1.)
     x0 = solver.data_prediction_fn(torch.randn(2, 4, 4, 4), torch.tensor([0.5, 0.5]))
@@ -258,8 +264,11 @@ def test_dpm_sampler_refuses_inpainting_it_would_ignore():
 
 def test_dpm_sampler_start_noise_is_reproducible_with_a_generator():
     model = GaussianDataModel()
-    run = lambda: DPMSolverSampler(model).sample(
-        5, 2, SHAPE, None, verbose=False, generator=torch.Generator().manual_seed(5))[0]
+
+    def run():
+        return DPMSolverSampler(model).sample(
+            5, 2, SHAPE, None, verbose=False, generator=torch.Generator().manual_seed(5))[0]
+
     assert torch.equal(run(), run())
     assert not math.isnan(float(run().sum()))
 
@@ -269,3 +278,12 @@ def test_dpm_sampler_reports_each_model_evaluation_to_the_callback():
     DPMSolverSampler(GaussianDataModel()).sample(7, 1, SHAPE, None, verbose=False,
                                                  callback=steps.append)
     assert steps == list(range(7))
+
+
+def test_solver_names_import_from_the_package_and_from_the_original_module():
+    from ldm.models.diffusion import dpm_solver as package
+    from ldm.models.diffusion.dpm_solver import dpm_solver as module
+    for name in ("DPM_Solver", "NoiseScheduleVP", "model_wrapper"):
+        assert getattr(package, name) is getattr(module, name)
+    assert package.DPMSolverSampler is DPMSolverSampler
+    assert module.interpolate_fn is interpolate_fn

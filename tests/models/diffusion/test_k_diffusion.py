@@ -6,13 +6,20 @@ import math
 import pytest
 import torch
 
-from ldm.models.diffusion.k_diffusion import (SIGMA_SAMPLERS, KDiffusionSampler,
-                                              get_ancestral_step, sample_dpmpp_2m,
-                                              sample_dpmpp_2m_sde)
-from ldm.models.diffusion.sigma_schedule import (DiscreteSigmaSchedule, ModelDenoiser,
-                                                 sigma_to_vp_space, vp_to_sigma_space)
-from tests.models.diffusion.gaussian_analytic import (GaussianDataModel, fitted_order,
-                                                      format_table, relative_error)
+from ldm.models.diffusion.k_diffusion import (
+    SIGMA_SAMPLERS,
+    KDiffusionSampler,
+    get_ancestral_step,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+)
+from ldm.models.diffusion.sigma_schedule import (
+    DiscreteSigmaSchedule,
+    ModelDenoiser,
+    sigma_to_vp_space,
+    vp_to_sigma_space,
+)
+from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
 SHAPE = (4, 8, 8)

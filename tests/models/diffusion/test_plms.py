@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from ldm.models.diffusion.plms import PLMSSampler, adams_bashforth_eps
-from tests.models.diffusion.gaussian_analytic import (GaussianDataModel, fitted_order,
-                                                      format_table, relative_error)
+from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
 SHAPE = (4, 8, 8)

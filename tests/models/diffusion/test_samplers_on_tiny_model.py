@@ -8,9 +8,14 @@ from ldm.models.diffusion import samplers
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.sampling_util import randn
 from ldm.util import instantiate_from_config
-from tests.tiny_configs import (TINY_CONTEXT_DIM, TINY_CONTEXT_TOKENS, TINY_LATENT_CHANNELS,
-                                TINY_LATENT_SIZE, tiny_inpainting_config,
-                                tiny_latent_diffusion_config)
+from tests.tiny_configs import (
+    TINY_CONTEXT_DIM,
+    TINY_CONTEXT_TOKENS,
+    TINY_LATENT_CHANNELS,
+    TINY_LATENT_SIZE,
+    tiny_inpainting_config,
+    tiny_latent_diffusion_config,
+)
 
 SHAPE = (TINY_LATENT_CHANNELS, TINY_LATENT_SIZE, TINY_LATENT_SIZE)
 

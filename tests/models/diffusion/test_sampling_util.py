@@ -3,9 +3,14 @@ per-image noise draws."""
 import pytest
 import torch
 
-from ldm.models.diffusion.sampling_util import (append_dims, concat_conditionings,
-                                                guided_model_output, norm_thresholding, randn,
-                                                spatial_norm_thresholding)
+from ldm.models.diffusion.sampling_util import (
+    append_dims,
+    concat_conditionings,
+    guided_model_output,
+    norm_thresholding,
+    randn,
+    spatial_norm_thresholding,
+)
 
 
 def test_append_dims_adds_trailing_singletons_and_rejects_fewer_dims():

@@ -3,9 +3,13 @@ levels, and the denoiser built from eps, v and x0 models."""
 import pytest
 import torch
 
-from ldm.models.diffusion.sigma_schedule import (DiscreteSigmaSchedule, ModelDenoiser,
-                                                 get_sigmas_karras, sigma_to_vp_space,
-                                                 vp_to_sigma_space)
+from ldm.models.diffusion.sigma_schedule import (
+    DiscreteSigmaSchedule,
+    ModelDenoiser,
+    get_sigmas_karras,
+    sigma_to_vp_space,
+    vp_to_sigma_space,
+)
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, linear_alphas_cumprod
 
 

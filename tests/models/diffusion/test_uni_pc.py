@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
-from ldm.models.diffusion.sigma_schedule import (DiscreteSigmaSchedule, ModelDenoiser,
-                                                 sigma_to_vp_space, vp_to_sigma_space)
+from ldm.models.diffusion.sigma_schedule import (
+    DiscreteSigmaSchedule,
+    ModelDenoiser,
+    sigma_to_vp_space,
+    vp_to_sigma_space,
+)
 from ldm.models.diffusion.uni_pc import sample_unipc, unipc_update
-from tests.models.diffusion.gaussian_analytic import (GaussianDataModel, fitted_order,
-                                                      format_table, relative_error)
+from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
 

@@ -24,7 +24,7 @@ DPM_CAPABILITIES = SamplerCapabilities(
              ("img_callback", "it reports model evaluations, not x0 predictions"),
              ("log_every_t", "it returns no intermediates, as the originals' DPMSolverSampler"),
              ("dynamic_threshold", "it runs DPM-Solver++ without thresholding, as the originals' "
-                                   "--dpm does")))
+                                   "DPMSolverSampler does")))
 
 
 class DPMSolverSampler(Sampler):
