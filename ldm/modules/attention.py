@@ -124,16 +124,19 @@ def _common_setting(model: nn.Module, name: str):
     return values.pop() if values else None
 
 
+def _set_on_layers(model: nn.Module, name: str, value) -> int:
+    layers = list(attention_layers(model))
+    for layer in layers:
+        setattr(layer, name, value)
+    return len(layers)
+
+
 def set_attention_precision(model: nn.Module, precision: str) -> int:
     """Choose how the attention layers of ``model`` compute scores for half inputs: ``"fp32"`` in
     float32 (the original's default; avoids fp16 overflow NaNs; q, k, v are upcast only where SDPA
     would not do it itself), ``"fp16"`` in whatever precision SDPA uses for the input dtype.
     Other models are not affected. Returns the number of layers set."""
-    precision = _checked_precision(precision, "attention precision")
-    layers = list(attention_layers(model))
-    for layer in layers:
-        layer.attention_precision = precision
-    return len(layers)
+    return _set_on_layers(model, "attention_precision", _checked_precision(precision, "attention precision"))
 
 
 def get_attention_precision(model: nn.Module) -> Optional[str]:
@@ -145,11 +148,7 @@ def set_attention_slicing(model: nn.Module, slice_size: Optional[int]) -> int:
     """Make the attention layers of ``model`` compute ``slice_size`` query rows at a time (None:
     all at once). Slicing bounds the memory of the (rows x keys) score matrix at no change to the
     result. Other models are not affected. Returns the number of layers set."""
-    slice_size = _checked_slice_size(slice_size)
-    layers = list(attention_layers(model))
-    for layer in layers:
-        layer.attention_slice_size = slice_size
-    return len(layers)
+    return _set_on_layers(model, "attention_slice_size", _checked_slice_size(slice_size))
 
 
 def get_attention_slicing(model: nn.Module) -> Optional[int]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.modules.attention import FeedForward, GEGLU  # noqa: F401  (same layers, same keys)
+from ldm.modules.attention import GEGLU, FeedForward  # noqa: F401  (same layers, same keys)
 
 DEFAULT_DIM_HEAD = 64
 

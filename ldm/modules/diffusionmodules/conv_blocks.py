@@ -47,29 +47,33 @@ def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, num_channels=in_channels, eps=1e-6, affine=True)
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, optionally followed by a 3x3 conv."""
+class _Resample(nn.Module):
+    """A resolution change with an optional 3x3 ``conv`` of the given stride and padding."""
 
-    def __init__(self, in_channels: int, with_conv: bool):
+    def __init__(self, in_channels: int, with_conv: bool, stride: int, padding: int):
         super().__init__()
         self.with_conv = with_conv
         if self.with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
+            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=stride, padding=padding)
+
+
+class Upsample(_Resample):
+    """Nearest-neighbour x2, optionally followed by a 3x3 conv."""
+
+    def __init__(self, in_channels: int, with_conv: bool):
+        super().__init__(in_channels, with_conv, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.conv(x) if self.with_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Halve the resolution: zero-pad right/bottom by one then a stride-2 3x3 conv (torch convs
     have no asymmetric padding), or 2x2 average pooling without conv."""
 
     def __init__(self, in_channels: int, with_conv: bool):
-        super().__init__()
-        self.with_conv = with_conv
-        if self.with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+        super().__init__(in_channels, with_conv, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_conv:

@@ -74,23 +74,34 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         return x
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour x2 upsampling (only the inner two axes for 3-D data), optionally followed
-    by a 3x3 convolution."""
+class _Resample(nn.Module):
+    """What the UNet's x2 resampling layers record: ``channels`` in, ``out_channels``, whether a
+    convolution does the work (``use_conv``) and the data's ``dims``."""
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None,
-                 padding: int = 1):
+    def __init__(self, channels: int, use_conv: bool, dims: int, out_channels: Optional[int]):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
         self.dims = dims
+
+    def _check_channels(self, x: torch.Tensor) -> None:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.shape[1]}")
+
+
+class Upsample(_Resample):
+    """Nearest-neighbour x2 upsampling (only the inner two axes for 3-D data), optionally followed
+    by a 3x3 convolution."""
+
+    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None,
+                 padding: int = 1):
+        super().__init__(channels, use_conv, dims, out_channels)
         if use_conv:
             self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Upsample expects {self.channels} channels, got {x.shape[1]}")
+        self._check_channels(x)
         if self.dims == 3:
             x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
         else:
@@ -111,17 +122,13 @@ class TransposedUpsample(nn.Module):
         return self.up(x)
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """x2 downsampling (only the inner two axes for 3-D data) by a strided 3x3 convolution, or by
     average pooling when ``use_conv`` is False."""
 
     def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None,
                  padding: int = 1):
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
+        super().__init__(channels, use_conv, dims, out_channels)
         stride = 2 if dims != 3 else (1, 2, 2)
         if use_conv:
             self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
@@ -131,8 +138,7 @@ class Downsample(nn.Module):
             self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Downsample expects {self.channels} channels, got {x.shape[1]}")
+        self._check_channels(x)
         return self.op(x)
 
 

@@ -25,11 +25,16 @@ from einops import repeat
 
 from ldm.modules.encoders.base import AbstractEncoder, IdentityEncoder, disabled_train
 from ldm.modules.encoders.clip_text import build_text_model_and_tokenizer, load_offline, load_tokenizer_offline
-from ldm.modules.encoders.image_embedders import (ClipImageEmbedder, FrozenClipImageEmbedder,
-                                                  FrozenOpenCLIPImageEmbedder)
+from ldm.modules.encoders.image_embedders import ClipImageEmbedder, FrozenClipImageEmbedder, FrozenOpenCLIPImageEmbedder
 from ldm.modules.encoders.openclip import CLIP, create_openclip_model, openai_arch, run_blocks
-from ldm.modules.encoders.tokenizer import (OpenCLIPTokenizer, Prompts, TruncationNotice, as_prompt_list,
-                                            pack_rows, split_into_windows)
+from ldm.modules.encoders.tokenizer import (
+    OpenCLIPTokenizer,
+    Prompts,
+    TruncationNotice,
+    as_prompt_list,
+    pack_rows,
+    split_into_windows,
+)
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
 
 __all__ = [

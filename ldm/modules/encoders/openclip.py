@@ -9,7 +9,6 @@ uses ``open_clip`` when it imports (and no ``LDM_NATIVE_CLIP=1`` is set), else o
 from __future__ import annotations
 
 import importlib
-
 import math
 import os
 from collections import OrderedDict

@@ -14,8 +14,14 @@ import torch
 import torch.nn as nn
 
 from ldm.modules.encoders.base import AbstractEncoder
-from ldm.modules.encoders.tokenizer import (VOCAB_SIZE, Prompts, TruncationNotice, as_prompt_list,
-                                            build_clip_tokenizer, pack_rows)
+from ldm.modules.encoders.tokenizer import (
+    VOCAB_SIZE,
+    Prompts,
+    TruncationNotice,
+    as_prompt_list,
+    build_clip_tokenizer,
+    pack_rows,
+)
 
 UNKNOWN_SLOT, START_SLOT, END_SLOT = 0, 1, 2
 
