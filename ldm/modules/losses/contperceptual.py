@@ -10,7 +10,7 @@ from torch import nn
 
 from ldm.modules.losses.discriminator import NLayerDiscriminator, weights_init
 from ldm.modules.losses.lpips import perceptual_loss_or_none
-from ldm.modules.losses.vqperceptual import AdversarialLossMixin, DummyLoss, adopt_weight, disc_loss_by_name
+from ldm.modules.losses.vqperceptual import AdversarialLossMixin, DummyLoss, adopt_weight, l1
 
 __all__ = ["DummyLoss", "LPIPSWithDiscriminator"]  # DummyLoss: a shipped config names it here
 
@@ -32,24 +32,17 @@ class LPIPSWithDiscriminator(AdversarialLossMixin, nn.Module):
                  use_actnorm: bool = False, disc_conditional: bool = False, disc_loss: str = "hinge",
                  lpips_path: Optional[str] = None):
         super().__init__()
-        self.disc_loss = disc_loss_by_name(disc_loss)
         self.kl_weight = kl_weight
         self.pixel_weight = pixelloss_weight
         self.perceptual_loss, self.perceptual_weight = perceptual_loss_or_none(perceptual_weight, lpips_path)
         self.logvar = nn.Parameter(torch.ones(size=()) * logvar_init)
         self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
                                                  use_actnorm=use_actnorm).apply(weights_init)
-        self.discriminator_iter_start = disc_start
-        self.disc_factor = disc_factor
-        self.discriminator_weight = disc_weight
-        self.disc_conditional = disc_conditional
+        self._init_adversarial(disc_start, disc_loss, disc_factor, disc_weight, disc_conditional)
 
     def forward(self, inputs, reconstructions, posteriors, optimizer_idx, global_step,
                 last_layer=None, cond=None, split="train", weights=None):
-        rec_loss = torch.abs(inputs.contiguous() - reconstructions.contiguous())
-        if self.perceptual_weight > 0:
-            p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
-            rec_loss = rec_loss + self.perceptual_weight * p_loss
+        rec_loss, _ = self._reconstruction_loss(inputs, reconstructions, l1)
 
         nll_loss = rec_loss / torch.exp(self.logvar) + self.logvar
         weighted_nll_loss = nll_loss if weights is None else weights * nll_loss

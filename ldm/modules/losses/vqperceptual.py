@@ -83,8 +83,26 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 
 class AdversarialLossMixin:
-    """What both autoencoder losses share: the discriminator's view of (optionally conditioned)
-    images, and the adaptive generator weight."""
+    """What both autoencoder losses share: the reconstruction term, the discriminator's settings
+    and view of (optionally conditioned) images, and the adaptive generator weight."""
+
+    def _init_adversarial(self, disc_start: int, disc_loss: str, disc_factor: float, disc_weight: float,
+                          disc_conditional: bool) -> None:
+        self.discriminator_iter_start = disc_start
+        self.disc_loss = disc_loss_by_name(disc_loss)
+        self.disc_factor = disc_factor
+        self.discriminator_weight = disc_weight
+        self.disc_conditional = disc_conditional
+
+    def _reconstruction_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor,
+                             pixel_loss) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-pixel ``pixel_loss`` plus ``perceptual_weight`` times LPIPS (when weighted), and the
+        LPIPS term itself (None when not computed)."""
+        rec_loss = pixel_loss(inputs.contiguous(), reconstructions.contiguous())
+        if self.perceptual_weight <= 0:
+            return rec_loss, None
+        p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
+        return rec_loss + self.perceptual_weight * p_loss, p_loss
 
     def _logits(self, images: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         if cond is None:
@@ -145,22 +163,15 @@ class VQLPIPSWithDiscriminator(AdversarialLossMixin, nn.Module):
         self.pixel_loss = l1 if pixel_loss == "l1" else l2
         self.discriminator = NLayerDiscriminator(input_nc=disc_in_channels, n_layers=disc_num_layers,
                                                  use_actnorm=use_actnorm, ndf=disc_ndf).apply(weights_init)
-        self.discriminator_iter_start = disc_start
-        self.disc_loss = disc_loss_by_name(disc_loss)
-        self.disc_factor = disc_factor
-        self.discriminator_weight = disc_weight
-        self.disc_conditional = disc_conditional
+        self._init_adversarial(disc_start, disc_loss, disc_factor, disc_weight, disc_conditional)
         self.n_classes = n_classes
 
     def forward(self, codebook_loss, inputs, reconstructions, optimizer_idx, global_step,
                 last_layer=None, cond=None, split="train", predicted_indices=None):
         if codebook_loss is None:
             codebook_loss = torch.tensor([0.0]).to(inputs.device)
-        rec_loss = self.pixel_loss(inputs.contiguous(), reconstructions.contiguous())
-        if self.perceptual_weight > 0:
-            p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
-            rec_loss = rec_loss + self.perceptual_weight * p_loss
-        else:
+        rec_loss, p_loss = self._reconstruction_loss(inputs, reconstructions, self.pixel_loss)
+        if p_loss is None:
             p_loss = torch.tensor([0.0])
         nll_loss = torch.mean(rec_loss)
 
