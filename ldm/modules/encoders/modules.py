@@ -89,7 +89,53 @@ class ClassEmbedder(nn.Module):
         return {self.key: torch.full((bs,), self.n_classes - 1, dtype=torch.long, device=device)}
 
 
-class FrozenCLIPEmbedder(AbstractEncoder):
+class _PromptEncoder(AbstractEncoder):
+    """What the SD text encoders share: prompts over ``max_length - 2`` tokens are cut with a notice
+    naming what was dropped, or (``chunk_long_prompts``) encoded in windows of ``max_length - 2``
+    tokens that are concatenated along the token axis. Subclasses say how text becomes token ids
+    (``_content_ids``), rows (``_cut_rows``, ``_window_rows``) and features (``_encode_rows``)."""
+
+    def _init_prompts(self, device, max_length: int, chunk_long_prompts: bool) -> None:
+        self.device = device
+        self.max_length = max_length
+        self.chunk_long_prompts = chunk_long_prompts
+        self.truncation = TruncationNotice(max_length - 2)
+
+    def _content_ids(self, prompts: List[str]) -> List[List[int]]:
+        """Each prompt's token ids without start and end tokens."""
+        raise NotImplementedError
+
+    def _cut_rows(self, prompts: List[str], content: List[List[int]]) -> torch.Tensor:
+        """One padded row per prompt, cut to ``max_length``."""
+        raise NotImplementedError
+
+    def _window_rows(self, windows: List[List[int]]) -> torch.Tensor:
+        """One padded row per window of content tokens."""
+        raise NotImplementedError
+
+    def _encode_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokenize(self, text: Prompts) -> Tuple[torch.Tensor, int]:
+        """(token rows [prompts * windows, max_length], windows per prompt)."""
+        prompts = as_prompt_list(text)
+        content = self._content_ids(prompts)
+        if self.chunk_long_prompts:
+            windows = split_into_windows(content, self.max_length - 2)
+            return self._window_rows([w for per_prompt in windows for w in per_prompt]), len(windows[0])
+        self.truncation.check(prompts, content)
+        return self._cut_rows(prompts, content), 1
+
+    def forward(self, text: Prompts) -> torch.Tensor:
+        tokens, _ = self.tokenize(text)
+        z = self._encode_rows(tokens.to(self.device))
+        return _rows_to_prompts(z, len(as_prompt_list(text)))
+
+    def encode(self, text: Prompts) -> torch.Tensor:
+        return self(text)
+
+
+class FrozenCLIPEmbedder(_PromptEncoder):
     """SD 1.x text encoder: transformers' ``CLIPTextModel`` (ViT-L/14 by default) and its
     ``CLIPTokenizer`` (start/end tokens, padded with ``<|endoftext|>`` to ``max_length``).
 
@@ -113,28 +159,22 @@ class FrozenCLIPEmbedder(AbstractEncoder):
             raise ValueError(f"layer='hidden' needs layer_idx in [-{config.num_hidden_layers}, "
                              f"{config.num_hidden_layers}], got {layer_idx}")
         _check_max_length(max_length, config.max_position_embeddings)
-        self.device = device
-        self.max_length = max_length
+        self._init_prompts(device, max_length, chunk_long_prompts)
         self.layer, self.layer_idx = layer, layer_idx
-        self.chunk_long_prompts = chunk_long_prompts
-        self.truncation = TruncationNotice(max_length - 2)
         if freeze:
             self.freeze()
 
-    def tokenize(self, text: Prompts) -> Tuple[torch.Tensor, int]:
-        """(token rows [prompts * windows, max_length], windows per prompt)."""
-        prompts = as_prompt_list(text)
-        content = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
-        if self.chunk_long_prompts:
-            windows = split_into_windows(content, self.max_length - 2)
-            tok = self.tokenizer
-            rows = pack_rows([w for per_prompt in windows for w in per_prompt], self.max_length,
-                             tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-            return rows, len(windows[0])
-        self.truncation.check(prompts, content)
+    def _content_ids(self, prompts: List[str]) -> List[List[int]]:
+        return self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def _window_rows(self, windows: List[List[int]]) -> torch.Tensor:
+        tok = self.tokenizer
+        return pack_rows(windows, self.max_length, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+
+    def _cut_rows(self, prompts: List[str], content: List[List[int]]) -> torch.Tensor:
         batch = self.tokenizer(prompts, truncation=True, max_length=self.max_length, return_length=True,
                                return_overflowing_tokens=False, padding="max_length", return_tensors="pt")
-        return batch["input_ids"], 1
+        return batch["input_ids"]
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         outputs = self.transformer(input_ids=tokens, output_hidden_states=self.layer == "hidden")
@@ -144,16 +184,11 @@ class FrozenCLIPEmbedder(AbstractEncoder):
             return outputs.pooler_output[:, None, :]
         return outputs.hidden_states[self.layer_idx]
 
-    def forward(self, text: Prompts) -> torch.Tensor:
-        tokens, _ = self.tokenize(text)
-        z = self.encode_tokens(tokens.to(self.device))
-        return _rows_to_prompts(z, len(as_prompt_list(text)))
-
-    def encode(self, text: Prompts) -> torch.Tensor:
-        return self(text)
+    def _encode_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(tokens)
 
 
-class FrozenOpenCLIPEmbedder(AbstractEncoder):
+class FrozenOpenCLIPEmbedder(_PromptEncoder):
     """SD 2.x text encoder: the OpenCLIP text tower (ViT-H-14 by default), tokenized as
     ``open_clip.tokenize`` does (zero padding). "last" runs every block, "penultimate" all but the
     last; ``ln_final`` is applied in both cases, as the original does. [B, 77, width].
@@ -172,29 +207,23 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
         self.model = create_openclip_model(arch, version, with_visual=False, with_text_transformer=True)
         _check_max_length(max_length, self.model.positional_embedding.shape[0])
         self.tokenizer = OpenCLIPTokenizer(max_length)
-        self.device = device
-        self.max_length = max_length
+        self._init_prompts(device, max_length, chunk_long_prompts)
         self.layer = layer
         self.layer_idx = self.LAYERS.index(layer)
-        self.chunk_long_prompts = chunk_long_prompts
-        self.truncation = TruncationNotice(max_length - 2)
         if freeze:
             self.freeze()
 
-    def tokenize(self, text: Prompts) -> Tuple[torch.Tensor, int]:
-        """(token rows [prompts * windows, max_length], windows per prompt)."""
-        prompts = as_prompt_list(text)
-        content = self.tokenizer.encode(prompts)
-        if self.chunk_long_prompts:
-            windows = split_into_windows(content, self.max_length - 2)
-            return self.tokenizer.pack([w for per_prompt in windows for w in per_prompt]), len(windows[0])
-        self.truncation.check(prompts, content)
-        return self.tokenizer.pack(content), 1
+    def _content_ids(self, prompts: List[str]) -> List[List[int]]:
+        return self.tokenizer.encode(prompts)
 
-    def forward(self, text: Prompts) -> torch.Tensor:
-        tokens, _ = self.tokenize(text)
-        z = self.encode_with_transformer(tokens.to(self.device))
-        return _rows_to_prompts(z, len(as_prompt_list(text)))
+    def _window_rows(self, windows: List[List[int]]) -> torch.Tensor:
+        return self.tokenizer.pack(windows)
+
+    def _cut_rows(self, prompts: List[str], content: List[List[int]]) -> torch.Tensor:
+        return self.tokenizer.pack(content)
+
+    def _encode_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_transformer(tokens)
 
     def encode_with_transformer(self, text: torch.Tensor) -> torch.Tensor:
         n = text.shape[1]
@@ -208,9 +237,6 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
     def text_transformer_forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         blocks = list(self.model.transformer.resblocks)
         return run_blocks(self.model.transformer, blocks[:len(blocks) - self.layer_idx], x, attn_mask)
-
-    def encode(self, text: Prompts) -> torch.Tensor:
-        return self(text)
 
 
 class FrozenCLIPTextEmbedder(AbstractEncoder):
