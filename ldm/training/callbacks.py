@@ -39,9 +39,7 @@ class SetupCallback(Callback):
         super().__init__()
         self.resume = resume
         self.now = now
-        self.logdir = logdir
-        self.ckptdir = ckptdir
-        self.cfgdir = cfgdir
+        self.logdir, self.ckptdir, self.cfgdir = logdir, ckptdir, cfgdir
         self.config = config
         self.lightning_config = lightning_config
         self._done = False

@@ -59,14 +59,8 @@ class LPIPSWithDiscriminator(AdversarialLossMixin, nn.Module):
                 d_weight = torch.tensor(0.0)
             disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
             loss = weighted_nll_loss + self.kl_weight * kl_loss + d_weight * disc_factor * g_loss
-            log = {f"{split}/total_loss": loss.clone().detach().mean(),
-                   f"{split}/logvar": self.logvar.detach(),
-                   f"{split}/kl_loss": kl_loss.detach().mean(),
-                   f"{split}/nll_loss": nll_loss.detach().mean(),
-                   f"{split}/rec_loss": rec_loss.detach().mean(),
-                   f"{split}/d_weight": d_weight.detach(),
-                   f"{split}/disc_factor": torch.tensor(disc_factor),
-                   f"{split}/g_loss": g_loss.detach().mean()}
+            terms = {"logvar": self.logvar.detach(), "kl_loss": kl_loss.detach().mean()}
+            log = self._generator_log(split, loss, terms, nll_loss, rec_loss, d_weight, disc_factor, g_loss)
             return loss, log
         if optimizer_idx == 1:
             return self._discriminator_step(inputs, reconstructions, global_step, cond, split)

@@ -2,7 +2,7 @@
 PatchGAN adversarial term with the adaptive weight of VQGAN (Esser et al. 2021, eq. 7)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,21 @@ class AdversarialLossMixin:
         self.discriminator_weight = disc_weight
         self.disc_conditional = disc_conditional
 
+    @staticmethod
+    def _generator_log(split: str, loss: torch.Tensor, terms: Dict[str, torch.Tensor], nll_loss: torch.Tensor,
+                       rec_loss: torch.Tensor, d_weight: torch.Tensor, disc_factor: float,
+                       g_loss: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The logged values of an autoencoder (generator) step: the total, the loss's own
+        ``terms``, then what both losses log."""
+        log = {f"{split}/total_loss": loss.clone().detach().mean()}
+        log.update({f"{split}/{name}": value for name, value in terms.items()})
+        log.update({f"{split}/nll_loss": nll_loss.detach().mean(),
+                    f"{split}/rec_loss": rec_loss.detach().mean(),
+                    f"{split}/d_weight": d_weight.detach(),
+                    f"{split}/disc_factor": torch.tensor(disc_factor),
+                    f"{split}/g_loss": g_loss.detach().mean()})
+        return log
+
     def _reconstruction_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor,
                              pixel_loss) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-pixel ``pixel_loss`` plus ``perceptual_weight`` times LPIPS (when weighted), and the
@@ -180,14 +195,8 @@ class VQLPIPSWithDiscriminator(AdversarialLossMixin, nn.Module):
             d_weight = self._generator_weight(nll_loss, g_loss, last_layer)
             disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
             loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
-            log = {f"{split}/total_loss": loss.clone().detach().mean(),
-                   f"{split}/quant_loss": codebook_loss.detach().mean(),
-                   f"{split}/nll_loss": nll_loss.detach().mean(),
-                   f"{split}/rec_loss": rec_loss.detach().mean(),
-                   f"{split}/p_loss": p_loss.detach().mean(),
-                   f"{split}/d_weight": d_weight.detach(),
-                   f"{split}/disc_factor": torch.tensor(disc_factor),
-                   f"{split}/g_loss": g_loss.detach().mean()}
+            terms = {"quant_loss": codebook_loss.detach().mean(), "p_loss": p_loss.detach().mean()}
+            log = self._generator_log(split, loss, terms, nll_loss, rec_loss, d_weight, disc_factor, g_loss)
             if predicted_indices is not None:
                 if self.n_classes is None:
                     raise ValueError("predicted_indices given, but the loss has no n_classes")
