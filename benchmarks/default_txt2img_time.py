@@ -35,20 +35,16 @@ def script_seconds(sampler_flags, threads: int) -> float:
 def sampling_seconds(sampler: str, threads: int, repeats: int) -> float:
     """Median time of text encoding + sampling + decoding of the 4 images, model already loaded."""
     import torch
-    from omegaconf import OmegaConf
 
-    from ldm.evaluation.generation import txt2img
-    from ldm.inference.loading import default_model_paths, resolve_path
-    from ldm.util import load_model_from_config
+    import ldm
 
     torch.set_num_threads(threads)
-    config, ckpt = (str(resolve_path(p)) for p in default_model_paths("txt2img"))
-    model = load_model_from_config(OmegaConf.load(config), ckpt, device="cpu", verbose=False)
-    txt2img(model, [PROMPT] * IMAGES, steps=STEPS, sampler=sampler)  # warm-up
+    pipe = ldm.load("txt2img", device="cpu")
+    pipe(PROMPT, n=IMAGES, steps=STEPS, sampler=sampler)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        txt2img(model, [PROMPT] * IMAGES, steps=STEPS, sampler=sampler)
+        pipe(PROMPT, n=IMAGES, steps=STEPS, sampler=sampler)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 
+import ldm
 from ldm.evaluation import benchmarks, generation
 from ldm.evaluation.adherence import PromptCase, mirrored, score_image
 from ldm.evaluation.detector import detect_objects
@@ -25,9 +26,9 @@ SIZE_BUDGET_BYTES = 60 * 10 ** 6
 
 
 @pytest.fixture(scope="module")
-def txt2img_model():
-    return load_model_from_config(OmegaConf.load(CHECKPOINTS / "shapes-txt2img.yaml"),
-                                  str(CHECKPOINTS / "shapes-txt2img.safetensors"), device="cpu", verbose=False)
+def txt2img_pipe():
+    """The default text-to-image pipeline (``ldm.load("txt2img")``: the shipped model)."""
+    return ldm.load("txt2img", device="cpu")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -62,14 +63,14 @@ PROMPTS = [("a red circle", "red", "circle"), ("a blue square", "blue", "square"
            ("a yellow star", "yellow", "star"), ("an orange triangle", "orange", "triangle")]
 
 
-def test_default_txt2img_model_draws_the_prompted_colour_and_shape(txt2img_model):
+def test_default_txt2img_pipe_draws_the_prompted_colour_and_shape(txt2img_pipe):
     """Three seeded images per prompt; at least two of each must show the prompted colour and
     shape (the model gets all 80 seen single-object prompts of the evaluation right,
     docs/SHAPES.md; one miss is allowed so that the test is not brittle)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     repeats = 3
     prompts = [p for p, _, _ in PROMPTS for _ in range(repeats)]
-    images = generation.txt2img(txt2img_model, prompts, seed=1234, steps=20, scale=5.0)
+    images = generation.txt2img(txt2img_pipe, prompts, seed=1234, steps=20, scale=5.0)
     for index, (prompt, colour, shape) in enumerate(PROMPTS):
         drawn = []
         for image in images[index * repeats:(index + 1) * repeats]:
@@ -84,7 +85,7 @@ RELATION_PROMPTS = [(("red", "circle"), "above", ("blue", "square")),
                     (("blue", "triangle"), "to the right of", ("red", "star"))]
 
 
-def test_default_txt2img_model_puts_two_objects_in_the_prompted_relation(txt2img_model):
+def test_default_txt2img_pipe_puts_two_objects_in_the_prompted_relation(txt2img_pipe):
     """Four prompts and their mirrors (opposite relation), two images each (16 images, one seed
     each from 99 on): at least 14 have both colours in the prompted relation (the model follows
     the relation word in 100% of the 96 two-object prompts of the evaluation, docs/SHAPES.md),
@@ -92,7 +93,7 @@ def test_default_txt2img_model_puts_two_objects_in_the_prompted_relation(txt2img
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cases = [PromptCase((first, second), relation) for first, relation, second in RELATION_PROMPTS]
     cases = [c for case in cases for c in (case, mirrored(case)) for _ in range(2)]
-    images = generation.txt2img(txt2img_model, [c.text for c in cases], seed=99, steps=20, scale=5.0)
+    images = generation.txt2img(txt2img_pipe, [c.text for c in cases], seed=99, steps=20, scale=5.0)
     positions = [score_image(case, image).position for case, image in zip(cases, images)]
     assert sum(positions) >= 14, list(zip([c.text for c in cases], positions))
 
@@ -101,16 +102,15 @@ def test_inpainting_evaluation_is_reproducible():
     """The same seed gives the same inpaintings: the masked image's latent, a posterior sample,
     is drawn from the seeded generator too (it was not, and reported numbers moved run to run)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = load_model_from_config(OmegaConf.load(CHECKPOINTS / "shapes-inpainting.yaml"),
-                                   str(CHECKPOINTS / "shapes-inpainting.safetensors"), device="cpu", verbose=False)
-    first, second = (benchmarks.inpainting_accuracy(model, count=2, steps=2) for _ in range(2))
+    pipe = ldm.load("inpaint", device="cpu")
+    first, second = (benchmarks.inpainting_accuracy(pipe, count=2, steps=2) for _ in range(2))
     assert first.numbers == second.numbers
 
 
-def test_relation_sensitivity_runs_end_to_end_on_the_default_model(txt2img_model):
+def test_relation_sensitivity_runs_end_to_end_on_the_default_model(txt2img_pipe):
     """Prompt pairs and their mirrors are drawn, detected and summarised into fractions."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    report = benchmarks.relation_sensitivity(txt2img_model, count=4, steps=4)
+    report = benchmarks.relation_sensitivity(txt2img_pipe, count=4, steps=4)
     numbers = report.numbers
     assert 0 <= numbers["pairs_judged"] <= 4
     for name in ("position", "mirrored_position"):

@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.inference.errors import UsageError
-from ldm.util import REPOSITORY_ROOT, CheckpointError, checkpoint_tensor_shapes, load_model_from_config
+from ldm.util import (CheckpointError, CheckpointMismatchError, checkpoint_tensor_shapes, first_line,
+                      in_cwd_or_repository, load_model_from_config)
 
-REPO_ROOT = Path(REPOSITORY_ROOT)
 SD_CONFIGS = "configs/stable-diffusion"
 
 # Default (config, checkpoint) of each script: the small shapes-world models shipped in
@@ -55,15 +55,19 @@ def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) ->
     only ``--config`` -> an error, unless it is the task's default config."""
     default_config, default_ckpt = default_model_paths(task)
     if config is None and ckpt is None:
-        return str(resolve_path(default_config)), str(resolve_path(default_ckpt))
+        return in_cwd_or_repository(default_config), in_cwd_or_repository(default_ckpt)
     if ckpt is None:
-        if resolve_path(config) == resolve_path(default_config):
-            return config, str(resolve_path(default_ckpt))
+        if _same_file(config, default_config):
+            return config, in_cwd_or_repository(default_ckpt)
         raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file that fits --config)")
     if config is None:
         config = config_for_checkpoint(ckpt)
         print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
     return config, ckpt
+
+
+def _same_file(path: str, other: str) -> bool:
+    return Path(in_cwd_or_repository(path)).resolve() == Path(in_cwd_or_repository(other)).resolve()
 
 
 def config_for_checkpoint(ckpt: str) -> str:
@@ -130,25 +134,15 @@ class ModelSpec:
         return self.image_size * self.vae_factor
 
 
-def resolve_path(path: str) -> Path:
-    """``path`` as given, else relative to the repository root (so default configs are found
-    from any working directory)."""
-    given = Path(path).expanduser()
-    if given.exists() or given.is_absolute():
-        return given
-    in_repo = REPO_ROOT / given
-    return in_repo if in_repo.exists() else given
-
-
 def read_config(path: str) -> DictConfig:
     """Load a YAML config; a missing, unreadable or model-less file is a UsageError."""
-    resolved = resolve_path(path)
-    if not resolved.is_file():
+    resolved = in_cwd_or_repository(path)
+    if not Path(resolved).is_file():
         raise UsageError(f"--config: file not found: {path}")
     try:
         config = OmegaConf.load(resolved)
     except Exception as err:  # yaml and OmegaConf raise many types for malformed files
-        raise UsageError(f"--config: cannot read {path}: {_first_line(err)}") from None
+        raise UsageError(f"--config: cannot read {path}: {first_line(err)}") from None
     if not isinstance(config, DictConfig) or "target" not in config.get("model", {}):
         raise UsageError(f"--config: {path} has no model section with a target class")
     return config
@@ -203,15 +197,14 @@ def load_model(config: DictConfig, config_path: str, ckpt: Optional[str], device
         raise UsageError(f"--ckpt: file not found: {ckpt}")
     try:
         model = load_model_from_config(config, ckpt, device=device, verbose=False, ema=ema)
+    except CheckpointMismatchError as err:
+        hint = config_hint(ckpt, read_model_spec(config))
+        raise UsageError(f"{ckpt} does not fit {config_path}: {err}" + (f". {hint}" if hint else "")) from None
     except CheckpointError as err:
-        message = str(err)
-        if "does not fit" in message:
-            hint = config_hint(ckpt, read_model_spec(config))
-            message = f"{ckpt} does not fit {config_path}: {message}" + (f". {hint}" if hint else "")
-        raise UsageError(message) from None
+        raise UsageError(str(err)) from None
     except ImportError as err:
         raise UsageError(f"--config: {config_path} names a class that cannot be imported "
-                         f"({_first_line(err)})") from None
+                         f"({first_line(err)})") from None
     warn_if_parameterization_looks_wrong(ckpt, config_path, read_model_spec(config))
     return model
 
@@ -273,8 +266,3 @@ def model_hash(ckpt: str) -> str:
 
 def model_name(ckpt: str) -> str:
     return Path(ckpt).stem
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -42,11 +42,11 @@ def _task_options(task, inputs):
              "inpaint": {"init-img": inputs["image"], "mask": inputs["mask"]},
              "depth2img": {"init-img": inputs["image"], "depth": inputs["depth"], "strength": 0.7},
              "upscale": {"init-img": inputs["small"], "noise_level": 30}}.get(task, {})
-    flags = ["--prompt", "a red circle", "--negative_prompt", "blue", "--steps", "3", "--scale", "3.0",
+    flags = ["--prompt", "a red circle", "--negative_prompt", "blue", "--steps", "4", "--scale", "3.0",
              "--seed", "11", "--n_samples", "2", "--n_iter", "1"]
     for name, value in extra.items():
         flags += [f"--{name}", str(value)]
-    keywords = dict(negative_prompt="blue", steps=3, scale=3.0, seed=11, n=2)
+    keywords = dict(negative_prompt="blue", steps=4, scale=3.0, seed=11, n=2)
     keywords.update({("image" if name == "init-img" else name): value for name, value in extra.items()})
     return flags, keywords
 
@@ -82,7 +82,7 @@ def test_a_prompt_list_makes_n_images_of_each_prompt_with_one_input_each(pipes, 
     red = np.zeros((32, 32, 3), dtype=np.uint8)
     red[..., 0] = 255
     images = pipe(["a red circle", "a blue square"], image=[Image.open(inputs["image"]), red], n=2,
-                  batch_size=3, steps=3, strength=0.5, seed=0)
+                  batch_size=3, steps=4, strength=0.5, seed=0)
     assert [image.info["parameters"].splitlines()[0] for image in images] == ["a red circle"] * 2 + ["a blue square"] * 2
     # the blue-square images start from the red array: more red than the ones from the test image
     reds = [np.asarray(image, dtype=float)[..., 0].mean() for image in images]

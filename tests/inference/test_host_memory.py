@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from ldm.inference import host_memory, pipeline
+from ldm.inference import host_memory, pipeline, tasks
 
 
 def _resident_mib() -> float:
@@ -33,14 +33,24 @@ def test_without_malloc_trim_nothing_is_called_and_false_is_returned(monkeypatch
 
 
 @pytest.mark.parametrize("device, calls", [("cpu", 1), ("meta", 0)])
-def test_decoding_on_cpu_releases_free_memory_first(monkeypatch, device, calls):
+def test_a_task_decoding_on_cpu_releases_free_memory_first(monkeypatch, device, calls):
     seen = []
-    monkeypatch.setattr(pipeline, "release_free_host_memory", lambda: seen.append("release"))
+    monkeypatch.setattr(tasks, "release_free_host_memory", lambda: seen.append("release"))
 
     class Decoder(torch.nn.Module):
         def decode_first_stage(self, z):
             seen.append("decode")
             return torch.zeros(1, 3, 8, 8)
 
-    pipeline.decode_latents(Decoder(), torch.zeros(1, 4, 1, 1, device=device))
+    tasks.Task._decode(Decoder(), torch.zeros(1, 4, 1, 1, device=device))
     assert seen == ["release"] * calls + ["decode"]
+
+
+def test_decode_latents_itself_has_no_memory_side_effect(monkeypatch):
+    monkeypatch.setattr(host_memory, "release_free_host_memory", lambda: pytest.fail("decode_latents released memory"))
+
+    class Decoder(torch.nn.Module):
+        def decode_first_stage(self, z):
+            return torch.zeros(1, 3, 8, 8)
+
+    assert pipeline.decode_latents(Decoder(), torch.zeros(1, 4, 1, 1)).shape == (1, 3, 8, 8)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from ldm.inference.errors import UsageError
-from ldm.inference.loading import (REPO_ROOT, choose_model_paths, config_for_checkpoint, config_hint,
-                                   default_model_paths, inference_config, model_hash, read_config,
-                                   read_model_spec)
-from ldm.util import save_checkpoint
+from ldm.inference.loading import (choose_model_paths, config_for_checkpoint, config_hint, default_model_paths,
+                                   inference_config, model_hash, read_config, read_model_spec)
+from ldm.util import REPOSITORY_ROOT, save_checkpoint
+
+REPO_ROOT = Path(REPOSITORY_ROOT)
 
 SD = "configs/stable-diffusion"
 

@@ -12,8 +12,7 @@ from tests.tiny_configs import tiny_latent_diffusion_config
 
 @pytest.fixture()
 def model():
-    yield instantiate_from_config(tiny_latent_diffusion_config())
-    set_attention_slicing(None)
+    return instantiate_from_config(tiny_latent_diffusion_config())
 
 
 def _options(**flags):
@@ -24,14 +23,14 @@ def _options(**flags):
 
 def test_slicing_and_tiling_are_switched_on_when_asked(model):
     apply_runtime_options(model, _options(attention_slicing=8, vae_tiling=True))
-    assert get_attention_slicing() == 8
+    assert get_attention_slicing(model) == 8
     assert model.first_stage_model.tiling
 
 
 def test_without_flags_slicing_is_off_even_after_an_earlier_run(model):
-    set_attention_slicing(16)
+    set_attention_slicing(model, 16)
     apply_runtime_options(model, _options())
-    assert get_attention_slicing() is None
+    assert get_attention_slicing(model) is None
     assert not model.first_stage_model.tiling
 
 

@@ -60,7 +60,10 @@ def _cases(models, inputs):
         ("txt2img.py", [*txt, "--steps", "3", "--H", "16", "--W", "16"],
          r"--steps 3 does not fit the original 'uniform' DDIM grid"),
         ("txt2img.py", [*txt, "--plms", "--ddim_eta", "0.5", "--steps", "2", "--H", "16", "--W", "16"],
-         r"sampler: ddim_eta must be 0 for PLMS"),
+         r"the plms sampler does not support eta \(--ddim_eta 0\.5\): .*samplers that take eta: ddim"),
+        ("txt2img.py", [*txt, "--sampler", "euler", "--ddim_eta", "0.7", "--steps", "2", "--H", "16", "--W", "16"],
+         r"the euler sampler does not support eta \(--ddim_eta 0\.7\): it is deterministic; samplers that take "
+         r"eta: ddim"),
         ("txt2img.py", [*txt, "--n_samples", "0"], r"--n_samples must be at least 1, got 0"),
         ("txt2img.py", [*txt, "--precision", "full", "--bf16"], r"--bf16 needs --precision autocast"),
         ("txt2img.py", inpaint, r"txt2img needs a text-to-image model, but --config .* is an inpainting model; "
@@ -76,7 +79,7 @@ def _cases(models, inputs):
          r"--mask: cannot read"),
         ("inpaint.py", [*inpaint, "--init-img", image], r"--mask is required"),
         ("inpaint.py", [*txt, "--init-img", image, "--mask", str(inputs / "image.png"), "--dpm", "--steps", "2"],
-         r"sampler: the DPM-Solver sampler does not support mask/x0 inpainting"),
+         r"the dpm sampler does not support mask .*samplers that take mask: ddim, plms"),
         ("depth2img.py", [*depth, "--init-img", image], r"--depth is required: .*MiDaS"),
         ("depth2img.py", [*depth, "--init-img", image, "--depth", str(inputs / "not_an_image.png")],
          r"--depth: cannot read"),
