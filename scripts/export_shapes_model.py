@@ -26,7 +26,8 @@ def main(argv=None) -> int:
         from ldm.util import load_model_from_config
 
         autoencoder = load_model_from_config(OmegaConf.load(config_path), weights_path, device="cpu", verbose=False)
-        print(f"scale_factor for the diffusion configs (1 / std of the latents): {latent_scale_factor(autoencoder):.5f}")
+        scale = latent_scale_factor(autoencoder)
+        print(f"scale_factor for the diffusion configs (1 / std of the latents): {scale:.5f}")
     return 0
 
 

@@ -26,8 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ldm.data.shapes import (COLOURS, RELATIONS, SHAPES, combinations, is_held_out, noun_phrase,
-                             relation_holds)
+from ldm.data.shapes import COLOURS, RELATIONS, SHAPES, combinations, is_held_out, noun_phrase, relation_holds
 from ldm.evaluation.detector import DetectedObject, detect_objects, largest_of_colour
 
 

@@ -9,12 +9,21 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ldm.data.shapes import (COLOURS, SHAPES, ShapesDataset, box_mask, downsample, render_scene,
-                             scene_for)
+from ldm.data.shapes import COLOURS, SHAPES, ShapesDataset, box_mask, downsample, render_scene, scene_for
 from ldm.evaluation import generation
-from ldm.evaluation.adherence import (PromptCase, format_table, mean_accuracies, mirrored, psnr, same_layout,
-                                      score_detections, score_image, single_object_cases, summarize,
-                                      two_object_cases)
+from ldm.evaluation.adherence import (
+    PromptCase,
+    format_table,
+    mean_accuracies,
+    mirrored,
+    psnr,
+    same_layout,
+    score_detections,
+    score_image,
+    single_object_cases,
+    summarize,
+    two_object_cases,
+)
 from ldm.evaluation.detector import SATURATION_MIN, VALUE_MIN, detect_objects, hsv
 from ldm.inference.images import to_uint8
 
@@ -31,7 +40,8 @@ class Report:
 
     def markdown(self) -> str:
         settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
-        return f"### {self.title}\n\n{settings}\n\n{self.table}\n" if settings else f"### {self.title}\n\n{self.table}\n"
+        heading = f"### {self.title}\n\n"
+        return f"{heading}{settings}\n\n{self.table}\n" if settings else f"{heading}{self.table}\n"
 
 
 def prompt_cases(single_repeats: int, two_count: int, seed: int = 0) -> List[PromptCase]:
@@ -205,7 +215,8 @@ def depth_adherence(pipe, count: int = 96, seed: int = 0, steps: int = 20, scale
     table = ("| depth maps | colour | shape | position (two objects) | foreground IoU |\n|---|---|---|---|---|\n"
              f"| {count} | {100 * acc['colour']:.1f}% | {100 * acc['shape']:.1f}% | {position} | "
              f"{numbers['foreground_iou']:.3f} |")
-    return Report("Depth-conditioned generation", table, numbers, generation.sampling_settings(steps, scale, "ddim (strength 1)", seed))
+    settings = generation.sampling_settings(steps, scale, "ddim (strength 1)", seed)
+    return Report("Depth-conditioned generation", table, numbers, settings)
 
 
 def bicubic_upscale(low_res: np.ndarray, factor: int = 4) -> np.ndarray:

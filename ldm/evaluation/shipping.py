@@ -99,7 +99,8 @@ def check_same_first_stage(state_dict: Dict[str, torch.Tensor], model: torch.nn.
             continue
         trained = state_dict[f"first_stage_model.{key}"]
         if not torch.equal(trained.half(), value.half()):
-            raise ValueError(f"the run's autoencoder encodes differently from {model.first_stage_model.ckpt_loaded_from} "
+            shipped = model.first_stage_model.ckpt_loaded_from
+            raise ValueError(f"the run's autoencoder encodes differently from {shipped} "
                              f"(first_stage_model.{key}); it cannot share the shipped one")
 
 

@@ -28,8 +28,16 @@ from PIL import Image
 from ldm.inference.cli import check_positive
 from ldm.inference.errors import UsageError
 from ldm.inference.images import PARAMETERS_KEY, to_uint8
-from ldm.inference.loading import (ModelSpec, choose_model_paths, inference_config, load_model, model_hash,
-                                   model_name, read_config, read_model_spec)
+from ldm.inference.loading import (
+    ModelSpec,
+    choose_model_paths,
+    inference_config,
+    load_model,
+    model_hash,
+    model_name,
+    read_config,
+    read_model_spec,
+)
 from ldm.inference.optimizations import apply_runtime_options
 from ldm.inference.parameters import GenerationParameters
 from ldm.inference.parsers import TASK_NAMES, default_options

@@ -3,8 +3,8 @@
 glibc keeps the heap pages that freed tensors occupied: after a CPU sampling loop a few hundred MiB
 of them stay resident, and the decoder's full-resolution activations are then allocated on top.
 ``malloc_trim(0)`` returns every whole free page, which lowers the peak resident memory of a
-512x512 CPU txt2img run by about 70 MiB on average, 30-170 MiB in single runs (docs/PERFORMANCE.md). Where glibc is not the allocator
-(macOS, Windows, musl) there is nothing to call and nothing happens.
+512x512 CPU txt2img run by about 70 MiB on average, 30-170 MiB in single runs (docs/PERFORMANCE.md).
+Where glibc is not the allocator (macOS, Windows, musl) there is nothing to call and nothing happens.
 """
 from __future__ import annotations
 

@@ -14,8 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.inference.errors import UsageError
-from ldm.util import (CheckpointError, CheckpointMismatchError, checkpoint_tensor_shapes, first_line,
-                      in_cwd_or_repository, load_model_from_config)
+from ldm.util import (
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_tensor_shapes,
+    first_line,
+    in_cwd_or_repository,
+    load_model_from_config,
+)
 
 SD_CONFIGS = "configs/stable-diffusion"
 

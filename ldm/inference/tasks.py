@@ -5,7 +5,7 @@ time."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,16 @@ from ldm.inference.errors import UsageError
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import image_size_of, load_depth, load_image, load_mask, pixels_for_output
 from ldm.inference.loading import ModelSpec
-from ldm.inference.pipeline import (Batch, SamplingSettings, decode_latents, encode_image,
-                                    encode_prompts, guided_pair, sample_from_image,
-                                    sample_from_noise)
+from ldm.inference.pipeline import (
+    Batch,
+    SamplingSettings,
+    decode_latents,
+    encode_image,
+    encode_prompts,
+    guided_pair,
+    sample_from_image,
+    sample_from_noise,
+)
 from ldm.models.diffusion.seeding import ImageNoise
 
 _SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",

@@ -3,9 +3,19 @@ import numpy as np
 import pytest
 
 from ldm.data.shapes import HELD_OUT_COMBINATIONS, caption_of, render_scene, scene_for
-from ldm.evaluation.adherence import (PromptCase, Score, format_table, mirrored, psnr, same_layout,
-                                      score_detections, score_image, single_object_cases, summarize,
-                                      two_object_cases)
+from ldm.evaluation.adherence import (
+    PromptCase,
+    Score,
+    format_table,
+    mirrored,
+    psnr,
+    same_layout,
+    score_detections,
+    score_image,
+    single_object_cases,
+    summarize,
+    two_object_cases,
+)
 from ldm.evaluation.detector import DetectedObject
 
 

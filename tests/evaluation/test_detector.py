@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from ldm.data.shapes import COLOURS, SHAPES, render_scene, scene_for
-from ldm.evaluation.detector import (classify_shape, connected_components, convex_hull_area, detect_objects,
-                                     nearest_palette_colour, shape_features)
+from ldm.evaluation.detector import (
+    classify_shape,
+    connected_components,
+    convex_hull_area,
+    detect_objects,
+    nearest_palette_colour,
+    shape_features,
+)
 
 
 def test_connected_components_separate_blobs_and_join_diagonal_neighbours():

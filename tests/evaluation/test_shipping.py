@@ -6,8 +6,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ldm.data.shapes import ShapesDataset
-from ldm.evaluation.shipping import (SHIPPED_AUTOENCODER, export, inference_config, latent_scale_factor,
-                                     shipped_state_dict)
+from ldm.evaluation.shipping import (
+    SHIPPED_AUTOENCODER,
+    export,
+    inference_config,
+    latent_scale_factor,
+    shipped_state_dict,
+)
 from ldm.util import CheckpointError, instantiate_from_config, load_model_from_config, save_checkpoint
 from tests.tiny_configs import tiny_latent_diffusion_config
 

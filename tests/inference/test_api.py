@@ -83,7 +83,8 @@ def test_a_prompt_list_makes_n_images_of_each_prompt_with_one_input_each(pipes, 
     red[..., 0] = 255
     images = pipe(["a red circle", "a blue square"], image=[Image.open(inputs["image"]), red], n=2,
                   batch_size=3, steps=4, strength=0.5, seed=0)
-    assert [image.info["parameters"].splitlines()[0] for image in images] == ["a red circle"] * 2 + ["a blue square"] * 2
+    prompts = [image.info["parameters"].splitlines()[0] for image in images]
+    assert prompts == ["a red circle"] * 2 + ["a blue square"] * 2
     # the blue-square images start from the red array: more red than the ones from the test image
     reds = [np.asarray(image, dtype=float)[..., 0].mean() for image in images]
     assert min(reds[2:]) > max(reds[:2])

@@ -4,8 +4,7 @@ import torch
 from PIL import Image
 
 from ldm.inference.errors import UsageError
-from ldm.inference.images import (OutputWriter, load_depth, load_image, load_mask, make_grid,
-                                  read_parameters, to_uint8)
+from ldm.inference.images import OutputWriter, load_depth, load_image, load_mask, make_grid, read_parameters, to_uint8
 
 
 def _write_png(path, array):

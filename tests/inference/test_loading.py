@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from ldm.inference.errors import UsageError
-from ldm.inference.loading import (choose_model_paths, config_for_checkpoint, config_hint, default_model_paths,
-                                   inference_config, model_hash, read_config, read_model_spec)
+from ldm.inference.loading import (
+    choose_model_paths,
+    config_for_checkpoint,
+    config_hint,
+    default_model_paths,
+    inference_config,
+    model_hash,
+    read_config,
+    read_model_spec,
+)
 from ldm.util import REPOSITORY_ROOT, save_checkpoint
 
 REPO_ROOT = Path(REPOSITORY_ROOT)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ldm.inference.errors import UsageError
-from ldm.inference.pipeline import (encode_steps, guided_pair, plan_batches, read_prompts)
+from ldm.inference.pipeline import encode_steps, guided_pair, plan_batches, read_prompts
 
 
 def _opt(**kw):
