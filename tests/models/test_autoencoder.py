@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ldm.models import autoencoder as ae
-from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage, VQModel, VQModelInterface
+from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage, VQModel, VQModelInterface, tiling
 from ldm.util import instantiate_from_config, save_checkpoint
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
 
@@ -166,8 +165,8 @@ def test_tile_blending_reassembles_a_local_map_exactly():
         return torch.tanh(t).repeat_interleave(4, dim=2).repeat_interleave(4, dim=3) * 2
 
     x = torch.randn(2, 3, 21, 30)
-    torch.testing.assert_close(ae.blend_tiles(local_map, x, tile=8, overlap=3), local_map(x))
-    torch.testing.assert_close(ae.blend_tiles(lambda t: t[..., ::2, ::2], torch.randn(1, 2, 32, 48), tile=16,
+    torch.testing.assert_close(tiling.blend_tiles(local_map, x, tile=8, overlap=3), local_map(x))
+    torch.testing.assert_close(tiling.blend_tiles(lambda t: t[..., ::2, ::2], torch.randn(1, 2, 32, 48), tile=16,
                                               overlap=4, align=2).shape, torch.Size([1, 2, 16, 24]))
 
 
@@ -179,9 +178,9 @@ def test_tiles_shrink_to_the_smallest_size_that_keeps_their_number_and_overlap()
         return t
 
     x = torch.randn(1, 1, 128, 128)  # a 1024x1024 SD image's latent with the default 64/16 tiling
-    torch.testing.assert_close(ae.blend_tiles(record, x, tile=64, overlap=16), x)
+    torch.testing.assert_close(tiling.blend_tiles(record, x, tile=64, overlap=16), x)
     assert set(seen) == {(54, 54)} and len(seen) == 9  # 3 x 3 tiles, 29% fewer pixels than 64 x 64
-    starts = ae._tile_starts(128, 54, 16, 1)
+    starts = tiling._tile_starts(128, 54, 16, 1)
     assert starts[0] == 0 and starts[-1] + 54 == 128
     assert min(a + 54 - b for a, b in zip(starts, starts[1:])) >= 16
 
@@ -192,7 +191,7 @@ def test_tile_overlaps_are_cross_faded_linearly():
 
     x = torch.zeros(1, 1, 4, 24)
     x[..., 8] = 1.0  # the second tile starts at column 8 and reads 1 there, the first reads 0
-    out = ae.blend_tiles(constant_per_tile, x, tile=16, overlap=8)
+    out = tiling.blend_tiles(constant_per_tile, x, tile=16, overlap=8)
     expected = torch.cat([torch.zeros(8), torch.arange(1, 9) / 9, torch.ones(8)])
     torch.testing.assert_close(out[0, 0], expected.expand(4, 24))
 
@@ -479,3 +478,11 @@ def test_identity_first_stage_passes_everything_through():
     assert stage.encode(x) is x and stage.decode(x) is x and stage(x) is x
     assert stage.quantize(x) == (x, None, [None, None, None])
     assert IdentityFirstStage().quantize(x) is x
+
+
+@pytest.mark.parametrize("name", ["AutoencoderKL", "VQModel", "VQModelInterface", "IdentityFirstStage"])
+def test_the_original_class_paths_still_name_the_classes(name):
+    from ldm.util import get_obj_from_str
+
+    cls = get_obj_from_str(f"ldm.models.autoencoder.{name}")
+    assert cls.__name__ == name and cls.__module__.startswith("ldm.models.autoencoder.")

@@ -75,7 +75,10 @@ def test_resnet_block_computes_the_preactivation_residual_with_nin_shortcut():
     block = M.ResnetBlock(in_channels=32, out_channels=64, dropout=0.0, temb_channels=0).eval()
     assert not hasattr(block, "temb_proj")
     x = torch.randn(2, 32, 6, 6)
-    swish = lambda v: v * torch.sigmoid(v)
+
+    def swish(v):
+        return v * torch.sigmoid(v)
+
     h = block.conv1(swish(F.group_norm(x, 32, block.norm1.weight, block.norm1.bias, 1e-6)))
     h = block.conv2(swish(F.group_norm(h, 32, block.norm2.weight, block.norm2.bias, 1e-6)))
     expected = block.nin_shortcut(x) + h
@@ -190,7 +193,8 @@ def test_small_decoders_and_rescalers_produce_the_expected_shapes():
     x = torch.randn(1, 32, 8, 8)
     assert M.SimpleDecoder(32, 3)(x).shape == (1, 3, 16, 16)
     assert M.UpsampleDecoder(32, 3, ch=32, num_res_blocks=1, resolution=16, ch_mult=(1, 1))(x).shape == (1, 3, 16, 16)
-    assert M.LatentRescaler(factor=0.5, in_channels=32, mid_channels=32, out_channels=4, depth=1)(x).shape == (1, 4, 4, 4)
+    rescaler = M.LatentRescaler(factor=0.5, in_channels=32, mid_channels=32, out_channels=4, depth=1)
+    assert rescaler(x).shape == (1, 4, 4, 4)
     enc = M.MergedRescaleEncoder(in_channels=3, ch=32, resolution=16, out_ch=4, num_res_blocks=1,
                                  attn_resolutions=[], ch_mult=(1, 1), rescale_factor=0.5)
     assert enc(torch.randn(1, 3, 16, 16)).shape == (1, 4, 4, 4)
@@ -208,3 +212,16 @@ def test_resize_interpolates_and_refuses_learned_mode():
         M.Resize(in_channels=3, learned=True)
     with pytest.raises(ValueError, match="out_size >= in_size"):
         M.Upsampler(in_size=16, out_size=8, in_channels=32, out_channels=3)
+
+
+ORIGINAL_NAMES = ["get_timestep_embedding", "nonlinearity", "Normalize", "Upsample", "Downsample", "ResnetBlock",
+                  "AttnBlock", "MemoryEfficientAttnBlock", "LinAttnBlock", "make_attn", "Encoder", "Decoder", "Model",
+                  "SimpleDecoder", "UpsampleDecoder", "LatentRescaler", "MergedRescaleEncoder", "MergedRescaleDecoder",
+                  "Upsampler", "Resize"]
+
+
+@pytest.mark.parametrize("name", ORIGINAL_NAMES)
+def test_every_original_name_is_importable_from_the_original_module(name):
+    from ldm.util import get_obj_from_str
+
+    assert get_obj_from_str(f"ldm.modules.diffusionmodules.model.{name}") is getattr(M, name)
