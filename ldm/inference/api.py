@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -100,20 +100,19 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
     return Run(opt=opt, task=task, sampler=sampler, batches=batches)
 
 
+@dataclass
 class Pipeline:
     """A model loaded for one task. ``pipe(prompt, **options)`` returns PIL images, each with its
     generation parameters in ``image.info["parameters"]``; :meth:`generate` yields the raw batches
-    (the scripts write them as they come)."""
-
-    def __init__(self, task: str, model: torch.nn.Module, spec: ModelSpec, settings: argparse.Namespace,
-                 device: torch.device, dtype: Optional[torch.dtype]):
-        self.task = task
-        self.model = model
-        self.spec = spec
-        self.settings = settings
-        self.device = device
-        self.dtype = dtype
-        self._model_hash: Optional[str] = None
+    (the scripts write them as they come). ``settings`` holds the load options (config, ckpt,
+    device, precision, ...); ``dtype`` is the autocast dtype (None: float32)."""
+    task: str
+    model: torch.nn.Module
+    spec: ModelSpec
+    settings: argparse.Namespace
+    device: torch.device
+    dtype: Optional[torch.dtype]
+    _model_hash: Optional[str] = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_options(cls, task: str, opt: argparse.Namespace) -> "Pipeline":

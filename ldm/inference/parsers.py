@@ -4,89 +4,90 @@ parsers give the Python API its defaults (``ldm.load(task)(prompt)`` with no key
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 from ldm.inference import cli
 from ldm.inference.loading import default_model_paths
 
 
-def _txt2img() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txt2img.py", description="Make images from a text prompt.")
-    cli.add_prompt_args(parser, prompt="a professional photograph of an astronaut riding a triceratops")
-    cli.add_output_args(parser, outdir="outputs/txt2img-samples")
-    cli.add_sampling_args(parser, steps=50, scale=9.0, n_iter=3, n_samples=3)
-    cli.add_size_args(parser)
-    return parser
+def _image_and_strength(strength: float, meaning: str) -> Callable[[argparse.ArgumentParser], None]:
+    """img2img's and depth2img's ``--init-img`` and ``--strength``."""
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--init-img", type=str, nargs="?", default=None,
+                            help="the image to start from; resized down to multiples of 64 (required)")
+        parser.add_argument("--strength", type=float, default=strength,
+                            help=f"how much to change the image, in [0, 1]{meaning} (default: %(default)s)")
+    return add
 
 
-def _img2img() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="img2img.py", description="Redraw an image following a text prompt.")
-    cli.add_prompt_args(parser, prompt="a painting of a virus monster playing guitar")
-    parser.add_argument("--init-img", type=str, nargs="?", default=None,
-                        help="the image to start from; resized down to multiples of 64 (required)")
-    parser.add_argument("--strength", type=float, default=0.8,
-                        help="how much to change the image, in [0, 1]: 1 ignores it, 0 keeps it "
-                             "(default: %(default)s)")
-    cli.add_output_args(parser, outdir="outputs/img2img-samples")
-    cli.add_sampling_args(parser, steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False)
-    return parser
-
-
-def _inpaint() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inpaint.py", description="Repaint the masked part of an image.")
-    cli.add_prompt_args(parser, prompt="")
+def _inpaint_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-img", type=str, default=None,
                         help="the image to inpaint; resized down to multiples of 64 (required)")
     parser.add_argument("--mask", type=str, default=None,
                         help="mask image of the same size, white where to repaint (binarised at "
                              "50%% grey) (required)")
-    cli.add_output_args(parser, outdir="outputs/inpaint-samples")
-    cli.add_sampling_args(parser, steps=50, scale=10.0, n_iter=1, n_samples=1)
-    return parser
 
 
-def _depth2img() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="depth2img.py", description="Redraw an image following a prompt, keeping its depth layout.")
-    cli.add_prompt_args(parser, prompt="a professional photograph")
-    parser.add_argument("--init-img", type=str, default=None,
-                        help="the image to start from; resized down to multiples of 64 (required)")
+def _depth_inputs(parser: argparse.ArgumentParser) -> None:
+    _image_and_strength(0.9, "")(parser)
     parser.add_argument("--depth", type=str, default=None,
                         help="depth map of --init-img as an image (grey, RGB or 16-bit; brighter = "
                              "nearer, as MiDaS outputs; any size); without it the model's own depth "
                              "estimator is used (the shapes model has one; MiDaS is not built in, so "
                              "SD 2 depth needs --depth)")
-    parser.add_argument("--strength", type=float, default=0.9,
-                        help="how much to change the image, in [0, 1] (default: %(default)s)")
-    cli.add_output_args(parser, outdir="outputs/depth2img-samples")
-    cli.add_sampling_args(parser, steps=50, scale=9.0, n_iter=1, n_samples=1, sampler_choice=False)
-    return parser
 
 
-def _upscale() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upscale.py", description="Upscale an image 4x, guided by a prompt.")
-    cli.add_prompt_args(parser, prompt="a high quality professional photograph")
+def _upscale_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-img", type=str, default=None,
                         help="the low-resolution image; resized down to multiples of 8 (required)")
     parser.add_argument("--noise_level", "--noise-level", type=int, default=20,
                         help="noise added to the low-resolution image, 0 to the model's maximum "
                              "(349 for x4-upscaling.yaml); more noise lets the model invent more "
                              "detail (default: %(default)s)")
-    cli.add_output_args(parser, outdir="outputs/upscale-samples")
-    cli.add_sampling_args(parser, steps=50, scale=9.0, n_iter=1, n_samples=1)
-    return parser
 
 
-_TASK_FLAGS: Dict[str, Callable[[], argparse.ArgumentParser]] = {
-    "txt2img": _txt2img, "img2img": _img2img, "inpaint": _inpaint, "depth2img": _depth2img, "upscale": _upscale,
+@dataclass(frozen=True)
+class ScriptFlags:
+    """What one script's command line holds besides the shared groups: its description, default
+    prompt, task inputs, output folder and sampling defaults (those of the original scripts)."""
+    description: str
+    prompt: str
+    inputs: Optional[Callable[[argparse.ArgumentParser], None]]
+    sampling: Dict[str, Any]
+    image_size: bool = False
+
+
+_SCRIPTS: Dict[str, ScriptFlags] = {
+    "txt2img": ScriptFlags("Make images from a text prompt.",
+                           "a professional photograph of an astronaut riding a triceratops", None,
+                           dict(steps=50, scale=9.0, n_iter=3, n_samples=3), image_size=True),
+    "img2img": ScriptFlags("Redraw an image following a text prompt.", "a painting of a virus monster playing guitar",
+                           _image_and_strength(0.8, ": 1 ignores it, 0 keeps it"),
+                           dict(steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False)),
+    "inpaint": ScriptFlags("Repaint the masked part of an image.", "", _inpaint_inputs,
+                           dict(steps=50, scale=10.0, n_iter=1, n_samples=1)),
+    "depth2img": ScriptFlags("Redraw an image following a prompt, keeping its depth layout.",
+                             "a professional photograph", _depth_inputs,
+                             dict(steps=50, scale=9.0, n_iter=1, n_samples=1, sampler_choice=False)),
+    "upscale": ScriptFlags("Upscale an image 4x, guided by a prompt.", "a high quality professional photograph",
+                           _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
 }
-TASK_NAMES = tuple(_TASK_FLAGS)
+TASK_NAMES = tuple(_SCRIPTS)
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
-    """The full command line of ``scripts/<task>.py``: the task's own flags, then the model and
-    the precision/memory flags every script shares."""
-    parser = _TASK_FLAGS[task]()
+    """The full command line of ``scripts/<task>.py``: prompts, the task's inputs, outputs,
+    sampling, then the model and the precision/memory flags every script shares."""
+    flags = _SCRIPTS[task]
+    parser = argparse.ArgumentParser(prog=f"{task}.py", description=flags.description)
+    cli.add_prompt_args(parser, prompt=flags.prompt)
+    if flags.inputs is not None:
+        flags.inputs(parser)
+    cli.add_output_args(parser, outdir=f"outputs/{task}-samples")
+    cli.add_sampling_args(parser, **flags.sampling)
+    if flags.image_size:
+        cli.add_size_args(parser)
     cli.add_model_args(parser, *default_model_paths(task))
     cli.add_performance_args(parser)
     return parser

@@ -249,24 +249,17 @@ def _concat_in_model_order(model: torch.nn.Module, mask: torch.Tensor,
     return torch.cat([masked_latent if key == masked_key else mask for key in keys], dim=1)
 
 
-class DepthToImage(Task):
+class DepthToImage(ImageToImage):
     """img2img guided by a depth map concatenated to the UNet input (SD 2 depth model)."""
     name = "depth2img"
     accepted_kinds = ("depth",)
-    needs_partial_denoising = True
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
-        check_strength(opt.strength)
-        self.image = self._inputs(opt.init_img, "--init-img", "the image to start from",
-                                  lambda source: load_image(source, spec.pixel_multiple))
         self.depth = None if opt.depth is None else self._inputs(opt.depth, "--depth", "a depth map", load_depth)
 
-    def output_size(self):
-        return self.image.shape[-1], self.image.shape[-2]
-
     def to_device(self, device):
-        self.image = self.image.to(device)
+        super().to_device(device)
         self.depth = self.depth.to(device) if self.depth is not None else None
 
     def _depth(self, model, image: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -287,9 +280,6 @@ class DepthToImage(Task):
         cond, uncond = guided_pair(c, uc, c_concat=depth.to(init_latent.dtype))
         z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, cond, uncond, noise)
         return self._decode(model, z)
-
-    def extra_parameters(self):
-        return {"Denoising strength": self.opt.strength}
 
 
 class Upscaling(Task):
