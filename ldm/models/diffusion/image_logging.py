@@ -4,7 +4,7 @@ LatentDiffusion; kept apart because it is the noisiest and least numerical part 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,14 @@ class DiffusionImageLogging:
 
 
 class LatentImageLogging:
-    """``log_images`` of LatentDiffusion and the helpers its task subclasses share."""
+    """``log_images`` of LatentDiffusion and of its task subclasses: one method, whose parts the
+    tasks adjust through hooks (:meth:`_log_images_input`: how the batch is read and which images
+    of their own they log; :meth:`_task_log_images`; :meth:`_log_unconditional_conditioning`)
+    and through their keyword defaults (``functools.partialmethod``, as the originals' signatures
+    had them)."""
+
+    #: the log key of the guided samples, formatted with the guidance scale
+    guided_samples_key = "samples_cfg_scale_{:.2f}"
 
     @torch.no_grad()
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,26 +106,45 @@ class LatentImageLogging:
     def _decoded_diffusion_row(self, z: torch.Tensor) -> torch.Tensor:
         return rows_grid([self.decode_first_stage(zt) for zt in self._diffusion_row(z)])
 
+    def _log_images_input(self, batch: Mapping, N: int) -> Tuple[Any, ...]:
+        """``(z, c, x, xrec, xc, entries)`` of the first ``N`` batch elements: latents, the
+        conditioning as the sampler takes it, images, reconstructions, the raw conditioning, and
+        the images the task logs besides (:meth:`_task_log_images`)."""
+        z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, return_first_stage_outputs=True,
+                                           force_c_encode=True, return_original_cond=True, bs=N)
+        return z, c, x, xrec, xc, self._task_log_images(batch, c)
+
+    def _task_log_images(self, batch: Mapping, c) -> Dict[str, torch.Tensor]:
+        """Images a task logs besides the common ones (the inpainting mask, a depth map ...)."""
+        return {}
+
+    def _log_unconditional_conditioning(self, c, N: int, label):
+        """The unconditional conditioning of guided samples: the encoded ``label`` in place of the
+        text; other conditioning (concatenated channels, ``c_adm``) stays as in ``c``."""
+        uc = self.get_unconditional_conditioning(N, label)
+        return dict(c, c_crossattn=[uc]) if isinstance(c, dict) else uc
+
     @torch.no_grad()
     def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=50, ddim_eta=0., return_keys=None,
                    quantize_denoised=True, inpaint=True, plot_denoise_rows=False, plot_progressive_rows=True,
                    plot_diffusion_rows=True, unconditional_guidance_scale=1., unconditional_guidance_label=None,
                    use_ema_scope=True, **kwargs):
-        """Images for the training logger: inputs, reconstructions, conditioning, a diffusion row,
-        samples (DDIM when ``ddim_steps`` is set), guided samples, in/outpainting, progressive rows."""
+        """Images for the training logger: inputs, reconstructions, conditioning, the task's own
+        images, a diffusion row, samples (DDIM with ``ddim_steps`` steps, ancestral when None),
+        guided samples (``unconditional_guidance_scale`` > 1), in/outpainting, progressive rows.
+
+        Every sampling run here starts from the same noise, that of seeds 0 .. N-1
+        (:meth:`sample_log`), so that the grids logged in the course of training are comparable."""
         ema_scope = self.ema_scope if use_ema_scope else nullcontext
-        use_ddim = ddim_steps is not None
-        log = dict()
-        z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, return_first_stage_outputs=True,
-                                           force_c_encode=True, return_original_cond=True, bs=N)
+        z, c, x, xrec, xc, task_images = self._log_images_input(batch, N)
         N = min(x.shape[0], N)
         n_row = min(x.shape[0], n_row)
-        log["inputs"] = x
-        log["reconstruction"] = xrec
-        self._log_conditioning(log, batch, x, c, xc)
+        log = {"inputs": x, "reconstruction": xrec}
+        self._log_conditioning(log, batch, x, c["c_crossattn"][0] if isinstance(c, dict) else c, xc)
+        log.update(task_images)
         if plot_diffusion_rows:
             log["diffusion_row"] = self._decoded_diffusion_row(z[:n_row])
-        sampling = dict(batch_size=N, ddim=use_ddim, ddim_steps=ddim_steps, eta=ddim_eta)
+        sampling = dict(batch_size=N, ddim=ddim_steps is not None, ddim_steps=ddim_steps, eta=ddim_eta)
         if sample:
             with ema_scope("Sampling"):
                 samples, z_denoise_row = self.sample_log(cond=c, **sampling)
@@ -130,13 +156,11 @@ class LatentImageLogging:
                     samples, _ = self.sample_log(cond=c, quantize_denoised=True, **sampling)
                 log["samples_x0_quantized"] = self.decode_first_stage(samples.to(self.device))
         if unconditional_guidance_scale > 1.0:
-            uc = self.get_unconditional_conditioning(N, unconditional_guidance_label)
-            if self.model.conditioning_key == "crossattn-adm":
-                uc = {"c_crossattn": [uc], "c_adm": c["c_adm"]}
+            uc = self._log_unconditional_conditioning(c, N, unconditional_guidance_label)
             with ema_scope("Sampling with classifier-free guidance"):
                 samples_cfg, _ = self.sample_log(cond=c, unconditional_guidance_scale=unconditional_guidance_scale,
                                                  unconditional_conditioning=uc, **sampling)
-            log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples_cfg)
+            log[self.guided_samples_key.format(unconditional_guidance_scale)] = self.decode_first_stage(samples_cfg)
         if inpaint:
             self._log_inpainting(log, z, c, N, ema_scope, sampling)
         if plot_progressive_rows:

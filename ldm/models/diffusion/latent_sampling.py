@@ -2,10 +2,14 @@
 the DDIM shortcut used for logging. Mixed into LatentDiffusion."""
 from __future__ import annotations
 
+from typing import Callable, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ldm.models.diffusion.samplers import get_sampler
+from ldm.models.diffusion.seeding import ImageNoise
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.util import default
 
@@ -72,6 +76,29 @@ class LatentAncestralSampling:
         tc = self.cond_ids[ts.cpu()].to(cond.device)
         return self.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
 
+    def _reverse_loop(self, cond, img: torch.Tensor, timesteps: int, step, desc: str, verbose: bool,
+                      mask: Optional[torch.Tensor], x0: Optional[torch.Tensor], log_every_t: int,
+                      callback: Optional[Callable], img_callback: Optional[Callable]) -> Tuple[torch.Tensor, list]:
+        """The reverse-time loop of the ancestral samplers, from step ``timesteps - 1`` down to 0:
+        ``step(img, cond, ts, i)`` gives the next image and what to record (None: the image
+        itself); where ``mask`` is 1 the image is replaced by ``x0`` noised to the step. What is
+        recorded every ``log_every_t`` steps (and at the first) is returned with the result."""
+        intermediates = []
+        steps = reversed(range(0, timesteps))
+        for i in tqdm(steps, desc=desc, total=timesteps) if verbose else steps:
+            ts = torch.full((img.shape[0],), i, device=self.device, dtype=torch.long)
+            cond = self._noised_cond(cond, ts)
+            img, record = step(img, cond, ts, i)
+            if mask is not None:
+                img = self.q_sample(x0, ts) * mask + (1.0 - mask) * img
+            if i % log_every_t == 0 or i == timesteps - 1:
+                intermediates.append(img if record is None else record)
+            if callback:
+                callback(i)
+            if img_callback:
+                img_callback(img, i)
+        return img, intermediates
+
     @torch.no_grad()
     def progressive_denoising(self, cond, shape, verbose=True, callback=None, quantize_denoised=False,
                               img_callback=None, mask=None, x0=None, temperature=1., noise_dropout=0.,
@@ -84,32 +111,23 @@ class LatentAncestralSampling:
             shape = [batch_size] + list(shape)
         else:
             batch_size = shape[0]
+        if mask is not None and x0 is None:
+            raise ValueError("a mask needs x0, the latent to keep where the mask is 1")
         img = torch.randn(shape, device=self.device) if x_T is None else x_T
-        intermediates = []
         cond = _truncate_conditioning(cond, batch_size)
         if start_T is not None:
             timesteps = min(timesteps, start_T)
         if isinstance(temperature, float):
             temperature = [temperature] * timesteps
-        steps = reversed(range(0, timesteps))
-        for i in tqdm(steps, desc="Progressive Generation", total=timesteps) if verbose else steps:
-            ts = torch.full((batch_size,), i, device=self.device, dtype=torch.long)
-            cond = self._noised_cond(cond, ts)
-            img, x0_partial = self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised,
-                                            quantize_denoised=quantize_denoised, return_x0=True,
-                                            temperature=temperature[i], noise_dropout=noise_dropout,
-                                            score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
-            if mask is not None:
-                if x0 is None:
-                    raise ValueError("a mask needs x0, the latent to keep where the mask is 1")
-                img = self.q_sample(x0, ts) * mask + (1.0 - mask) * img
-            if i % log_every_t == 0 or i == timesteps - 1:
-                intermediates.append(x0_partial)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(img, i)
-        return img, intermediates
+
+        def step(img, cond, ts, i):
+            return self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised,
+                                 quantize_denoised=quantize_denoised, return_x0=True,
+                                 temperature=temperature[i], noise_dropout=noise_dropout,
+                                 score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
+
+        return self._reverse_loop(cond, img, timesteps, step, "Progressive Generation", verbose, mask, x0,
+                                  log_every_t, callback, img_callback)
 
     @torch.no_grad()
     def p_sample_loop(self, cond, shape, return_intermediates=False, x_T=None, verbose=True,
@@ -118,28 +136,21 @@ class LatentAncestralSampling:
         """Ancestral sampling (Ho et al. 2020, Algorithm 2) from ``x_T`` (default: fresh noise);
         where ``mask`` is 1 the result is replaced by ``x0`` noised to the current step."""
         log_every_t = log_every_t or self.log_every_t
-        device = self.betas.device
-        img = torch.randn(shape, device=device) if x_T is None else x_T
-        intermediates = [img]
+        img = torch.randn(shape, device=self.betas.device) if x_T is None else x_T
         timesteps = default(timesteps, self.num_timesteps)
         if start_T is not None:
             timesteps = min(timesteps, start_T)
         if mask is not None and (x0 is None or x0.shape[2:3] != mask.shape[2:3]):
             raise ValueError("a mask needs x0 of the same spatial size")
-        steps = reversed(range(0, timesteps))
-        for i in tqdm(steps, desc="Sampling t", total=timesteps) if verbose else steps:
-            ts = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            cond = self._noised_cond(cond, ts)
-            img = self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised, quantize_denoised=quantize_denoised)
-            if mask is not None:
-                img = self.q_sample(x0, ts) * mask + (1.0 - mask) * img
-            if i % log_every_t == 0 or i == timesteps - 1:
-                intermediates.append(img)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(img, i)
-        return (img, intermediates) if return_intermediates else img
+
+        def step(img, cond, ts, i):
+            return self.p_sample(img, cond, ts, clip_denoised=self.clip_denoised,
+                                 quantize_denoised=quantize_denoised), None
+
+        start = img
+        img, intermediates = self._reverse_loop(cond, img, timesteps, step, "Sampling t", verbose, mask, x0,
+                                                log_every_t, callback, img_callback)
+        return (img, [start] + intermediates) if return_intermediates else img
 
     @torch.no_grad()
     def sample(self, cond, batch_size=16, return_intermediates=False, x_T=None, verbose=True,
@@ -154,10 +165,19 @@ class LatentAncestralSampling:
 
     @torch.no_grad()
     def sample_log(self, cond, batch_size: int, ddim: bool, ddim_steps: int, **kwargs):
-        """Samples for logging: DDIM with ``ddim_steps`` steps when ``ddim``, else ancestral."""
-        if ddim:
-            from ldm.models.diffusion.ddim import DDIMSampler
+        """Samples for ``log_images``: DDIM with ``ddim_steps`` steps (the registry's ``"ddim"``
+        sampler) when ``ddim``, else ancestral sampling.
 
-            shape = (self.channels, self.image_size, self.image_size)
-            return DDIMSampler(self).sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)
-        return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, **kwargs)
+        Image ``i`` starts from the noise of seed ``i`` (:class:`~ldm.models.diffusion.seeding.ImageNoise`,
+        the scripts' seeding), and DDIM's own noise (eta > 0) follows the same per-image
+        generators: the seeds are fixed, 0 .. batch_size-1, so that the grids logged in the course
+        of training start from the same noise and show how the model changes, not the noise.
+        (The ancestral sampler draws its step noise from torch's global generator.)"""
+        shape = (self.channels, self.image_size, self.image_size)
+        noise = ImageNoise(range(batch_size), self.device)
+        x_T = noise.randn(shape)
+        if ddim:
+            sampler = get_sampler("ddim", self)
+            return sampler.sample(ddim_steps, batch_size, shape, cond, verbose=False, x_T=x_T,
+                                  generator=noise.generators, **kwargs)
+        return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, x_T=x_T, **kwargs)

@@ -3,8 +3,8 @@ depth-to-image and image-embedding variation (unCLIP). Importable from
 ``ldm.models.diffusion.ddpm`` as the original configs name them."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Dict, Mapping, Optional, Sequence
+from functools import partialmethod
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from einops import rearrange
 
 from ldm.models.diffusion.ddpm import freeze_module, keep_in_eval_mode
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
-from ldm.util import exists, get_obj_from_str, instantiate_from_config, log_txt_as_img
+from ldm.util import exists, get_obj_from_str, instantiate_from_config
 
 DEFAULT_FINETUNE_KEYS = ("model.diffusion_model.input_blocks.0.0.weight",
                          "model_ema.diffusion_modelinput_blocks00weight")
@@ -58,47 +58,16 @@ class LatentUpscaleDiffusion(LatentDiffusion):
             return z, all_conds, x, xrec, xc, x_low, self.low_scale_model.decode(zx), noise_level
         return z, all_conds
 
-    @torch.no_grad()
-    def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=200, ddim_eta=1., return_keys=None,
-                   plot_denoise_rows=False, plot_progressive_rows=True, plot_diffusion_rows=True,
-                   unconditional_guidance_scale=1., unconditional_guidance_label=None, use_ema_scope=True,
-                   **kwargs):
-        """Like :meth:`LatentDiffusion.log_images`, plus the LR image and its noised version; the
-        unconditional conditioning swaps only the text (the LR image and noise level stay)."""
-        ema_scope = self.ema_scope if use_ema_scope else nullcontext
-        use_ddim = ddim_steps is not None
-        log = dict()
+    # The original's log_images defaults for this task: 200 DDIM steps at eta 1, no quantized or in/outpainting rows.
+    log_images = partialmethod(LatentDiffusion.log_images, ddim_steps=200, ddim_eta=1., quantize_denoised=False,
+                               inpaint=False)
+
+    def _log_images_input(self, batch: Mapping, N: int) -> Tuple[Any, ...]:
+        """As LatentDiffusion's, plus the LR image and its noised version with the noise levels."""
         z, c, x, xrec, xc, x_low, x_low_rec, noise_level = self.get_input(batch, self.first_stage_key,
                                                                           bs=N, log_mode=True)
-        N = min(x.shape[0], N)
-        n_row = min(x.shape[0], n_row)
-        log["inputs"] = x
-        log["reconstruction"] = xrec
-        log["x_lr"] = x_low
         levels = "-".join(str(level) for level in noise_level.cpu().numpy().tolist())
-        log[f"x_lr_rec_@noise_levels{levels}"] = x_low_rec
-        self._log_conditioning(log, batch, x, c["c_crossattn"][0], xc)
-        if plot_diffusion_rows:
-            log["diffusion_row"] = self._decoded_diffusion_row(z[:n_row])
-        sampling = dict(batch_size=N, ddim=use_ddim, ddim_steps=ddim_steps, eta=ddim_eta)
-        if sample:
-            with ema_scope("Sampling"):
-                samples, z_denoise_row = self.sample_log(cond=c, **sampling)
-            log["samples"] = self.decode_first_stage(samples)
-            if plot_denoise_rows:
-                log["denoise_row"] = self._get_denoise_row_from_list(z_denoise_row)
-        if unconditional_guidance_scale > 1.0:
-            uc = dict(c, c_crossattn=[self.get_unconditional_conditioning(N, unconditional_guidance_label)])
-            with ema_scope("Sampling with classifier-free guidance"):
-                samples_cfg, _ = self.sample_log(cond=c, unconditional_guidance_scale=unconditional_guidance_scale,
-                                                 unconditional_conditioning=uc, **sampling)
-            log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples_cfg)
-        if plot_progressive_rows:
-            with ema_scope("Plotting Progressives"):
-                _, progressives = self.progressive_denoising(
-                    c, shape=(self.channels, self.image_size, self.image_size), batch_size=N)
-            log["progressive_row"] = self._get_denoise_row_from_list(progressives, desc="Progressive Generation")
-        return self._select_keys(log, return_keys)
+        return z, c, x, xrec, xc, {"x_lr": x_low, f"x_lr_rec_@noise_levels{levels}": x_low_rec}
 
 
 class LatentFinetuneDiffusion(LatentDiffusion):
@@ -141,43 +110,21 @@ class LatentFinetuneDiffusion(LatentDiffusion):
                     sd[key] = widened
         return super()._fit_checkpoint_to_model(sd)
 
-    @torch.no_grad()
-    def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=200, ddim_eta=1., return_keys=None,
-                   quantize_denoised=True, inpaint=True, plot_denoise_rows=False, plot_progressive_rows=True,
-                   plot_diffusion_rows=True, unconditional_guidance_scale=1., unconditional_guidance_label=None,
-                   use_ema_scope=True, **kwargs):
-        """Inputs, reconstructions, conditioning, a diffusion row, samples and guided samples
-        (the unconditional conditioning keeps the concatenated channels)."""
-        ema_scope = self.ema_scope if use_ema_scope else nullcontext
-        use_ddim = ddim_steps is not None
-        log = dict()
+    # The original's log_images defaults for these tasks: 200 DDIM steps at eta 1; inputs, conditioning,
+    # diffusion row, samples and guided samples only.
+    log_images = partialmethod(LatentDiffusion.log_images, ddim_steps=200, ddim_eta=1., quantize_denoised=False,
+                               inpaint=False, plot_progressive_rows=False)
+
+    def _log_images_input(self, batch: Mapping, N: int) -> Tuple[Any, ...]:
         z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, bs=N, return_first_stage_outputs=True)
-        c_cat, c = c["c_concat"][0], c["c_crossattn"][0]
-        N = min(x.shape[0], N)
-        n_row = min(x.shape[0], n_row)
-        log["inputs"] = x
-        log["reconstruction"] = xrec
-        self._log_conditioning(log, batch, x, c, xc)
-        if not (self.c_concat_log_start is None and self.c_concat_log_end is None):
-            log["c_concat_decoded"] = self.decode_first_stage(c_cat[:, self.c_concat_log_start:self.c_concat_log_end])
-        if plot_diffusion_rows:
-            log["diffusion_row"] = self._decoded_diffusion_row(z[:n_row])
-        cond = {"c_concat": [c_cat], "c_crossattn": [c]}
-        sampling = dict(batch_size=N, ddim=use_ddim, ddim_steps=ddim_steps, eta=ddim_eta)
-        if sample:
-            with ema_scope("Sampling"):
-                samples, z_denoise_row = self.sample_log(cond=cond, **sampling)
-            log["samples"] = self.decode_first_stage(samples)
-            if plot_denoise_rows:
-                log["denoise_row"] = self._get_denoise_row_from_list(z_denoise_row)
-        if unconditional_guidance_scale > 1.0:
-            uc_full = {"c_concat": [c_cat],
-                       "c_crossattn": [self.get_unconditional_conditioning(N, unconditional_guidance_label)]}
-            with ema_scope("Sampling with classifier-free guidance"):
-                samples_cfg, _ = self.sample_log(cond=cond, unconditional_guidance_scale=unconditional_guidance_scale,
-                                                 unconditional_conditioning=uc_full, **sampling)
-            log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples_cfg)
-        return self._select_keys(log, return_keys)
+        return z, c, x, xrec, xc, self._task_log_images(batch, c)
+
+    def _task_log_images(self, batch: Mapping, c) -> Dict[str, torch.Tensor]:
+        """The concatenated channels ``c_concat_log_start:c_concat_log_end`` decoded, when set."""
+        if self.c_concat_log_start is None and self.c_concat_log_end is None:
+            return {}
+        c_cat = c["c_concat"][0]
+        return {"c_concat_decoded": self.decode_first_stage(c_cat[:, self.c_concat_log_start:self.c_concat_log_end])}
 
     def _finetune_input(self, batch, bs):
         """Latent, encoded text and first-stage outputs shared by the concat models."""
@@ -220,11 +167,8 @@ class LatentInpaintDiffusion(LatentFinetuneDiffusion):
             return z, all_conds, x, xrec, xc
         return z, all_conds
 
-    @torch.no_grad()
-    def log_images(self, *args, **kwargs):
-        log = super().log_images(*args, **kwargs)
-        log["masked_image"] = channels_first(args[0]["masked_image"])
-        return log
+    def _task_log_images(self, batch: Mapping, c) -> Dict[str, torch.Tensor]:
+        return {**super()._task_log_images(batch, c), "masked_image": channels_first(batch["masked_image"])}
 
 
 MIDAS_MISSING = "the MiDaS depth estimator is not built in yet; pass depth maps instead"
@@ -302,14 +246,13 @@ class LatentDepth2ImageDiffusion(LatentFinetuneDiffusion):
             return z, all_conds, x, xrec, xc
         return z, all_conds
 
-    @torch.no_grad()
-    def log_images(self, *args, **kwargs):
-        log = super().log_images(*args, **kwargs)
-        depth = self._depth_of_batch(args[0], None).to(self.device).float()
+    def _task_log_images(self, batch: Mapping, c) -> Dict[str, torch.Tensor]:
+        """The depth map, scaled per sample to [-1, 1]."""
+        depth = self._depth_of_batch(batch, None).to(self.device).float()
         depth_min = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
         depth_max = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
-        log["depth"] = 2.0 * (depth - depth_min) / (depth_max - depth_min) - 1.0
-        return log
+        scaled = 2.0 * (depth - depth_min) / (depth_max - depth_min) - 1.0
+        return {**super()._task_log_images(batch, c), "depth": scaled}
 
 
 class LatentUpscaleFinetuneDiffusion(LatentFinetuneDiffusion):
@@ -355,11 +298,8 @@ class LatentUpscaleFinetuneDiffusion(LatentFinetuneDiffusion):
             return z, all_conds, x, xrec, xc
         return z, all_conds
 
-    @torch.no_grad()
-    def log_images(self, *args, **kwargs):
-        log = super().log_images(*args, **kwargs)
-        log["lr"] = rearrange(args[0]["lr"], "b h w c -> b c h w")
-        return log
+    def _task_log_images(self, batch: Mapping, c) -> Dict[str, torch.Tensor]:
+        return {**super()._task_log_images(batch, c), "lr": rearrange(batch["lr"], "b h w c -> b c h w")}
 
 
 class ImageEmbeddingConditionedLatentDiffusion(LatentDiffusion):
@@ -408,26 +348,9 @@ class ImageEmbeddingConditionedLatentDiffusion(LatentDiffusion):
             c_adm = keep * c_adm
         return [z, {"c_crossattn": [c], "c_adm": c_adm}] + list(outputs[2:])
 
-    @torch.no_grad()
-    def log_images(self, batch, N=8, n_row=4, **kwargs):
-        """Inputs, reconstructions, the prompt and guided DDIM samples."""
-        log = dict()
-        z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, bs=N, return_first_stage_outputs=True,
-                                           return_original_cond=True)
-        log["inputs"] = x
-        log["reconstruction"] = xrec
-        if self.cond_stage_key not in ("caption", "txt"):
-            raise ValueError(f"{type(self).__name__}.log_images expects text conditioning, "
-                             f"got cond_stage_key '{self.cond_stage_key}'")
-        log["conditioning"] = log_txt_as_img((x.shape[2], x.shape[3]), batch[self.cond_stage_key],
-                                             size=max(1, x.shape[2] // 25))
-        uc = self.get_unconditional_conditioning(N, kwargs.get("unconditional_guidance_label", ""))
-        scale = kwargs.get("unconditional_guidance_scale", 5.)
-        uc_full = {"c_crossattn": [uc], "c_adm": c["c_adm"]}
-        ema_scope = self.ema_scope if kwargs.get("use_ema_scope", True) else nullcontext
-        with ema_scope("Sampling"):
-            samples_cfg, _ = self.sample_log(cond=c, batch_size=N, ddim=True, ddim_steps=kwargs.get("ddim_steps", 50),
-                                             eta=kwargs.get("ddim_eta", 0.), unconditional_guidance_scale=scale,
-                                             unconditional_conditioning=uc_full)
-            log[f"samplescfg_scale_{scale:.2f}"] = self.decode_first_stage(samples_cfg)
-        return log
+    # The original's log_images for this task: inputs, reconstructions, the prompt and guided DDIM samples
+    # (scale 5, empty prompt as the unconditional one), logged as "samplescfg_scale_...".
+    log_images = partialmethod(LatentDiffusion.log_images, sample=False, quantize_denoised=False, inpaint=False,
+                               plot_diffusion_rows=False, plot_progressive_rows=False,
+                               unconditional_guidance_scale=5., unconditional_guidance_label="")
+    guided_samples_key = "samplescfg_scale_{:.2f}"

@@ -273,6 +273,47 @@ def test_sample_log_uses_ddim_when_asked():
     assert samples.shape == (2, 4, 8, 8) and "pred_x0" in intermediates
 
 
+def test_sample_log_samples_through_the_registry_from_the_noise_of_seeds_0_to_n(monkeypatch):
+    from ldm.models.diffusion import latent_sampling, samplers
+    from ldm.models.diffusion.seeding import ImageNoise
+
+    calls = []
+
+    def recording_get_sampler(name, model):
+        sampler = samplers.get_sampler(name, model)
+        real_sample = sampler.sample
+
+        def sample(*args, **kwargs):
+            calls.append((name, kwargs["x_T"], kwargs["generator"]))
+            return real_sample(*args, **kwargs)
+
+        sampler.sample = sample
+        return sampler
+
+    monkeypatch.setattr(latent_sampling, "get_sampler", recording_get_sampler)
+    model = tiny_ld()
+    model.sample_log(torch.randn(3, 3, 32), batch_size=3, ddim=True, ddim_steps=2, eta=1.0)
+    (name, x_T, generators), = calls
+    assert name == "ddim" and len(generators) == 3
+    assert torch.equal(x_T, ImageNoise([0, 1, 2], torch.device("cpu")).randn((4, 8, 8)))
+
+
+@pytest.mark.parametrize("ddim_steps", [4, None])
+def test_logged_samples_start_from_the_same_noise_every_time(ddim_steps):
+    model = tiny_ld(timesteps=20, log_every_t=10)
+    batch = tiny_latent_diffusion_batch(2)
+    options = dict(N=2, ddim_steps=ddim_steps, ddim_eta=1.0, inpaint=False, plot_progressive_rows=False,
+                   plot_diffusion_rows=False, unconditional_guidance_scale=1.0)
+    torch.manual_seed(0)
+    first = model.log_images(batch, **options)
+    torch.manual_seed(1)
+    second = model.log_images(batch, **options)
+    if ddim_steps is None:  # the ancestral sampler's step noise comes from the global generator
+        assert not torch.equal(first["samples"], second["samples"])
+    else:
+        assert torch.equal(first["samples"], second["samples"])
+
+
 def test_log_images_returns_the_original_keys():
     model = tiny_ld(timesteps=4, log_every_t=2)
     batch = tiny_latent_diffusion_batch(2)

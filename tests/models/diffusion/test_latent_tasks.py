@@ -9,14 +9,22 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ldm.models.diffusion import latent_tasks
-from ldm.modules.diffusionmodules.upscaling import (AbstractLowScaleModel, ImageConcatWithNoiseAugmentation,
-                                                    SimpleImageConcat)
+from ldm.modules.diffusionmodules.upscaling import (
+    AbstractLowScaleModel,
+    ImageConcatWithNoiseAugmentation,
+    SimpleImageConcat,
+)
 from ldm.util import get_obj_from_str, instantiate_from_config, load_state_dict_checked
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
 from tests.models.diffusion.test_ddpm import reference_betas, reference_buffers
-from tests.tiny_configs import (tiny_depth2img_config, tiny_inpainting_config,
-                                tiny_latent_diffusion_batch, tiny_latent_diffusion_config, tiny_unet_config,
-                                tiny_upscaler_config)
+from tests.tiny_configs import (
+    tiny_depth2img_config,
+    tiny_inpainting_config,
+    tiny_latent_diffusion_batch,
+    tiny_latent_diffusion_config,
+    tiny_unet_config,
+    tiny_upscaler_config,
+)
 
 TASK_MODELS = ["LatentUpscaleDiffusion", "LatentFinetuneDiffusion", "LatentInpaintDiffusion",
                "LatentDepth2ImageDiffusion", "LatentUpscaleFinetuneDiffusion",
@@ -242,13 +250,36 @@ def test_upscaler_refuses_unsupported_options():
         model.get_input(tiny_latent_diffusion_batch(1), "jpg")
 
 
-def test_upscaler_log_images_keeps_lr_and_level_in_the_unconditional_branch():
+def record_sample_log(model, monkeypatch):
+    """Replace ``model.sample_log`` by a recorder returning zero latents (no sampling)."""
+    calls = []
+
+    def sample_log(cond, batch_size, ddim, ddim_steps, **kwargs):
+        calls.append(dict(cond=cond, batch_size=batch_size, ddim=ddim, ddim_steps=ddim_steps, **kwargs))
+        return torch.zeros(batch_size, model.channels, model.image_size, model.image_size), []
+
+    monkeypatch.setattr(model, "sample_log", sample_log)
+    return calls
+
+
+def test_upscaler_log_images_keeps_lr_and_level_in_the_unconditional_branch(monkeypatch):
     model = build(tiny_upscaler_config(timesteps=3))
     batch = tiny_latent_diffusion_batch(2)
     batch["lr"] = torch.rand(2, 8, 8, 3) * 2 - 1
     log = model.log_images(batch, N=2, ddim_steps=None, plot_progressive_rows=False)
     assert {"inputs", "x_lr", "samples"} <= set(log)
     assert any(key.startswith("x_lr_rec_@noise_levels") for key in log)
+    assert not {"samples_inpainting", "samples_x0_quantized"} & set(log)  # as the original's
+    calls = record_sample_log(model, monkeypatch)
+    model.get_unconditional_conditioning = lambda n, label: torch.zeros(n, 3, 32)
+    log = model.log_images(batch, N=2, unconditional_guidance_scale=3.0, plot_progressive_rows=False)
+    assert "samples_cfg_scale_3.00" in log
+    sampled, guided = calls
+    assert (sampled["ddim_steps"], sampled["eta"]) == (200, 1.0)  # the original's defaults for this task
+    cond, uc = guided["cond"], guided["unconditional_conditioning"]
+    assert set(uc) == {"c_concat", "c_crossattn", "c_adm"}
+    assert uc["c_concat"] is cond["c_concat"] and uc["c_adm"] is cond["c_adm"]
+    assert torch.equal(uc["c_crossattn"][0], torch.zeros(2, 3, 32))
 
 
 def upscale_finetune_config(**params):
@@ -320,6 +351,20 @@ def test_unclip_drops_whole_embeddings_in_training_only():
     model.eval()
     c_adm = model.get_input(batch, "jpg")[1]["c_adm"]
     assert torch.equal(c_adm, batch["jpg"].permute(0, 3, 1, 2).flatten(1))
+
+
+def test_unclip_log_images_logs_guided_samples_as_the_original(monkeypatch):
+    model = build(unclip_config())
+    model.eval()
+    calls = record_sample_log(model, monkeypatch)
+    model.get_unconditional_conditioning = lambda n, label: torch.full((n, 3, 32), float(len(label)))
+    log = model.log_images(tiny_latent_diffusion_batch(2), N=2)
+    assert set(log) == {"inputs", "reconstruction", "samplescfg_scale_5.00"}
+    (guided,) = calls
+    assert (guided["ddim"], guided["ddim_steps"], guided["eta"], guided["unconditional_guidance_scale"]) == (
+        True, 50, 0.0, 5.0)
+    uc = guided["unconditional_conditioning"]
+    assert uc["c_adm"] is guided["cond"]["c_adm"] and torch.equal(uc["c_crossattn"][0], torch.zeros(2, 3, 32))
 
 
 def test_unclip_embedder_is_frozen_unless_asked_not_to_be():
