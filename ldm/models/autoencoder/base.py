@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.ema import LitEma
-from ldm.util import in_cwd_or_repository, load_checkpoint
+from ldm.util import in_cwd_or_repository, instantiate_from_config, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,23 @@ class _AutoencoderBase(pl.LightningModule):
         self.model_ema = LitEma(self, decay=decay)
         logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
 
-    def _register_colorize(self, colorize_nlabels: Optional[int]) -> None:
+    def _init_networks(self, image_key: str, ddconfig, lossconfig) -> None:
+        """The batch key of the images, the encoder, the decoder and the loss (built in the
+        original's order)."""
+        self.image_key = image_key
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.loss = instantiate_from_config(lossconfig)
+
+    def _init_logging(self, colorize_nlabels: Optional[int], monitor: Optional[str]) -> None:
+        """The fixed projection of segmentation maps to RGB (``colorize``) and the metric that
+        checkpointing monitors."""
         if colorize_nlabels is not None:
             if not isinstance(colorize_nlabels, int):
                 raise TypeError(f"colorize_nlabels must be an int, got {colorize_nlabels!r}")
             self.register_buffer("colorize", torch.randn(3, colorize_nlabels, 1, 1))
+        if monitor is not None:
+            self.monitor = monitor
 
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = list()) -> None:
         """Load weights from ``path`` (.ckpt or .safetensors, bare or wrapped state dict, or a

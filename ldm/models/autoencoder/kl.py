@@ -10,9 +10,7 @@ import torch.nn as nn
 
 from ldm.models.autoencoder.base import _AutoencoderBase
 from ldm.models.autoencoder.tiling import blend_tiles
-from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +37,13 @@ class AutoencoderKL(_AutoencoderBase):
         super().__init__()
         self.learn_logvar = learn_logvar
         self.train_decoder_only = train_decoder_only
-        self.image_key = image_key
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
-        self.loss = instantiate_from_config(lossconfig)
+        self._init_networks(image_key, ddconfig, lossconfig)
         if not ddconfig.get("double_z", True):
             raise ValueError("AutoencoderKL needs ddconfig.double_z: true (the encoder outputs mean and log-variance)")
         self.quant_conv = nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         self.embed_dim = embed_dim
-        self._register_colorize(colorize_nlabels)
-        if monitor is not None:
-            self.monitor = monitor
+        self._init_logging(colorize_nlabels, monitor)
 
         self.use_ema = ema_decay is not None
         if self.use_ema:

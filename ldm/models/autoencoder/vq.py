@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.models.autoencoder.base import _AutoencoderBase
-from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.vqvae.quantize import VectorQuantizer
 from ldm.util import instantiate_from_config
 
@@ -32,17 +31,12 @@ class VQModel(_AutoencoderBase):
         super().__init__()
         self.embed_dim = embed_dim
         self.n_embed = n_embed
-        self.image_key = image_key
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
-        self.loss = instantiate_from_config(lossconfig)
+        self._init_networks(image_key, ddconfig, lossconfig)
         self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25, remap=remap,
                                         sane_index_shape=sane_index_shape)
         self.quant_conv = nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
-        self._register_colorize(colorize_nlabels)
-        if monitor is not None:
-            self.monitor = monitor
+        self._init_logging(colorize_nlabels, monitor)
         self.batch_resize_range = batch_resize_range
         self.use_ema = use_ema
         if use_ema:

@@ -8,7 +8,6 @@ original configs name them ``ldm.models.diffusion.ddpm.<Name>``.
 """
 from __future__ import annotations
 
-import types
 from contextlib import contextmanager
 from typing import Dict, List, Mapping, Optional
 
@@ -22,9 +21,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from ldm.models.diffusion.image_logging import DiffusionImageLogging
-from ldm.modules.diffusionmodules.util import (extract_into_tensor, forward_process_arrays,
-                                               make_beta_schedule, noise_like)
+from ldm.modules.diffusionmodules.util import (
+    extract_into_tensor,
+    forward_process_arrays,
+    make_beta_schedule,
+    noise_like,
+)
 from ldm.modules.ema import LitEma
+from ldm.modules.freezing import disabled_train  # noqa: F401  (the original names it here)
 from ldm.util import CheckpointError, count_params, default, exists, instantiate_from_config, load_checkpoint
 
 __conditioning_keys__ = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
@@ -38,27 +42,6 @@ RAW_CONDITIONING_KEYS = ("caption", "coordinates_bbox", "txt")
 # ---------------------------------------------------------------------------------------------
 # Module helpers
 # ---------------------------------------------------------------------------------------------
-def disabled_train(self, mode: bool = True):
-    """Stand-in for ``nn.Module.train`` on frozen submodules, so that train/eval switches of the
-    parent never change their mode."""
-    return self
-
-
-def keep_in_eval_mode(module: nn.Module) -> nn.Module:
-    """Put ``module`` in eval mode for good: its ``train`` no longer changes anything."""
-    module = module.eval()
-    module.train = types.MethodType(disabled_train, module)
-    return module
-
-
-def freeze_module(module: nn.Module) -> nn.Module:
-    """Keep ``module`` in eval mode for good and stop its gradients."""
-    module = keep_in_eval_mode(module)
-    for param in module.parameters():
-        param.requires_grad = False
-    return module
-
-
 def uniform_on_device(r1: float, r2: float, shape, device) -> torch.Tensor:
     """Uniform samples between ``r2`` and ``r1``."""
     return (r1 - r2) * torch.rand(*shape, device=device) + r2

@@ -11,10 +11,11 @@ import torch
 from einops import rearrange, repeat
 from omegaconf import ListConfig
 
-from ldm.models.diffusion.ddpm import DDPM, RAW_CONDITIONING_KEYS, freeze_module
+from ldm.models.diffusion.ddpm import DDPM, RAW_CONDITIONING_KEYS
 from ldm.models.diffusion.image_logging import CLASS_CONDITIONING_KEYS, LatentImageLogging
 from ldm.models.diffusion.latent_sampling import LatentAncestralSampling
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.freezing import freeze_module
 from ldm.util import default, instantiate_from_config
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ldm.models.diffusion.ddpm import freeze_module, keep_in_eval_mode
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
+from ldm.modules.freezing import freeze_module, keep_in_eval_mode
 from ldm.util import exists, get_obj_from_str, instantiate_from_config
 
 DEFAULT_FINETUNE_KEYS = ("model.diffusion_model.input_blocks.0.0.weight",

@@ -7,10 +7,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-
-def disabled_train(self, mode: bool = True):
-    """Replacement for ``module.train`` that keeps a frozen module in its current mode."""
-    return self
+from ldm.modules.freezing import disabled_train  # noqa: F401  (the original's name, served here too)
 
 
 class AbstractEncoder(nn.Module):
