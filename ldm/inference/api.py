@@ -40,8 +40,15 @@ from ldm.inference.loading import (
 )
 from ldm.inference.optimizations import apply_runtime_options
 from ldm.inference.parameters import GenerationParameters
-from ldm.inference.parsers import TASK_NAMES, default_options
-from ldm.inference.pipeline import Batch, plan_batches, prompt_sources, read_prompts
+from ldm.inference.parsers import TASK_NAMES, check_option_type, default_options, default_prompt
+from ldm.inference.pipeline import (
+    Batch,
+    check_sampling_numbers,
+    plan_batches,
+    prompt_sources,
+    read_prompts,
+    resolve_seed,
+)
 from ldm.inference.precision import autocast_dtype, precision_scope
 from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler
 from ldm.inference.tasks import TASKS, Task
@@ -91,11 +98,16 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
     """Check every option and read every input of a request, before any sampling (and, for the
     scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
     check_positive(opt, "steps", "n_samples", "n_iter", "repeat")
+    check_sampling_numbers(opt.scale, opt.ddim_eta)
+    if opt.prompt is None and opt.from_file is None:
+        opt.prompt = default_prompt(task_name, opt.ckpt)
     task = TASKS[task_name](opt, spec)
     sampler = chosen_sampler(opt, task.needs_partial_denoising)
     check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
     prompts = read_prompts(opt)
     sources = prompt_sources(opt, len(prompts))
+    count = len(prompts) * opt.n_iter if len(prompts) > 1 else opt.n_samples * opt.n_iter
+    opt.seed = resolve_seed(opt.seed, count)
     batches = list(plan_batches(prompts, opt.n_samples, opt.n_iter, opt.seed, opt.fixed_code, sources))
     return Run(opt=opt, task=task, sampler=sampler, batches=batches)
 
@@ -146,6 +158,7 @@ class Pipeline:
             if name not in vars(opt) or name in LOAD_SETTINGS or (name in _SCRIPT_ONLY and keyword != "n"):
                 raise TypeError(f"{self.task} pipeline got an unexpected keyword {keyword!r}"
                                 + (" (set it in ldm.load)" if name in LOAD_SETTINGS else ""))
+            check_option_type(self.task, name, value)
             setattr(opt, name, value)
         if prompt is not None:
             opt.prompt = list(prompt) if isinstance(prompt, (list, tuple)) else prompt

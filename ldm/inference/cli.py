@@ -8,18 +8,20 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ldm.inference.errors import UsageError
+from ldm.inference.errors import RunInterrupted, UsageError
 from ldm.models.diffusion.samplers import describe_samplers
 from ldm.modules.diffusionmodules.util import StepCountError
 from ldm.util import CheckpointError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
-def add_prompt_args(parser: argparse.ArgumentParser, prompt: str) -> None:
+def add_prompt_args(parser: argparse.ArgumentParser, prompt: str, shapes_prompt: str) -> None:
     group = parser.add_argument_group("prompts")
-    group.add_argument("--prompt", type=str, nargs="?", default=prompt,
-                       help="the prompt to render (default: %(default)r)")
+    group.add_argument("--prompt", type=str, nargs="?", default=None,
+                       help=f"the prompt to render (default: {shapes_prompt!r} with the shipped shapes model, "
+                            f"else {prompt!r}, the original script's)")
     group.add_argument("--negative_prompt", "--negative-prompt", type=str, default="",
                        help="what the image should not show; used as the unconditional prompt of "
                             "classifier-free guidance (default: empty)")
@@ -142,6 +144,10 @@ def run_script(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespa
     opt = parser.parse_args(argv)
     try:
         main(opt)
+    except RunInterrupted as stop:
+        _stop(f"interrupted: {stop}")
+    except KeyboardInterrupt:
+        _stop("interrupted: 0 image(s) saved")
     except (UsageError, CheckpointError, StepCountError) as err:
         _fail(parser, str(err))
     except torch.OutOfMemoryError:
@@ -160,6 +166,12 @@ def out_of_memory_message() -> str:
 def _is_out_of_memory(err: RuntimeError) -> bool:
     text = str(err).lower()
     return "out of memory" in text or "can't allocate memory" in text
+
+
+def _stop(message: str) -> None:
+    """End an interrupted run as shells expect after Ctrl-C: one line, exit code 130."""
+    print(message, file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _fail(parser: argparse.ArgumentParser, message: str) -> None:

@@ -4,6 +4,7 @@ generation parameters, never over an existing file."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -33,6 +34,8 @@ def open_image(path: str, flag: str) -> Image.Image:
             return image.copy()
     except FileNotFoundError:
         raise UsageError(f"{flag}: file not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{flag}: {path} is too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UsageError(f"{flag}: cannot read {path} as an image ({err})") from None
 
@@ -41,9 +44,9 @@ def read_source(source: ImageSource, flag: str) -> Union[Image.Image, np.ndarray
     """An image given as a file path, a PIL image or an array (``[H, W]`` or ``[H, W, C]``,
     uint8 in [0, 255] or float in [0, 1]), as a PIL image or that array."""
     if isinstance(source, (str, os.PathLike)):
-        return open_image(os.fspath(source), flag)
+        source = open_image(os.fspath(source), flag)
     if isinstance(source, Image.Image):
-        return source
+        return _deep_as_array(source)
     if isinstance(source, np.ndarray):
         if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4)):
             raise UsageError(f"{flag}: an image array must be [H, W] or [H, W, 1|3|4], got shape "
@@ -52,6 +55,16 @@ def read_source(source: ImageSource, flag: str) -> Union[Image.Image, np.ndarray
             raise UsageError(f"{flag}: an image array must be uint8 or float, got {source.dtype}")
         return source
     raise UsageError(f"{flag}: expected a file path, a PIL image or an array, got {type(source).__name__}")
+
+
+def _deep_as_array(image: Image.Image) -> Union[Image.Image, np.ndarray]:
+    """A 16-bit (``I;16``, ``I``) or float (``F``) single-channel image as a float array in
+    [0, 1] at its real depth (PIL's 8-bit conversions would clip it to white); others unchanged."""
+    if image.mode.startswith("I"):
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    return image
 
 
 def source_size(image: Union[Image.Image, np.ndarray]) -> Tuple[int, int]:
@@ -126,8 +139,6 @@ def load_depth(source: ImageSource, flag: str = "--depth") -> torch.Tensor:
     if isinstance(depth, np.ndarray):
         array = depth.astype(np.float32)
         array = array.mean(axis=-1) if array.ndim == 3 else array
-    elif depth.mode.startswith(("I", "F")):
-        array = np.asarray(depth, dtype=np.float32)
     else:
         array = np.asarray(depth.convert("L"), dtype=np.float32)
     if array.ndim != 2:
@@ -163,13 +174,35 @@ def pixels_for_output(image: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def save_png(array: np.ndarray, path: Path, parameters: Optional[str] = None) -> None:
     """Write ``[H, W, 3]`` (or ``[H, W, 1]``) uint8 as a PNG, with a ``parameters`` text chunk when
-    given; raises FileExistsError rather than replace an existing file (exclusive create)."""
+    given. The file is written whole under a temporary name beside ``path`` and then linked into
+    place, so an interruption or a full disk never leaves a truncated PNG under the name; raises
+    FileExistsError rather than replace an existing file."""
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text(PARAMETERS_KEY, parameters)
     image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
-    with open(path, "xb") as handle:
-        image.save(handle, format="PNG", pnginfo=info)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG", pnginfo=info)
+            stream.flush()
+            os.fsync(stream.fileno())
+        _place_without_replacing(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _place_without_replacing(temporary: str, path: Path) -> None:
+    """Give the finished ``temporary`` file the name ``path`` unless that name is taken."""
+    try:
+        os.link(temporary, path)  # atomic, and fails with FileExistsError when the name is taken
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.rename(temporary, path)
 
 
 def save_image(image: Image.Image, path: Union[str, os.PathLike]) -> Path:
@@ -192,36 +225,71 @@ class OutputWriter:
     the number of entries in ``outdir`` other than ``samples/``. A taken name is skipped, so
     nothing is ever overwritten. Folders are created at the first write, not before."""
 
-    def __init__(self, outdir: str, skip_save: bool = False, skip_grid: bool = False):
+    def __init__(self, outdir: Optional[str], skip_save: bool = False, skip_grid: bool = False):
+        if not outdir:
+            raise UsageError("--outdir needs a folder name")
         self.outdir = Path(outdir)
         self.samples_dir = self.outdir / SAMPLES_DIRNAME
         self.skip_save = skip_save
         self.skip_grid = skip_grid
         self.written: list = []
+        check_output_folder(self.outdir, self.samples_dir)
         self._next_sample = _entry_count(self.samples_dir)
         self._next_grid = max(0, _entry_count(self.outdir) - int(self.samples_dir.is_dir()))
-        for folder in (self.outdir, self.samples_dir):
-            if folder.exists() and not folder.is_dir():
-                raise UsageError(f"--outdir: {folder} exists and is not a folder")
+
+    @property
+    def samples_written(self) -> int:
+        return sum(1 for path in self.written if path.parent == self.samples_dir)
 
     def save_sample(self, array: np.ndarray, parameters: Optional[str]) -> Optional[Path]:
         if self.skip_save:
             return None
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
-        path, self._next_sample = _write_numbered(self.samples_dir, "{:05}.png", self._next_sample,
-                                                  array, parameters)
-        self.written.append(path)
+        path, self._next_sample = self._write(self.samples_dir, "{:05}.png", self._next_sample, array, parameters)
         return path
 
     def save_grid(self, images: torch.Tensor, nrow: int, parameters: Optional[str]) -> Optional[Path]:
         if self.skip_grid or len(images) == 0:
             return None
-        self.outdir.mkdir(parents=True, exist_ok=True)
         array = to_uint8(make_grid(images, nrow)[None])[0]
-        path, self._next_grid = _write_numbered(self.outdir, "grid-{:04}.png", self._next_grid,
-                                                array, parameters)
-        self.written.append(path)
+        path, self._next_grid = self._write(self.outdir, "grid-{:04}.png", self._next_grid, array, parameters)
         return path
+
+    def _write(self, folder: Path, pattern: str, number: int, array: np.ndarray,
+               parameters: Optional[str]) -> Tuple[Path, int]:
+        """Write the next numbered file; a failure (a full disk, a folder gone read-only) is one
+        line that says how many images are safe."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path, number = _write_numbered(folder, pattern, number, array, parameters)
+        except OSError as err:
+            raise UsageError(f"cannot write in {folder} ({err.strerror or err}); {self.samples_written} image(s) "
+                             f"saved in {self.outdir}") from None
+        self.written.append(path)
+        return path, number
+
+
+def check_output_folder(*folders: Path) -> None:
+    """Fail now, before any work, if the output folders could not be created or written: a path
+    that is (or lies under) a file, or a folder in which no file can be created. Probes with a
+    temporary file that is removed at once; creates no folder."""
+    for folder in folders:
+        existing = _nearest_existing(folder)
+        if not existing.is_dir():
+            where = "is" if existing == folder else f"lies under {existing}, which is"
+            raise UsageError(f"--outdir: {folder} {where} a file, not a folder")
+    probe = _nearest_existing(folders[-1])
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UsageError(f"--outdir: cannot write in {probe} ({err.strerror or err})") from None
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _entry_count(folder: Path) -> int:

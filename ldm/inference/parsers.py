@@ -4,11 +4,14 @@ parsers give the Python API its defaults (``ldm.load(task)(prompt)`` with no key
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from ldm.inference import cli
+from ldm.inference.errors import UsageError
 from ldm.inference.loading import default_model_paths
+from ldm.util import in_cwd_or_repository
 
 
 def _image_and_strength(strength: float, meaning: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -53,6 +56,7 @@ class ScriptFlags:
     prompt, task inputs, output folder and sampling defaults (those of the original scripts)."""
     description: str
     prompt: str
+    shapes_prompt: str
     inputs: Optional[Callable[[argparse.ArgumentParser], None]]
     sampling: Dict[str, Any]
     image_size: bool = False
@@ -60,18 +64,19 @@ class ScriptFlags:
 
 _SCRIPTS: Dict[str, ScriptFlags] = {
     "txt2img": ScriptFlags("Make images from a text prompt.",
-                           "a professional photograph of an astronaut riding a triceratops", None,
+                           "a professional photograph of an astronaut riding a triceratops",
+                           "a red circle above a blue square", None,
                            dict(steps=50, scale=9.0, n_iter=3, n_samples=3), image_size=True),
     "img2img": ScriptFlags("Redraw an image following a text prompt.", "a painting of a virus monster playing guitar",
-                           _image_and_strength(0.8, ": 1 ignores it, 0 keeps it"),
+                           "a blue square", _image_and_strength(0.8, ": 1 ignores it, 0 keeps it"),
                            dict(steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False)),
-    "inpaint": ScriptFlags("Repaint the masked part of an image.", "", _inpaint_inputs,
+    "inpaint": ScriptFlags("Repaint the masked part of an image.", "", "", _inpaint_inputs,
                            dict(steps=50, scale=10.0, n_iter=1, n_samples=1)),
     "depth2img": ScriptFlags("Redraw an image following a prompt, keeping its depth layout.",
-                             "a professional photograph", _depth_inputs,
+                             "a professional photograph", "a green star", _depth_inputs,
                              dict(steps=50, scale=9.0, n_iter=1, n_samples=1, sampler_choice=False)),
     "upscale": ScriptFlags("Upscale an image 4x, guided by a prompt.", "a high quality professional photograph",
-                           _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
+                           "a red circle", _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
 }
 TASK_NAMES = tuple(_SCRIPTS)
 
@@ -81,7 +86,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     sampling, then the model and the precision/memory flags every script shares."""
     flags = _SCRIPTS[task]
     parser = argparse.ArgumentParser(prog=f"{task}.py", description=flags.description)
-    cli.add_prompt_args(parser, prompt=flags.prompt)
+    cli.add_prompt_args(parser, prompt=flags.prompt, shapes_prompt=flags.shapes_prompt)
     if flags.inputs is not None:
         flags.inputs(parser)
     cli.add_output_args(parser, outdir=f"outputs/{task}-samples")
@@ -91,6 +96,28 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     cli.add_model_args(parser, *default_model_paths(task))
     cli.add_performance_args(parser)
     return parser
+
+
+def default_prompt(task: str, ckpt: Optional[str]) -> str:
+    """The prompt when none is given: one the shipped shapes model understands when it is the
+    model (no --ckpt), else the original script's default."""
+    flags = _SCRIPTS[task]
+    shipped = in_cwd_or_repository(default_model_paths(task)[1])
+    if ckpt is None or os.path.realpath(in_cwd_or_repository(ckpt)) == os.path.realpath(shipped):
+        return flags.shapes_prompt
+    return flags.prompt
+
+
+def check_option_type(task: str, name: str, value: Any) -> None:
+    """An option given from Python must have the type its flag parses to (an int for ``--steps``,
+    a number for ``--scale``); the message names the flag as the script would."""
+    action = next((a for a in build_parser(task)._actions if a.dest == name), None)
+    if action is None or value is None or action.type not in (int, float):
+        return
+    numeric = (int, float) if action.type is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        kind = "a whole number" if action.type is int else "a number"
+        raise UsageError(f"{action.option_strings[0]} must be {kind}, got {value!r}")
 
 
 def default_options(task: str) -> argparse.Namespace:

@@ -4,6 +4,8 @@ from noise or from a partly noised image, and latents back into images."""
 from __future__ import annotations
 
 import argparse
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -77,6 +79,31 @@ def plan_batches(prompts: Sequence[str], n_samples: int, n_iter: int, seed: int,
             first = 0 if fixed_code else index
             yield Batch(prompts=chunk, seeds=image_seeds(seed, first, len(chunk)), sources=chunk_sources)
             index += len(chunk)
+
+
+SEED_LIMIT = 2 ** 64  # torch generators take seeds below 2**64
+RANDOM_SEED = -1     # A1111's "random seed"
+
+
+def resolve_seed(seed: int, count: int) -> int:
+    """The run's first seed: ``-1`` draws a random one (A1111's convention; the images'
+    parameters record it), else ``seed`` itself, which must leave room for ``count`` images."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"--seed must be a whole number, got {seed!r}")
+    if seed == RANDOM_SEED:
+        return random.SystemRandom().randrange(2 ** 32)
+    if not 0 <= seed <= SEED_LIMIT - count:
+        raise UsageError(f"--seed must be -1 (random) or in [0, 2**64 - {count}] for {count} image(s), got {seed}")
+    return seed
+
+
+def check_sampling_numbers(scale: float, eta: float) -> None:
+    """Refuse guidance scales and DDIM etas that can only give NaN images (NaN, infinities,
+    negative eta) before any work."""
+    if not math.isfinite(scale):
+        raise UsageError(f"--scale must be a finite number, got {scale}")
+    if not (math.isfinite(eta) and eta >= 0.0):
+        raise UsageError(f"--ddim_eta must be a finite number >= 0, got {eta}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ldm.inference import cli
 from ldm.inference.api import Pipeline, prepare_run
+from ldm.inference.errors import RunInterrupted
 from ldm.inference.images import OutputWriter, grid_rows, to_uint8
 from ldm.inference.loading import choose_model_paths, read_config, read_model_spec
 from ldm.inference.parsers import build_parser
@@ -26,12 +27,15 @@ def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
     pipeline = Pipeline.from_options(task, opt)
     made, grid_parameters = [], None
     batches = tqdm(pipeline.generate(run), desc="batches", total=len(run.batches), disable=len(run.batches) < 2)
-    for _, images, texts in batches:
-        for array, text in zip(to_uint8(images), texts):
-            writer.save_sample(array, text)
-        grid_parameters = grid_parameters or texts[0]
-        made.append(images)
-    writer.save_grid(torch.cat(made), grid_rows(opt.n_rows, opt.n_samples), grid_parameters)
+    try:
+        for _, images, texts in batches:
+            for array, text in zip(to_uint8(images), texts):
+                writer.save_sample(array, text)
+            grid_parameters = grid_parameters or texts[0]
+            made.append(images)
+        writer.save_grid(torch.cat(made), grid_rows(opt.n_rows, opt.n_samples), grid_parameters)
+    except KeyboardInterrupt:
+        raise RunInterrupted(writer.samples_written, writer.outdir) from None
     _report(writer, run.image_count)
     return writer.written
 

@@ -71,7 +71,8 @@ def test_depth_reads_16_bit_maps(tmp_path):
     Image.fromarray(np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)).save(path)
     depth = load_depth(str(path))
     assert depth.shape == (1, 1, 2, 2)
-    assert depth.flatten().tolist() == [0, 1000, 30000, 65535]
+    expected = torch.tensor([0, 1000, 30000, 65535]) / 65535.0  # full 16-bit depth (the scale does not matter)
+    assert torch.allclose(depth.flatten(), expected)
 
 
 def test_writer_counts_on_from_existing_files_and_never_overwrites(tmp_path):
@@ -109,8 +110,68 @@ def test_writer_skips_what_it_is_told_to_skip(tmp_path):
 
 def test_outdir_that_is_a_file_is_an_error(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UsageError, match="is not a folder"):
+    with pytest.raises(UsageError, match="file is a file, not a folder"):
         OutputWriter(str(tmp_path / "file"))
+
+
+def test_outdir_under_a_file_is_an_error_and_creates_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"out lies under .*file, which is a file, not a folder"):
+        OutputWriter(str(tmp_path / "file" / "out"))
+
+
+def test_outdir_where_nothing_can_be_written_is_an_error_before_any_work(tmp_path, monkeypatch):
+    """A folder that refuses new files (read-only, no permission; simulated, as root may write
+    anywhere) is found when the writer is made, and nothing is created."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(UsageError, match=rf"^--outdir: cannot write in {tmp_path} \(Permission denied\)$"):
+        OutputWriter(str(tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_png_is_never_left_half_written(tmp_path, monkeypatch):
+    """An interruption while encoding leaves neither the PNG nor its temporary file."""
+    from ldm.inference.images import save_png
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_png(np.zeros((4, 4, 3), dtype=np.uint8), tmp_path / "00000.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_png_refuses_to_replace_and_reads_back(tmp_path):
+    from ldm.inference.images import save_png
+
+    save_png(np.full((4, 4, 3), 7, dtype=np.uint8), tmp_path / "a.png", "params")
+    with pytest.raises(FileExistsError):
+        save_png(np.zeros((4, 4, 3), dtype=np.uint8), tmp_path / "a.png")
+    assert read_parameters(str(tmp_path / "a.png")) == "params"
+    assert np.asarray(Image.open(tmp_path / "a.png")).max() == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_16_bit_greyscale_images_and_masks_are_read_at_their_depth(tmp_path):
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)).save(path)
+    image = load_image(str(path), multiple=1)
+    assert torch.allclose((image[0, 0].flatten() + 1) / 2, torch.tensor([0, 16384, 32768, 65535]) / 65535.0)
+    assert load_mask(str(path), image_size=(2, 2), multiple=1).flatten().tolist() == [0, 0, 1, 1]
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    path = _write_png(tmp_path / "big.png", np.zeros((64, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 > 2 x 100: PIL refuses it as a bomb
+    with pytest.raises(UsageError, match="big.png is too large to decode safely"):
+        load_image(path, multiple=8)
 
 
 def test_pixels_for_output_convert_back_to_the_same_8_bit_values():

@@ -30,6 +30,7 @@ def inputs(tmp_path):
     (folder / "corrupt.ckpt").write_bytes(b"PK\x03\x04 truncated zip")
     write_test_image(folder / "image.png")
     write_test_image(folder / "small.png", size=(16, 16))
+    Image.new("L", (200, 200)).save(folder / "bomb.png")  # over twice BOMB_LIMIT pixels: PIL refuses it
     return folder
 
 
@@ -88,11 +89,22 @@ def _cases(models, inputs):
         ("upscale.py", [*upscale, "--init-img", str(inputs / "small.png"), "--noise_level", "350"],
          r"--noise_level must be in \[0, 349\] for this model, got 350"),
         ("upscale.py", [*upscale], r"--init-img is required"),
+        ("txt2img.py", [*txt, "--scale", "nan"], r"--scale must be a finite number, got nan"),
+        ("txt2img.py", [*txt, "--scale", "inf"], r"--scale must be a finite number, got inf"),
+        ("txt2img.py", [*txt, "--ddim_eta", "nan"], r"--ddim_eta must be a finite number >= 0, got nan"),
+        ("txt2img.py", [*txt, "--ddim_eta", "-0.5"], r"--ddim_eta must be a finite number >= 0, got -0\.5"),
+        ("txt2img.py", [*txt, "--seed", str(2 ** 64)], r"--seed must be -1 \(random\) or in \[0, 2\*\*64 - 9\]"),
+        ("txt2img.py", [*txt, "--seed", "-2"], r"--seed must be -1 \(random\) or in"),
+        ("img2img.py", [*txt, "--init-img", str(inputs / "bomb.png")], r"--init-img: .*bomb\.png is too large"),
     ] + ([] if torch.cuda.is_available() else [
         ("txt2img.py", [*txt, "--device", "cuda"], r"--device cuda was asked for, but CUDA is not available")])
 
 
-def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_models, inputs, tmp_path, capsys):
+BOMB_LIMIT = 5000  # PIL.Image.MAX_IMAGE_PIXELS during the test (the inputs have at most 1024 pixels)
+
+
+def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_models, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
     failures = []
     for index, (script, argv, pattern) in enumerate(_cases(tiny_models, inputs)):
         outdir = tmp_path / f"out{index}"
@@ -104,6 +116,59 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_models, inpu
         if outdir.exists():
             failures.append(f"{script} {argv[-2:]}: wrote {files_under(outdir)}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_bare_outdir_is_one_line_before_any_work(tiny_models, capsys):
+    code = main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), "--outdir"])
+    assert code == 2
+    assert _last_error(capsys.readouterr().err) == "txt2img.py: error: --outdir needs a folder name"
+
+
+def test_ctrl_c_reports_the_images_saved_exits_130_and_leaves_no_partial_file(tiny_models, tmp_path, capsys,
+                                                                              monkeypatch):
+    from ldm.inference import tasks
+
+    generate = tasks.TextToImage.generate
+    calls = []
+
+    def interrupted_on_the_second_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(self, *args)
+
+    monkeypatch.setattr(tasks.TextToImage, "generate", interrupted_on_the_second_batch)
+    outdir = tmp_path / "out"
+    code = main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), "--n_samples", "2", "--n_iter", "3",
+                                         "--steps", "2", "--H", "16", "--W", "16", "--outdir", str(outdir)])
+    assert code == 130
+    assert _last_error(capsys.readouterr().err) == f"interrupted: 2 image(s) saved in {outdir}"
+    assert [p.name for p in files_under(outdir)] == ["00000.png", "00001.png"]
+
+
+def test_a_full_disk_is_one_line_saying_what_was_saved_and_leaves_no_partial_file(tiny_models, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import errno
+
+    save = Image.Image.save
+    saved = []
+
+    def disk_full_on_the_third_image(self, fp, *args, **kwargs):
+        if len(saved) == 2:
+            fp.write(b"\x89PNG half an image")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(1)
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_full_on_the_third_image)
+    outdir = tmp_path / "out"
+    code = main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), "--n_samples", "2", "--n_iter", "2",
+                                         "--steps", "2", "--H", "16", "--W", "16", "--outdir", str(outdir)])
+    assert code == 2
+    assert _last_error(capsys.readouterr().err) == (
+        f"txt2img.py: error: cannot write in {outdir / 'samples'} (No space left on device); 2 image(s) saved "
+        f"in {outdir}")
+    assert [p.name for p in files_under(outdir)] == ["00000.png", "00001.png"]
 
 
 def test_errors_in_a_subprocess_are_one_line_with_exit_code_2(tiny_models, tmp_path):
