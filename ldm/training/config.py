@@ -11,6 +11,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ldm.util import first_line
+
 
 class ConfigError(Exception):
     """A mistake in the command line or configuration; main.py prints it and exits with code 2."""
@@ -30,7 +32,7 @@ def load_yaml(path: str) -> DictConfig:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"cannot parse {path}{where}: {getattr(err, 'problem', None) or err}") from None
     except (OmegaConfBaseException, OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot read {path}: {first_line(err)}") from None
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{path} must hold a mapping (model:, data:, lightning:), not a {type(config).__name__}")
     return config
@@ -51,7 +53,7 @@ def parse_dotlist(items: Sequence[str]) -> DictConfig:
         try:
             overrides.merge_with_dotlist([item])
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
-            raise ConfigError(f"malformed override {item!r}: {_first_line(err)}") from None
+            raise ConfigError(f"malformed override {item!r}: {first_line(err)}") from None
     return overrides
 
 
@@ -63,7 +65,7 @@ def merge_configs(configs: Iterable[DictConfig]) -> DictConfig:
     try:
         return OmegaConf.merge(*configs)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot merge the configs: {_first_line(err)}") from None
+        raise ConfigError(f"cannot merge the configs: {first_line(err)}") from None
 
 
 def iter_targets(node, path: str = "") -> Iterator[Tuple[str, str]]:
@@ -119,9 +121,3 @@ def split_lightning(config: DictConfig) -> Tuple[DictConfig, DictConfig]:
 def require_model(config: DictConfig) -> None:
     if "model" not in config or not isinstance(config.model, DictConfig) or "target" not in config.model:
         raise ConfigError("the config has no model: section with a target (give it with --base config.yaml)")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-

@@ -3,6 +3,7 @@ package's one image writer (:mod:`ldm.inference.images`)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ def save_log_image(array: np.ndarray, path: str) -> bool:
     (a resumed run logging the same step again) is kept, not replaced. Returns whether it wrote."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
-        save_png(array, path)
+        save_png(array, Path(path))
     except FileExistsError:
         return False
     return True

@@ -18,10 +18,17 @@ from omegaconf import DictConfig
 from ldm.data.base import DatasetError
 from ldm.modules.losses.lpips import LPIPSWeightsError
 from ldm.training.cli import parse_args
-from ldm.training.config import (ConfigError, check_targets, load_yaml, merge_configs, parse_dotlist,
-                                 require_model, split_lightning)
+from ldm.training.config import (
+    ConfigError,
+    check_targets,
+    load_yaml,
+    merge_configs,
+    parse_dotlist,
+    require_model,
+    split_lightning,
+)
 from ldm.training.logdir import RunPaths, published_for_other_ranks, resolve_run_paths
-from ldm.util import instantiate_from_config
+from ldm.util import first_line, instantiate_from_config
 
 USER_ERRORS = (ConfigError, DatasetError, LPIPSWeightsError)
 
@@ -114,7 +121,7 @@ def make_trainer(trainer_kwargs: dict, callbacks: list, logger, paths: RunPaths)
         trainer = Trainer(**trainer_kwargs, logger=logger, plugins=plugins, default_root_dir=paths.logdir,
                           callbacks=callbacks + [FaultCheckpoint(paths.ckptdir)])
     except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
-        raise ConfigError(f"invalid Trainer settings: {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"invalid Trainer settings: {first_line(err)}") from None
     trainer.logdir = paths.logdir
     return trainer
 
@@ -133,8 +140,13 @@ def prepare(argv: Optional[Sequence[str]]):
 
     from pytorch_lightning import seed_everything
 
-    from ldm.training.trainer_setup import (build_callbacks, build_logger, scaled_learning_rate,
-                                            trainer_config_with_cli, trainer_kwargs_from)
+    from ldm.training.trainer_setup import (
+        build_callbacks,
+        build_logger,
+        scaled_learning_rate,
+        trainer_config_with_cli,
+        trainer_kwargs_from,
+    )
 
     lightning_config.trainer = trainer_config_with_cli(lightning_config, cli_trainer_args)
     trainer_kwargs = trainer_kwargs_from(lightning_config.trainer,

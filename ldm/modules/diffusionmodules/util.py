@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import repeat
 
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, mean_flat  # noqa: F401  (mean_flat: the original names it here too)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +172,6 @@ def scale_module(module: nn.Module, scale: float) -> nn.Module:
     for p in module.parameters():
         p.detach().mul_(scale)
     return module
-
-
-def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over all non-batch dimensions."""
-    return tensor.mean(dim=list(range(1, len(tensor.shape))))
 
 
 class GroupNorm32(nn.GroupNorm):
