@@ -98,6 +98,15 @@ def test_default_txt2img_pipe_puts_two_objects_in_the_prompted_relation(txt2img_
     assert sum(positions) >= 14, list(zip([c.text for c in cases], positions))
 
 
+def test_without_a_prompt_the_shipped_model_draws_a_prompt_it_understands(txt2img_pipe):
+    """The scripts' original default prompts ("an astronaut riding a triceratops") mean nothing to
+    the shapes model; with it, the default is a shapes prompt."""
+    image = txt2img_pipe(n=1, steps=20, scale=5.0, seed=0)[0]
+    assert image.info["parameters"].startswith("a red circle above a blue square\n")
+    case = PromptCase((("red", "circle"), ("blue", "square")), "above")
+    assert score_image(case, np.asarray(image)).position
+
+
 def test_inpainting_evaluation_is_reproducible():
     """The same seed gives the same inpaintings: the masked image's latent, a posterior sample,
     is drawn from the seeded generator too (it was not, and reported numbers moved run to run)."""

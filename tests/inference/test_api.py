@@ -148,3 +148,18 @@ def test_save_image_writes_the_parameters_and_never_overwrites(pipes, tmp_path):
     assert read_parameters(str(path)) == image.info["parameters"]
     with pytest.raises(FileExistsError):
         save_image(image, path)
+
+
+def test_seed_minus_one_draws_a_random_seed_and_records_it(pipes):
+    images = pipes["txt2img"]("a red circle", seed=-1, n=2, steps=1)
+    seeds = [int(image.info["parameters"].split("Seed: ")[1].split(",")[0]) for image in images]
+    assert 0 <= seeds[0] < 2 ** 32 and seeds[1] == seeds[0] + 1
+    again = pipes["txt2img"]("a red circle", seed=seeds[0], n=2, steps=1)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
+
+
+def test_a_keyword_of_the_wrong_type_is_the_scripts_one_line_error(pipes):
+    with pytest.raises(UsageError, match=r"^--steps must be a whole number, got 'abc'$"):
+        pipes["txt2img"]("a cat", steps="abc")
+    with pytest.raises(UsageError, match=r"^--scale must be a number, got '7'$"):
+        pipes["txt2img"]("a cat", scale="7")
