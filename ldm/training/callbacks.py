@@ -77,8 +77,7 @@ class ImageLogger(Callback):
             raise ValueError(f"ImageLogger batch_frequency must be >= 1, got {batch_frequency}")
         self.batch_freq = batch_frequency
         self.max_images = max_images
-        self.clamp = clamp
-        self.rescale = rescale
+        self.clamp, self.rescale = clamp, rescale
         self.disabled = disabled
         self.log_on_batch_idx = log_on_batch_idx
         self.log_first_step = log_first_step

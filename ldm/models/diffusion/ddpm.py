@@ -144,8 +144,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
         self.clip_denoised = clip_denoised
         self.log_every_t = log_every_t
         self.first_stage_key = first_stage_key
-        self.image_size = image_size
-        self.channels = channels
+        self.image_size, self.channels = image_size, channels
         self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         count_params(self.model, verbose=True)

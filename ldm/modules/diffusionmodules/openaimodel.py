@@ -362,9 +362,7 @@ class UNetModel(nn.Module):
         _check_attention_config(use_spatial_transformer, context_dim, num_heads, num_head_channels)
         levels = len(channel_mult)
         self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
+        self.in_channels, self.model_channels, self.out_channels = in_channels, model_channels, out_channels
         self.channel_mult = tuple(channel_mult)
         self.num_res_blocks = _per_level(num_res_blocks, "num_res_blocks", levels)
         self.attention_resolutions = tuple(attention_resolutions)
@@ -373,8 +371,7 @@ class UNetModel(nn.Module):
         self.dims = dims
         self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
+        self.num_heads, self.num_head_channels = num_heads, num_head_channels
         self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resblock_updown = resblock_updown
