@@ -133,7 +133,7 @@ class Pipeline:
         settings = copy.copy(opt)
         settings.config, settings.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
         config = read_config(settings.config)
-        spec = read_model_spec(config)
+        spec = read_model_spec(config, settings.config)
         TASKS[task].check_model_kind(spec, settings.config)
         device = choose_device(settings.device)
         dtype = autocast_dtype(device, settings.precision, settings.bf16)

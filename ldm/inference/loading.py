@@ -8,10 +8,11 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ldm.inference.errors import UsageError
 from ldm.util import (
@@ -154,21 +155,46 @@ def read_config(path: str) -> DictConfig:
     return config
 
 
-def read_model_spec(config: DictConfig) -> ModelSpec:
-    params = config.model.get("params", {})
-    unet = params.get("unet_config", {}).get("params", {})
-    ddconfig = params.get("first_stage_config", {}).get("params", {}).get("ddconfig", {})
-    low_scale = params.get("low_scale_config", {}).get("params", {})
+def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
+    """What the config says about its model; a missing ``unet_config`` or a value of the wrong
+    type is a UsageError naming the entry."""
+    def section(node: Any, key: str, where: str) -> Any:
+        value = node.get(key, {}) if isinstance(node, DictConfig) else {}
+        if not isinstance(value, (DictConfig, dict)):
+            raise UsageError(f"--config: {path}: {where}.{key} must be a section, got {value!r}")
+        return value
+
+    def number(node: Any, key: str, default: Any, where: str) -> Any:
+        value = node.get(key, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"--config: {path}: {where}.{key} must be a whole number, got {value!r}")
+        return value
+
+    def levels(node: Any, key: str, default: list, where: str) -> int:
+        value = node.get(key, default)
+        if not isinstance(value, (ListConfig, list, tuple)) or not value:
+            raise UsageError(f"--config: {path}: {where}.{key} must be a list of multipliers, got {value!r}")
+        return len(value)
+
+    params = section(config.model, "params", "model")
+    if "unet_config" not in params:
+        raise UsageError(f"--config: {path} has no model.params.unet_config (the diffusion model's UNet)")
+    unet = section(section(params, "unet_config", "model.params"), "params", "model.params.unet_config")
+    first_stage = section(section(params, "first_stage_config", "model.params"), "params",
+                          "model.params.first_stage_config")
+    ddconfig = section(first_stage, "ddconfig", "model.params.first_stage_config.params")
+    low_scale = section(section(params, "low_scale_config", "model.params"), "params",
+                        "model.params.low_scale_config")
     return ModelSpec(
         target=str(config.model.target),
         parameterization=str(params.get("parameterization", "eps")),
-        image_size=int(params.get("image_size", 256)),
-        channels=int(params.get("channels", 3)),
-        vae_factor=2 ** (len(ddconfig.get("ch_mult", [1])) - 1),
-        unet_levels=len(unet.get("channel_mult", [1, 2, 4, 8])),
-        unet_in_channels=int(unet.get("in_channels", params.get("channels", 3))),
-        context_dim=unet.get("context_dim"),
-        max_noise_level=low_scale.get("max_noise_level", 1000) if low_scale else None,
+        image_size=number(params, "image_size", 256, "model.params"),
+        channels=number(params, "channels", 3, "model.params"),
+        vae_factor=2 ** (levels(ddconfig, "ch_mult", [1], "first_stage_config.params.ddconfig") - 1),
+        unet_levels=levels(unet, "channel_mult", [1, 2, 4, 8], "unet_config.params"),
+        unet_in_channels=number(unet, "in_channels", params.get("channels", 3), "unet_config.params"),
+        context_dim=number(unet, "context_dim", None, "unet_config.params"),
+        max_noise_level=number(low_scale, "max_noise_level", 1000, "low_scale_config.params") if low_scale else None,
     )
 
 
@@ -211,6 +237,9 @@ def load_model(config: DictConfig, config_path: str, ckpt: Optional[str], device
     except ImportError as err:
         raise UsageError(f"--config: {config_path} names a class that cannot be imported "
                          f"({first_line(err)})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OmegaConfBaseException) as err:
+        raise UsageError(f"--config: {config_path} does not build a model ({type(err).__name__}: "
+                         f"{first_line(err)})") from None
     warn_if_parameterization_looks_wrong(ckpt, config_path, read_model_spec(config))
     return model
 

@@ -22,7 +22,7 @@ from ldm.inference.parsers import build_parser
 def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
     """Run a script's task with its parsed flags; returns the files written."""
     opt.config, opt.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
-    run = prepare_run(task, opt, read_model_spec(read_config(opt.config)))
+    run = prepare_run(task, opt, read_model_spec(read_config(opt.config), opt.config))
     writer = OutputWriter(opt.outdir, skip_save=opt.skip_save, skip_grid=opt.skip_grid)
     pipeline = Pipeline.from_options(task, opt)
     made, grid_parameters = [], None

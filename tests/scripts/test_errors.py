@@ -30,8 +30,23 @@ def inputs(tmp_path):
     (folder / "corrupt.ckpt").write_bytes(b"PK\x03\x04 truncated zip")
     write_test_image(folder / "image.png")
     write_test_image(folder / "small.png", size=(16, 16))
+    (folder / "no_unet.yaml").write_text("model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
+                                         "  params:\n    image_size: 8\n")
+    (folder / "wrong_type.yaml").write_text("model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
+                                            "  params:\n    image_size: abc\n    unet_config: {}\n")
     Image.new("L", (200, 200)).save(folder / "bomb.png")  # over twice BOMB_LIMIT pixels: PIL refuses it
     return folder
+
+
+def _unbuildable_config(models, inputs) -> str:
+    """The tiny txt2img config with a UNet width of the wrong type (a string)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(models["txt2img"].config)
+    config.model.params.unet_config.params.model_channels = "wide"
+    path = inputs / "unbuildable.yaml"
+    OmegaConf.save(config, path)
+    return str(path)
 
 
 def _cases(models, inputs):
@@ -89,6 +104,12 @@ def _cases(models, inputs):
         ("upscale.py", [*upscale, "--init-img", str(inputs / "small.png"), "--noise_level", "350"],
          r"--noise_level must be in \[0, 349\] for this model, got 350"),
         ("upscale.py", [*upscale], r"--init-img is required"),
+        ("txt2img.py", ["--config", str(inputs / "no_unet.yaml"), "--ckpt", str(models["txt2img"].ckpt)],
+         r"--config: .*no_unet\.yaml has no model\.params\.unet_config"),
+        ("txt2img.py", ["--config", str(inputs / "wrong_type.yaml"), "--ckpt", str(models["txt2img"].ckpt)],
+         r"--config: .*wrong_type\.yaml: model\.params\.image_size must be a whole number, got 'abc'"),
+        ("txt2img.py", ["--config", _unbuildable_config(models, inputs), "--ckpt", str(models["txt2img"].ckpt)],
+         r"--config: .*unbuildable\.yaml does not build a model \(TypeError: "),
         ("txt2img.py", [*txt, "--scale", "nan"], r"--scale must be a finite number, got nan"),
         ("txt2img.py", [*txt, "--scale", "inf"], r"--scale must be a finite number, got inf"),
         ("txt2img.py", [*txt, "--ddim_eta", "nan"], r"--ddim_eta must be a finite number >= 0, got nan"),
