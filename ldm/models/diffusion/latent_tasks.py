@@ -67,7 +67,8 @@ class LatentUpscaleDiffusion(LatentDiffusion):
         z, c, x, xrec, xc, x_low, x_low_rec, noise_level = self.get_input(batch, self.first_stage_key,
                                                                           bs=N, log_mode=True)
         levels = "-".join(str(level) for level in noise_level.cpu().numpy().tolist())
-        return z, c, x, xrec, xc, {"x_lr": x_low, f"x_lr_rec_@noise_levels{levels}": x_low_rec}
+        entries = {"x_lr": x_low, f"x_lr_rec_@noise_levels{levels}": x_low_rec}
+        return z, c, x, xrec, xc, {**entries, **self._task_log_images(batch, c)}
 
 
 class LatentFinetuneDiffusion(LatentDiffusion):
