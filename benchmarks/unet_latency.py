@@ -45,19 +45,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_pair(name: str, device: torch.device, dtype: torch.dtype):
+def build_pair(name: str, device: torch.device, dtype: torch.dtype, precision=None):
     """Our UNet from the original config and a diffusers UNet sharing its weight tensors."""
     config = OmegaConf.load(CONFIGS[name])
     ours = instantiate_from_config(config.model.params.unet_config)
     perturb_zero_parameters(ours)
     ours = ours.to(device=device, dtype=dtype).eval()
+    if precision is not None:
+        attention.set_attention_precision(ours, precision)
     theirs = diffusers_unet(ours, config)
     return ours, theirs, config.model.params.unet_config.params.context_dim
 
 
 def bench_one(name: str, latent: int, args, device: torch.device, dtype: torch.dtype) -> dict:
     torch.manual_seed(args.seed)
-    ours, theirs, context_dim = build_pair(name, device, dtype)
+    ours, theirs, context_dim = build_pair(name, device, dtype, args.attn_precision)
     x = torch.randn(args.batch, 4, latent, latent, device=device, dtype=dtype)
     t = torch.randint(0, 1000, (args.batch,), device=device)
     context = torch.randn(args.batch, 77, context_dim, device=device, dtype=dtype)
@@ -89,13 +91,11 @@ def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if args.attn_precision:
-        attention.set_attention_precision(args.attn_precision)
     import diffusers
 
     print(f"device {device}, dtype {dtype}, batch {args.batch}, repeats {args.repeats}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), diffusers {diffusers.__version__}, "
-          f"our attention precision {attention.get_attention_precision()}, compiled: {args.compile}")
+          f"our attention precision {args.attn_precision or 'ATTN_PRECISION (default fp32)'}, compiled: {args.compile}")
     print("medians of wall-clock and process CPU seconds per forward pass; ratio = ours / diffusers")
     print(f"{'model':6} {'latent':>6} {'ours wall':>10} {'diff. wall':>10} {'ratio':>6} "
           f"{'ours cpu':>9} {'diff. cpu':>9} {'ratio':>6} {'max |diff|':>11}")
