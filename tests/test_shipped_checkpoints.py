@@ -158,3 +158,13 @@ def test_every_script_runs_on_its_default_model(tmp_path, script, inputs):
                      "--steps", "10", "--outdir", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
     assert list((tmp_path / "out").rglob("*.png"))
+
+
+def test_a_prompt_with_words_the_shipped_model_does_not_know_gets_one_warning_line(tmp_path):
+    run = run_script("txt2img.py", "--prompt", "an astronaut riding a red circle", "--n_samples", "2", "--n_iter",
+                     "2", "--steps", "2", "--outdir", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if "warning:" in line]
+    assert warnings == ["txt2img.py: warning: the shapes text encoder does not know 'astronaut', 'riding': ignored "
+                        "(read as 'unknown') in 'an astronaut riding a red circle'; it knows colours, shapes, sizes "
+                        "and relations, e.g. 'a red circle above a blue square'"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -143,7 +144,9 @@ def run_script(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespa
     running out of memory ends with ``<prog>: error: <one line>`` and exit code 2."""
     opt = parser.parse_args(argv)
     try:
-        main(opt)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(parser.prog)
+            main(opt)
     except RunInterrupted as stop:
         _stop(f"interrupted: {stop}")
     except KeyboardInterrupt:
@@ -166,6 +169,13 @@ def out_of_memory_message() -> str:
 def _is_out_of_memory(err: RuntimeError) -> bool:
     text = str(err).lower()
     return "out of memory" in text or "can't allocate memory" in text
+
+
+def _one_line_warning(prog: str) -> Callable[..., None]:
+    """Warnings as the scripts' errors look: ``<prog>: warning: <message>`` on one line of stderr."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    return show
 
 
 def _stop(message: str) -> None:

@@ -8,6 +8,8 @@ read as "unknown".
 """
 from __future__ import annotations
 
+import re
+import warnings
 from typing import List, Sequence, Tuple
 
 import torch
@@ -24,6 +26,10 @@ from ldm.modules.encoders.tokenizer import (
 )
 
 UNKNOWN_SLOT, START_SLOT, END_SLOT = 0, 1, 2
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt holds words outside a closed-vocabulary encoder's vocabulary (read as "unknown")."""
 
 
 def vocabulary_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
@@ -61,6 +67,7 @@ class ShapesTextEncoder(AbstractEncoder):
         self.device = device
         self.causal = causal
         self.truncation = TruncationNotice(max_length - 2)
+        self._checked_prompts: set = set()
         token_ids = vocabulary_token_ids(self.tokenizer, words)
         slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
         slots[torch.tensor(token_ids)] = torch.arange(3, 3 + len(token_ids))
@@ -82,8 +89,31 @@ class ShapesTextEncoder(AbstractEncoder):
         prompts = as_prompt_list(text)
         content = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
         self.truncation.check(prompts, content)
+        self._warn_about_unknown_words(prompts)
         tok = self.tokenizer
         return pack_rows(content, self.max_length, tok.bos_token_id, tok.eos_token_id, tok.eos_token_id)
+
+    def unknown_words(self, prompt: str) -> List[str]:
+        """The words of ``prompt`` (split at spaces and punctuation) with a token outside the vocabulary."""
+        words = re.findall(r"[\w'-]+", prompt.lower())
+        if not words:
+            return []
+        ids = self.tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"]
+        slots = self.slot_of_token.cpu()
+        return [word for word, tokens in zip(words, ids) if any(int(slots[t]) == UNKNOWN_SLOT for t in tokens)]
+
+    def _warn_about_unknown_words(self, prompts: Sequence[str]) -> None:
+        """One warning per distinct prompt that holds unknown words, naming them: the encoder
+        reads them all as one "unknown" token, so they cannot steer the image."""
+        for prompt in prompts:
+            if prompt in self._checked_prompts:
+                continue
+            self._checked_prompts.add(prompt)
+            unknown = list(dict.fromkeys(self.unknown_words(prompt)))
+            if unknown:
+                warnings.warn(f"the shapes text encoder does not know {', '.join(map(repr, unknown))}: ignored "
+                              f"(read as 'unknown') in {prompt!r}; it knows colours, shapes, sizes and relations, "
+                              f"e.g. 'a red circle above a blue square'", UnknownWordsWarning, stacklevel=3)
 
     def known_fraction(self, text: Prompts) -> Tuple[float, ...]:
         """Per prompt, the fraction of its content tokens that are in the vocabulary."""

@@ -1,9 +1,17 @@
 """ShapesTextEncoder: CLIP token rows, the closed vocabulary, output shapes, training."""
+import warnings
+
 import pytest
 import torch
 
 from ldm.data.shapes import VOCABULARY
-from ldm.modules.encoders.shapes_text import END_SLOT, START_SLOT, UNKNOWN_SLOT, ShapesTextEncoder
+from ldm.modules.encoders.shapes_text import (
+    END_SLOT,
+    START_SLOT,
+    UNKNOWN_SLOT,
+    ShapesTextEncoder,
+    UnknownWordsWarning,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +79,15 @@ def test_without_the_causal_mask_every_token_sees_the_whole_prompt():
     enc = ShapesTextEncoder(VOCABULARY, width=32, layers=2, heads=2, max_length=12)
     above, below = enc(["a red circle above a blue square", "a red circle below a blue square"])
     assert (above - below).abs().amax(dim=-1).gt(1e-4).all()
+
+
+def test_words_outside_the_vocabulary_get_one_warning_naming_them():
+    encoder = ShapesTextEncoder(VOCABULARY, width=32, layers=1, heads=2, max_length=20)
+    prompt = "an astronaut riding a red circle, astronaut"
+    with pytest.warns(UnknownWordsWarning) as caught:
+        encoder.tokenize([prompt, prompt])
+    assert len(caught) == 1
+    assert "does not know 'astronaut', 'riding': ignored" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.tokenize([prompt, "a red circle above a blue square", ""])  # seen before, or all known
