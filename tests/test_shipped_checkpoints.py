@@ -2,6 +2,7 @@
 they stay under the size budget, every script runs on its default model with no model flag, and
 the default text-to-image model draws what it is asked for (end to end on CPU, 20 DPM-Solver
 steps, seeded)."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_a_prompt_with_words_the_shipped_model_does_not_know_gets_one_warning_li
     run = run_script("txt2img.py", "--prompt", "an astronaut riding a red circle", "--n_samples", "2", "--n_iter",
                      "2", "--steps", "2", "--outdir", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
-    warnings = [line for line in run.stderr.splitlines() if "warning:" in line]
+    warnings = [line for line in re.split(r"[\r\n]", run.stderr) if "warning:" in line]
     assert warnings == ["txt2img.py: warning: the shapes text encoder does not know 'astronaut', 'riding': ignored "
                         "(read as 'unknown') in 'an astronaut riding a red circle'; it knows colours, shapes, sizes "
                         "and relations, e.g. 'a red circle above a blue square'"]

@@ -8,6 +8,7 @@ import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from ldm.inference.errors import RunInterrupted, UsageError
 from ldm.models.diffusion.samplers import describe_samplers
@@ -174,7 +175,7 @@ def _is_out_of_memory(err: RuntimeError) -> bool:
 def _one_line_warning(prog: str) -> Callable[..., None]:
     """Warnings as the scripts' errors look: ``<prog>: warning: <message>`` on one line of stderr."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"{prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        tqdm.write(f"{prog}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
     return show
 
 
