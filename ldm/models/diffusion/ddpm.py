@@ -232,6 +232,26 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
                 self._buffers[name] = before.to(after.device)
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint saved in float16/bfloat16 holds the schedule rounded to that precision
+        (``alphas_cumprod`` of a cosine schedule underflows to 0 in float16, and every sampler
+        then divides by it). Where the stored buffer is the config's schedule at that precision,
+        keep the float32 values computed from the config; a schedule that differs is loaded as
+        stored."""
+        narrow = (torch.float16, torch.bfloat16)
+        computed = {}
+        for name in getattr(self, "_schedule_buffer_names", ()):
+            stored, own = state_dict.get(prefix + name), self._buffers.get(name)
+            if (isinstance(stored, torch.Tensor) and stored.dtype in narrow and own is not None
+                    and own.dtype == torch.float32 and stored.shape == own.shape
+                    and torch.equal(own.to(stored.dtype).cpu(), stored.cpu())):
+                computed[name] = own.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name, values in computed.items():
+            self._buffers[name] = values.to(self._buffers[name].device)
+
     def _lvlb_weights(self, arrays: Dict[str, np.ndarray]) -> torch.Tensor:
         """Per-step weights of the variational bound, computed (on the host) in float32 from the
         float32 buffers, as the original does; step 0 (infinite for eps) copies step 1."""

@@ -502,3 +502,24 @@ def test_half_precision_casts_keep_the_noise_schedule_in_float32(dtype):
     assert (1 - model.alphas_cumprod).min() > 0  # rounded to bfloat16 it would be 0 at t = 0
     model = model.double()
     assert model.alphas_cumprod.dtype == torch.float64  # wider casts are not held back
+
+
+def test_a_half_precision_checkpoint_keeps_the_configs_float32_schedule():
+    """A cosine schedule's alphas_cumprod underflows to 0 in float16 (every sampler then divides by
+    it): the schedule of an fp16 copy of a checkpoint comes out as the config computes it."""
+    model = schedule_only_ddpm(beta_schedule="cosine")
+    half = {key: value.half() if value.is_floating_point() else value for key, value in model.state_dict().items()}
+    assert (half["alphas_cumprod"] == 0).any()
+    loaded = schedule_only_ddpm(beta_schedule="cosine")
+    loaded.load_state_dict(half)
+    for name in ("alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1", "betas"):
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    assert torch.isfinite(loaded.sqrt_recip_alphas_cumprod).all()
+
+
+def test_a_half_precision_schedule_that_differs_from_the_config_is_loaded_as_stored():
+    other = schedule_only_ddpm(linear_start=0.00085, linear_end=0.012)
+    half = {key: value.half() if value.is_floating_point() else value for key, value in other.state_dict().items()}
+    loaded = schedule_only_ddpm()  # linear 1e-4 .. 2e-2: not the stored schedule
+    loaded.load_state_dict(half)
+    assert torch.equal(loaded.betas, half["betas"].float())
