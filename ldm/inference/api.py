@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -38,7 +39,7 @@ from ldm.inference.loading import (
     read_config,
     read_model_spec,
 )
-from ldm.inference.optimizations import apply_runtime_options
+from ldm.inference.optimizations import apply_runtime_options, check_runtime_options
 from ldm.inference.parameters import GenerationParameters
 from ldm.inference.parsers import TASK_NAMES, check_option_type, default_options, default_prompt
 from ldm.inference.pipeline import (
@@ -98,6 +99,11 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
     """Check every option and read every input of a request, before any sampling (and, for the
     scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
     check_positive(opt, "steps", "n_samples", "n_iter", "repeat")
+    if getattr(opt, "n_rows", 0) < 0:
+        raise UsageError(f"--n_rows must be 0 (one row per batch) or more, got {opt.n_rows}")
+    if opt.repeat != 1 and opt.from_file is None and not isinstance(opt.prompt, (list, tuple)):
+        warnings.warn(f"--repeat {opt.repeat} applies to the prompts of --from-file only; ignored", UserWarning,
+                      stacklevel=2)
     check_sampling_numbers(opt.scale, opt.ddim_eta)
     if opt.prompt is None and opt.from_file is None:
         opt.prompt = default_prompt(task_name, opt.ckpt)
@@ -131,6 +137,7 @@ class Pipeline:
         """Load the model that ``opt.config``/``opt.ckpt`` name (the task's shipped model when both
         are None) with the load settings of ``opt``."""
         settings = copy.copy(opt)
+        check_runtime_options(settings)
         settings.config, settings.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
         config = read_config(settings.config)
         spec = read_model_spec(config, settings.config)

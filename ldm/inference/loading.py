@@ -144,6 +144,8 @@ class ModelSpec:
 def read_config(path: str) -> DictConfig:
     """Load a YAML config; a missing, unreadable or model-less file is a UsageError."""
     resolved = in_cwd_or_repository(path)
+    if Path(resolved).is_dir():
+        raise UsageError(f"--config: {path} is a folder; pass the YAML file")
     if not Path(resolved).is_file():
         raise UsageError(f"--config: file not found: {path}")
     try:

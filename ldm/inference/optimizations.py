@@ -11,6 +11,13 @@ from ldm.inference.errors import UsageError
 from ldm.modules.attention import set_attention_slicing
 
 
+def check_runtime_options(opt: argparse.Namespace) -> None:
+    """Refuse a bad ``--attention-slicing`` before the model is loaded."""
+    rows = opt.attention_slicing
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise UsageError(f"--attention-slicing must be a positive number of query rows, got {rows!r}")
+
+
 def apply_runtime_options(model: torch.nn.Module, opt: argparse.Namespace) -> None:
     """Apply ``--attention-slicing``, ``--vae-tiling`` and ``--compile`` to a loaded model."""
     set_attention_slicing(model, opt.attention_slicing)

@@ -110,6 +110,11 @@ def _cases(models, inputs):
          r"--config: .*wrong_type\.yaml: model\.params\.image_size must be a whole number, got 'abc'"),
         ("txt2img.py", ["--config", _unbuildable_config(models, inputs), "--ckpt", str(models["txt2img"].ckpt)],
          r"--config: .*unbuildable\.yaml does not build a model \(TypeError: "),
+        ("txt2img.py", ["--config", str(inputs), "--ckpt", str(models["txt2img"].ckpt)],
+         r"--config: .*inputs is a folder; pass the YAML file"),
+        ("txt2img.py", [*txt, "--attention-slicing", "0"], r"--attention-slicing must be a positive number of "
+                                                           r"query rows, got 0"),
+        ("txt2img.py", [*txt, "--n_rows", "-1"], r"--n_rows must be 0 \(one row per batch\) or more, got -1"),
         ("txt2img.py", [*txt, "--scale", "nan"], r"--scale must be a finite number, got nan"),
         ("txt2img.py", [*txt, "--scale", "inf"], r"--scale must be a finite number, got inf"),
         ("txt2img.py", [*txt, "--ddim_eta", "nan"], r"--ddim_eta must be a finite number >= 0, got nan"),
