@@ -1,19 +1,26 @@
-"""The one checkpoint reader and writer: ``.safetensors`` and ``.ckpt``/``.pt``/``.pth``/``.bin``
-files, with or without the original ``state_dict`` wrapper, read safely (no code runs, a bad
-file is a :class:`~ldm.util.errors.CheckpointError` with a one-line reason)."""
+"""The one checkpoint reader and writer: ``.safetensors`` and torch ``.ckpt``/``.pt``/``.pth``/``.bin``
+files, with or without the original ``state_dict`` wrapper, told apart by their content, read
+safely: no code runs, nothing is allocated beyond what the file holds, and only plain dense
+tensors of finite numbers come out. A bad file is a :class:`~ldm.util.errors.CheckpointError`
+with a one-line reason (docs/SECURITY.md)."""
 from __future__ import annotations
 
 import os
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ldm.util.atomic_write import write_atomically
+from ldm.util.checkpoint_files import SAFETENSORS, TORCH_ZIP, check_torch_file, not_a_checkpoint, sniff_format
 from ldm.util.errors import CheckpointError, first_line
 from ldm.util.paths import in_cwd_or_repository
 from ldm.util.safe_unpickling import torch_load_safely
+
+# Entries of a bare (unwrapped) checkpoint that are not tensors but metadata.
+_METADATA_KEYS = ("global_step", "epoch")
+_NAMED_AT_MOST = 3
 
 
 def _describe_load_failure(path: str, err: Exception) -> str:
@@ -22,45 +29,92 @@ def _describe_load_failure(path: str, err: Exception) -> str:
         return (f"{path} holds pickled Python objects that are not plain tensors ({blocked.group(1)}); refusing "
                 "to load it (it could run code). Convert it to .safetensors with a trusted tool, or "
                 "re-save only its state_dict.")
-    reason = first_line(err, after="WeightsUnpickler error:")
-    return (f"cannot read checkpoint {path}: the file is corrupted, truncated or not a checkpoint "
-            f"({reason[:120]})")
+    return str(not_a_checkpoint(path, first_line(err, after="WeightsUnpickler error:")))
 
 
-def _load_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _load_safetensors(path: str, data: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The tensors (``data=False``: memory-mapped, not read) and metadata of a safetensors file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(path, framework="pt") as handle:
             raw_meta = handle.metadata() or {}
-        state_dict = load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            state_dict = load_file(path, device="cpu") if data else {k: handle.get_slice(k) for k in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(_describe_load_failure(path, err)) from None
     metadata: Dict[str, Any] = {}
     for key, value in raw_meta.items():
-        metadata[key] = int(value) if key in ("global_step", "epoch") and value.lstrip("-").isdigit() else value
+        metadata[key] = int(value) if key in _METADATA_KEYS and value.lstrip("-").isdigit() else value
     return state_dict, metadata
 
 
-def _load_torch(path: str, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _load_torch(path: str, kind: str, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    check_torch_file(path, kind)
     try:
-        try:
-            obj = torch_load_safely(path, mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            obj = torch_load_safely(path, False)  # legacy (non-zip) files cannot be memory-mapped
+        obj = torch_load_safely(path, mmap and kind == TORCH_ZIP)  # legacy files cannot be memory-mapped
     except Exception as err:  # UnpicklingError, zip errors, EOF, ...: all mean "cannot use this file"
         raise CheckpointError(_describe_load_failure(path, err)) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    metadata = {k: v for k, v in obj.items() if k in ("global_step", "epoch")}
-    state_dict = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
+    metadata = {k: v for k, v in obj.items() if k in _METADATA_KEYS}
+    if isinstance(obj.get("state_dict"), Mapping):
+        state_dict = obj["state_dict"]
+    else:
+        state_dict = {k: v for k, v in obj.items() if k not in _METADATA_KEYS}
+    return dict(state_dict), metadata
+
+
+def _check_tensors(path: str, state_dict: Mapping[Any, Any]) -> None:
+    """Every entry a plain dense CPU tensor of real numbers, no larger than its own data."""
+    if not state_dict:
         raise CheckpointError(f"{path} holds no tensors")
-    return tensors, metadata
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: its state dict has a key that is not a name ({key!r:.60}); refusing it")
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise CheckpointError(f"{path}: state dict entry {key} is a {type(value).__name__}, not a tensor; "
+                                  "refusing to load it")
+        problem = _tensor_problem(value)
+        if problem:
+            raise CheckpointError(f"{path}: {key} is {problem}; refusing to load it (only plain dense tensors "
+                                  "of real numbers are loaded)")
+
+
+def _tensor_problem(value: torch.Tensor) -> Optional[str]:
+    if value.layout != torch.strided:
+        return f"a {str(value.layout).replace('torch.', '').replace('_', ' ')} tensor"
+    if value.is_meta or value.device.type != "cpu":
+        return "a meta tensor (a shape without data)" if value.is_meta else f"a {value.device.type} tensor"
+    if value.is_quantized or value.is_nested:
+        return "a quantized tensor" if value.is_quantized else "a nested tensor"
+    if value.is_complex():
+        return f"a complex tensor ({str(value.dtype).replace('torch.', '')})"
+    if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+        return f"a view of shape {tuple(value.shape)} over only {value.untyped_storage().nbytes()} bytes"
+    if getattr(value, "_backward_hooks", None):
+        return "a tensor with backward hooks"
+    return None
+
+
+def _check_finite(path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite weights up front: they make black or noise images silently."""
+    bad: List[str] = [key for key, value in state_dict.items()
+                      if value.is_floating_point() and not _all_finite(value)]
+    if bad:
+        named = ", ".join(bad[:_NAMED_AT_MOST]) + (f" and {len(bad) - _NAMED_AT_MOST} more" if len(bad) >
+                                                   _NAMED_AT_MOST else "")
+        raise CheckpointError(f"{path} holds NaN or infinite weights in {len(bad)} tensor(s) ({named}); "
+                              "refusing to load it (the images would be black or noise)")
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    if value.numel() == 0:
+        return True
+    if value.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        # One float64 sum: finite exactly when every element is (no float16/32 sum can overflow it).
+        return bool(torch.isfinite(value.sum(dtype=torch.float64)))
+    return bool(torch.isfinite(value.float()).all())
 
 
 def _readable_checkpoint_path(path: str) -> str:
@@ -74,38 +128,33 @@ def _readable_checkpoint_path(path: str) -> str:
 
 
 def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read a ``.safetensors`` or ``.ckpt``/``.pt``/``.pth``/``.bin`` file safely.
+    """Read a safetensors or torch checkpoint safely, whatever its name says it is.
 
     Returns ``(state_dict, metadata)``: the tensors (unwrapped from a ``state_dict`` entry when
     present) and whatever of ``global_step`` / ``epoch`` (or safetensors metadata) the file has.
-    Raises :class:`CheckpointError` with a one-line reason for a missing, corrupted or unsafe file.
+    Raises :class:`CheckpointError` with a one-line reason for a missing, corrupted or unsafe
+    file, one whose state dict holds anything but plain dense real tensors, or NaN/inf weights.
     """
     path = _readable_checkpoint_path(path)
-    if path.endswith(".safetensors"):
-        return _load_safetensors(path)
-    return _load_torch(path)
+    kind = sniff_format(path)
+    state_dict, metadata = _load_safetensors(path) if kind == SAFETENSORS else _load_torch(path, kind)
+    _check_tensors(path, state_dict)
+    _check_finite(path, state_dict)
+    return state_dict, metadata
 
 
 def checkpoint_tensor_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
     """Names and shapes of a checkpoint's tensors, read without loading their data where the
-    format allows (the safetensors header; a ``.ckpt`` memory-mapped), e.g. to tell which config
+    format allows (the safetensors header; a torch zip memory-mapped), e.g. to tell which config
     fits a file before loading it for real. Raises :class:`CheckpointError` as ``load_checkpoint``."""
     path = _readable_checkpoint_path(path)
-    if path.endswith(".safetensors"):
-        return _safetensors_shapes(path)
-    tensors, _ = _load_torch(path, mmap=True)
+    kind = sniff_format(path)
+    if kind == SAFETENSORS:
+        slices, _ = _load_safetensors(path, data=False)
+        return {key: tuple(value.get_shape()) for key, value in slices.items()}
+    tensors, _ = _load_torch(path, kind, mmap=True)
+    _check_tensors(path, tensors)
     return {key: tuple(value.shape) for key, value in tensors.items()}
-
-
-def _safetensors_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(_describe_load_failure(path, err)) from None
 
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
