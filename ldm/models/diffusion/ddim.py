@@ -9,7 +9,13 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.ddim_schedule import DDIMScheduleSampler
-from ldm.models.diffusion.sampling_util import BASIC_OPTIONS, Generator, SamplerCapabilities, randn
+from ldm.models.diffusion.sampling_util import (
+    BASIC_OPTIONS,
+    Generator,
+    SamplerCapabilities,
+    check_finite,
+    randn,
+)
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 
 DDIM_CAPABILITIES = SamplerCapabilities(
@@ -80,7 +86,7 @@ class DDIMSampler(DDIMScheduleSampler):
                verbose: bool = True, generator: Generator = None) -> torch.Tensor:
         """Run the first ``t_start`` DDIM steps backwards from ``x_latent`` (img2img's denoise,
         and the inverse of ``encode``). ``generator`` (one, or one per image) drives the noise of
-        eta > 0 schedules."""
+        eta > 0 schedules. NaN/inf latents raise ``NonFiniteSampleError``."""
         self._require_schedule()
         timesteps = (np.arange(self.ddpm_num_timesteps) if use_original_steps
                      else self.ddim_timesteps)
@@ -98,6 +104,7 @@ class DDIMSampler(DDIMScheduleSampler):
                 x_dec, cond, ts, index=index, use_original_steps=use_original_steps,
                 unconditional_guidance_scale=unconditional_guidance_scale,
                 unconditional_conditioning=unconditional_conditioning, generator=generator)
+            check_finite(x_dec, i + 1, total_steps, self.label)
             if callback:
                 callback(i)
         return x_dec

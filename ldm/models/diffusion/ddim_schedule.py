@@ -17,6 +17,7 @@ from ldm.models.diffusion.sampling_util import (
     Generator,
     Sampler,
     append_dims,
+    check_finite,
     guided_model_output,
     norm_thresholding,
     randn,
@@ -116,7 +117,8 @@ class DDIMScheduleSampler(Sampler):
                       ucg_schedule: Optional[Sequence[float]] = None,
                       generator: Generator = None, verbose: bool = True):
         """The loop from x_T down the grid (``time_range``), one ``grid_step`` per timestep;
-        ``ucg_schedule`` gives the guidance scale of each step. Returns ``(samples,
+        ``ucg_schedule`` gives the guidance scale of each step. A step that leaves NaN/inf in
+        the latents raises ``NonFiniteSampleError``. Returns ``(samples,
         {"x_inter": [...], "pred_x0": [...]})``, logged every ``log_every_t`` steps."""
         self._require_schedule()
         b = shape[0]
@@ -150,6 +152,7 @@ class DDIMScheduleSampler(Sampler):
                 unconditional_guidance_scale=unconditional_guidance_scale,
                 unconditional_conditioning=unconditional_conditioning,
                 dynamic_threshold=dynamic_threshold, generator=generator)
+            check_finite(img, i + 1, total_steps, self.label)
             if callback:
                 callback(i)
             if img_callback:

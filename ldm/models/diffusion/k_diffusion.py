@@ -14,7 +14,14 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from tqdm import trange
 
-from ldm.models.diffusion.sampling_util import BASIC_OPTIONS, Generator, Sampler, SamplerCapabilities, randn
+from ldm.models.diffusion.sampling_util import (
+    BASIC_OPTIONS,
+    Generator,
+    Sampler,
+    SamplerCapabilities,
+    check_finite,
+    randn,
+)
 from ldm.models.diffusion.sigma_schedule import (
     SIGMA_SCHEDULES,
     DiscreteSigmaSchedule,
@@ -194,9 +201,11 @@ class KDiffusionSampler(Sampler):
     """A sigma-space sampler behind the DDIM ``sample(...)`` call:
     ``KDiffusionSampler(model, algorithm="euler", sigma_schedule="default", device=None)``,
     with ``algorithm`` in ``SIGMA_SAMPLERS`` and ``sigma_schedule`` ``default`` (timesteps
-    uniform from N - 1 to 0) or ``karras`` (Karras et al. 2022, eq. 5). ``S`` steps end at
-    sigma = 0. ``sample`` returns ``(samples, {"x_inter": [...], "pred_x0": [...]})`` like DDIM;
-    with ``mask``/``x0`` the prediction is ``x0`` where the mask is 1, so that region ends
+    uniform down to 0) or ``karras`` (Karras et al. 2022, eq. 5), both from
+    ``min(sigma_max, 80)`` (``sigma_schedule``). ``S`` steps end at sigma = 0; a step that
+    leaves NaN/inf in the latents raises ``NonFiniteSampleError``. ``sample`` returns
+    ``(samples, {"x_inter": [...], "pred_x0": [...]})`` like DDIM; with ``mask``/``x0`` the
+    prediction is ``x0`` where the mask is 1, so that region ends
     exactly at ``x0``. DDIM's eta is refused; the ancestral/SDE samplers use eta = 1."""
 
     def __init__(self, model, algorithm: str = "euler", sigma_schedule: str = "default",
@@ -225,6 +234,7 @@ class KDiffusionSampler(Sampler):
         intermediates = {"x_inter": [img], "pred_x0": [img]}
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            check_finite(x, i + 1, S, self.capabilities.name)
             index = S - i - 1
             if index % request.log_every_t == 0 or index == S - 1:
                 intermediates["x_inter"].append(sigma_to_vp_space(x, sigmas[i + 1].to(x)))

@@ -1,7 +1,8 @@
 """Helpers every sampler shares: the sampler contract (``Sampler``, the one ``sample(...)``
 signature, and ``SamplerCapabilities``, what each sampler honours), the one
 classifier-free-guidance wrapper, x0 thresholding, seeded noise draws (one generator per image,
-so results do not depend on the batch size) and the conditioning batch-size check."""
+so results do not depend on the batch size), the conditioning batch-size check and the check
+that stops a run whose latents stopped being finite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,6 +96,24 @@ def warn_on_batch_mismatch(conditioning: Any, batch_size: int) -> None:
     for tensor in tensors:
         if isinstance(tensor, torch.Tensor) and tensor.shape[0] != batch_size:
             print(f"Warning: Got {tensor.shape[0]} conditionings but batch-size is {batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values
+# ---------------------------------------------------------------------------------------------
+class NonFiniteSampleError(ValueError):
+    """Sampling produced NaN or infinite values; the run stops instead of decoding black images."""
+
+
+def check_finite(x: torch.Tensor, step: int, total: int, sampler: str) -> None:
+    """Raise ``NonFiniteSampleError`` when ``x`` (the latents or model output after step
+    ``step``, counted from 1, of ``total``) holds a NaN or an infinity. One reduction per step
+    (AUTOMATIC1111's NaN check does the same)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteSampleError(
+            f"{sampler} sampling produced NaN/inf values at step {step} of {total}; usual causes: "
+            f"float16 overflow (try --precision full, or ATTN_PRECISION=fp32 for attention) or "
+            f"NaN weights in the checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,14 @@ A VP latent x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, divided by sqrt(a_t), is x =
 with sigma_t = sqrt((1 - a_t) / a_t). Samplers then solve dx/dsigma = (x - D(x; sigma)) / sigma
 with the denoiser D built from the network. Between the N discrete timesteps, log(sigma) is
 interpolated linearly in t, so any sigma in [sigma_min, sigma_max] maps to a fractional timestep.
+
+Sampling starts at ``min(sigma_max, SIGMA_MAX_CAP)``, as Karras et al. sample every model
+(sec. 3 and Table 1: sigma_max = 80, or the network's maximum when lower; for the cosine-schedule
+iDDPM model their sampler keeps only the discrete noise levels up to 81). A cosine schedule's
+last timestep sits at sigma ~ 2e4 (its final beta is capped at 0.999); a Heun step from there to
+the next grid point (sigma ~ 10) averages the slope at the far end, where the denoiser has already
+changed, over the whole step, so the change is amplified by (sigma_i - sigma_i+1) / (2 sigma_i+1)
+~ 1e3 and the sample is lost. SD's schedules (sigma_max 14.6) are unaffected by the cap.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import torch
 from ldm.models.diffusion.sampling_util import append_dims, guided_model_output, norm_thresholding
 
 SIGMA_SCHEDULES = ("default", "karras")  # the kinds ``DiscreteSigmaSchedule.get_sigmas`` makes
+SIGMA_MAX_CAP = 80.  # the highest noise level sampling starts from (Karras et al. 2022, sec. 3)
 
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.,
@@ -43,6 +52,11 @@ class DiscreteSigmaSchedule:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
+    @property
+    def sampling_sigma_max(self) -> float:
+        """Where sampling starts: ``min(sigma_max, SIGMA_MAX_CAP)`` (module docstring)."""
+        return min(self.sigma_max, SIGMA_MAX_CAP)
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional timestep whose interpolated log-sigma is log(sigma) (clamped to the
         schedule's range)."""
@@ -64,16 +78,20 @@ class DiscreteSigmaSchedule:
         return ((1 - weight) * log_sigmas[lower] + weight * log_sigmas[lower + 1]).exp()
 
     def get_sigmas(self, n: int, kind: str = "default") -> torch.Tensor:
-        """n + 1 noise levels for n steps, ending at 0. ``default``: timesteps uniform from
-        N - 1 to 0; ``karras``: Karras et al. 2022, eq. 5 with rho = 7 over the model's range."""
+        """n + 1 noise levels for n steps from ``sampling_sigma_max``, ending at 0.
+        ``default``: timesteps uniform from that of ``sampling_sigma_max`` (N - 1 unless
+        capped) to 0; ``karras``: Karras et al. 2022, eq. 5 with rho = 7 from
+        ``sampling_sigma_max`` to sigma_min."""
         if n < 1:
             raise ValueError(f"the number of sampling steps must be at least 1, got {n}")
         if kind == "karras":
-            return get_sigmas_karras(n, self.sigma_min, self.sigma_max,
+            return get_sigmas_karras(n, self.sigma_min, self.sampling_sigma_max,
                                      device=self.sigmas.device, dtype=self.sigmas.dtype)
         if kind == "default":
-            t = torch.linspace(len(self.sigmas) - 1, 0, n, dtype=self.sigmas.dtype,
-                               device=self.sigmas.device)
+            t_start = float(len(self.sigmas) - 1)
+            if self.sigma_max > SIGMA_MAX_CAP:
+                t_start = float(self.sigma_to_t(self.sigmas.new_tensor(SIGMA_MAX_CAP)))
+            t = torch.linspace(t_start, 0, n, dtype=self.sigmas.dtype, device=self.sigmas.device)
             return torch.cat([self.t_to_sigma(t), self.sigmas.new_zeros(1)])
         raise ValueError(f"unknown sigma schedule '{kind}'; "
                          f"expected {' or '.join(repr(k) for k in SIGMA_SCHEDULES)}")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.models.diffusion.sampling_util import NonFiniteSampleError
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
@@ -219,6 +220,25 @@ def test_ddim_decode_runs_the_first_t_start_steps_backwards():
     model.seen_timesteps.clear()
     sampler.decode(torch.randn(1, *SHAPE), None, 10, verbose=False)
     assert [int(t[0]) for t in model.seen_timesteps] == sampler.ddim_timesteps[:10][::-1].tolist()
+
+
+def test_ddim_decode_stops_on_a_nan_from_the_model():
+    """img2img's loop has the same NaN check as sampling: the step is named and the run stops
+    there."""
+    model = GaussianDataModel()
+    sampler = DDIMSampler(model)
+    sampler.make_schedule(20, verbose=False)
+    apply_model, calls = model.apply_model, []
+
+    def nan_from_the_third_call(x, t, c=None):
+        calls.append(t)
+        return apply_model(x, t, c) if len(calls) < 3 else torch.full_like(x, float("nan"))
+
+    model.apply_model = nan_from_the_third_call
+    with pytest.raises(NonFiniteSampleError, match=r"DDIM sampling produced NaN/inf values at "
+                                                   r"step 3 of 10; .*--precision full"):
+        sampler.decode(torch.randn(1, *SHAPE), None, 10, verbose=False)
+    assert len(calls) == 3
 
 
 def test_ddim_decode_with_eta_is_reproducible_per_image_with_generators():

@@ -1,6 +1,7 @@
 """Sigma-space samplers: each deterministic one converges to the exact flow at its order, the
-production configurations (default / Karras sigmas ending at 0) are accurate, the stochastic
-ones sample the right distribution, and KDiffusionSampler keeps the DDIM call."""
+production configurations (default / Karras sigmas ending at 0) are accurate, also on a cosine
+schedule, Heun agrees with diffusers' HeunDiscreteScheduler, the stochastic ones sample the
+right distribution, and KDiffusionSampler keeps the DDIM call."""
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from ldm.models.diffusion.k_diffusion import (
     get_ancestral_step,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
+    sample_heun,
 )
 from ldm.models.diffusion.sigma_schedule import (
     DiscreteSigmaSchedule,
@@ -19,6 +21,7 @@ from ldm.models.diffusion.sigma_schedule import (
     sigma_to_vp_space,
     vp_to_sigma_space,
 )
+from ldm.modules.diffusionmodules.util import make_beta_schedule
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
 
 STEPS = (5, 10, 20, 40)
@@ -98,6 +101,75 @@ def test_production_configurations_reach_the_exact_answer():
         errors = [e for e, _ in results]
         assert errors[3] < errors[1], name
         assert errors[3] < (0.06 if name.startswith("euler") else 0.01), name
+
+
+def cosine_schedule_model(**kwargs) -> GaussianDataModel:
+    """The analytic model on the cosine schedule of the shipped model (sigma_max ~ 2e4: its
+    last beta is capped at 0.999)."""
+    model = GaussianDataModel(interpolation="log_sigma", **kwargs)
+    betas = torch.as_tensor(make_beta_schedule("cosine", 1000), dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1. - betas, 0).to(torch.float32)
+    model.betas = betas
+    model.alphas_cumprod = alphas_cumprod.double()
+    model.alphas_cumprod_prev = torch.cat([torch.ones(1), alphas_cumprod[:-1]]).double()
+    return model
+
+
+@pytest.mark.parametrize("kind", ["default", "karras"])
+def test_heun_converges_on_a_cosine_schedule(kind):
+    """Issue 18: Heun on the v-prediction cosine model. From sigma = 80 (the schedule's cap)
+    both schedules converge to the exact flow at second order."""
+    model = cosine_schedule_model(data_std=1.0, parameterization="v")
+    x_T = torch.randn(2, *SHAPE, dtype=torch.float64)
+    errors = []
+    for n in (10, 20, 50):
+        sampler = KDiffusionSampler(model, "heun", kind)
+        a_start = 1 / (1 + float(sampler.get_sigmas(n)[0]) ** 2)
+        out, _ = sampler.sample(n, 2, SHAPE, None, x_T=x_T, verbose=False)
+        errors.append(relative_error(out, model.exact_flow(x_T, a_start, 1.0)))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[1] < 0.05 and errors[2] < 0.006
+    assert fitted_order((20, 50), errors[1:]) > 1.8
+
+
+def test_heun_from_the_uncapped_top_of_a_cosine_schedule_is_lost():
+    """Why the sigma schedules start at sigma = 80: a Heun step from the cosine schedule's last
+    timestep (sigma ~ 2e4) to the next grid point amplifies the change of the denoiser over the
+    step by about (sigma_i - sigma_i+1) / (2 sigma_i+1); even 50 steps stay far off."""
+    model = cosine_schedule_model(data_std=1.0, parameterization="v")
+    schedule = DiscreteSigmaSchedule(model.alphas_cumprod)
+    x_T = torch.randn(2, *SHAPE, dtype=torch.float64)
+    for n, lost in ((10, 10.), (50, 0.2)):
+        t = torch.linspace(999, 0, n, dtype=torch.float64)
+        uncapped = torch.cat([schedule.t_to_sigma(t), t.new_zeros(1)])
+        assert float(uncapped[0]) > 2e4
+        error, _ = flow_error(model, sample_heun, uncapped, x_T)
+        capped, _ = flow_error(model, sample_heun, schedule.get_sigmas(n), x_T)
+        assert error > lost > 10 * capped
+
+
+@pytest.mark.parametrize("kind", ["default", "karras"])
+def test_heun_matches_diffusers_heun_discrete_scheduler(kind):
+    """The same v model, noise levels and start noise: diffusers' Heun (``linspace`` timesteps,
+    or Karras sigmas) and ours agree to float32 rounding. SD's schedule (sigma_max 14.6 < 80)
+    makes both define the same noise levels; 10 steps put the timesteps on integers."""
+    import diffusers
+
+    model = GaussianDataModel(data_std=1.0, parameterization="v", interpolation="log_sigma")
+    x_T = torch.randn(2, *SHAPE, dtype=torch.float64)
+    ours, _ = KDiffusionSampler(model, "heun", kind).sample(10, 2, SHAPE, None, x_T=x_T,
+                                                           verbose=False)
+    scheduler = diffusers.HeunDiscreteScheduler(
+        num_train_timesteps=1000, trained_betas=model.betas.float().numpy(),
+        prediction_type="v_prediction", timestep_spacing="linspace",
+        use_karras_sigmas=kind == "karras")
+    scheduler.set_timesteps(10)
+    x = vp_to_sigma_space(x_T, scheduler.sigmas[0].double())  # DDIM's meaning of x_T, as ours
+    for t in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        x = scheduler.step(model.apply_model(x_in, t.double().expand(2)), t, x).prev_sample
+    assert len(scheduler.timesteps) == 19  # 2 evaluations per step, 1 for the last
+    assert torch.allclose(ours, x, rtol=0, atol=1e-5 * float(x.abs().max()))
 
 
 def _sample_std_ratio(name, steps, data_std=2.0):

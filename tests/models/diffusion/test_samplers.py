@@ -1,11 +1,14 @@
 """The sampler registry, and what every sampler guarantees through the same ``sample(...)``
 call: guidance batches [uncond, cond] for tensor, list and dict conditionings, scale 1 is the
-conditional model, and a batch of N equals N single runs with one generator per image."""
+conditional model, a batch of N equals N single runs with one generator per image, and a NaN
+from the model stops the run with ``NonFiniteSampleError``."""
+import re
+
 import pytest
 import torch
 
 from ldm.models.diffusion import samplers
-from ldm.models.diffusion.sampling_util import randn
+from ldm.models.diffusion.sampling_util import NonFiniteSampleError, randn
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel
 
 SHAPE = (4, 4, 4)
@@ -118,3 +121,36 @@ def test_get_sampler_places_the_sampler_on_the_requested_device():
     for name in NAMES:
         assert samplers.get_sampler(name, model).device == torch.device("cpu")
         assert samplers.get_sampler(name, model, device="meta").device == torch.device("meta")
+
+
+class NaNFromCall:
+    """Wraps a model's ``apply_model`` so that call number ``first_bad`` (counted from 1) and
+    every later one return NaN, as an fp16 overflow would."""
+
+    def __init__(self, model, first_bad: int):
+        self.apply_model, self.first_bad, self.calls = model.apply_model, first_bad, 0
+        model.apply_model = self
+
+    def __call__(self, x, t, cond=None):
+        self.calls += 1
+        out = self.apply_model(x, t, cond)
+        return out if self.calls < self.first_bad else torch.full_like(out, float("nan"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_from_the_model_stops_every_sampler_at_that_step(name):
+    """NaN from the 4th model evaluation on: the run raises within a step of it, naming the
+    step and the usual causes, instead of returning NaN latents (black images)."""
+    model = _model(name)
+    spy = NaNFromCall(model, first_bad=4)
+    with pytest.raises(NonFiniteSampleError) as raised:
+        _sample(name, model, 2, None, [1, 2])
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "--precision full" in message and "ATTN_PRECISION" in message
+    assert "NaN weights in the checkpoint" in message
+    step, total = map(int, re.search(r"NaN/inf values at step (\d+) of (\d+)", message).groups())
+    assert 2 <= step <= 4  # heun and PLMS's first step take two evaluations
+    assert total == (7 if name in ("ddim", "plms") else 6)  # the original grid's quirk for S = 6
+    assert spy.calls <= 5  # stopped at once: no evaluation after the step that produced NaN
+    assert isinstance(raised.value, ValueError)

@@ -1,15 +1,17 @@
 """The sigma view of a discrete model: sigma <-> timestep maps, the Karras and default noise
-levels, and the denoiser built from eps, v and x0 models."""
+levels (from at most sigma = 80), and the denoiser built from eps, v and x0 models."""
 import pytest
 import torch
 
 from ldm.models.diffusion.sigma_schedule import (
+    SIGMA_MAX_CAP,
     DiscreteSigmaSchedule,
     ModelDenoiser,
     get_sigmas_karras,
     sigma_to_vp_space,
     vp_to_sigma_space,
 )
+from ldm.modules.diffusionmodules.util import make_beta_schedule
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, linear_alphas_cumprod
 
 
@@ -55,6 +57,31 @@ def test_karras_sigmas_follow_eq5_with_rho_7(schedule):
     assert torch.allclose(steps[1:] - steps[:-1], (steps[1] - steps[0]).expand(7), atol=1e-9)
     assert torch.allclose(get_sigmas_karras(8, schedule.sigma_min, schedule.sigma_max,
                                             dtype=torch.float64), sigmas)
+
+
+def test_sd_schedules_start_sampling_at_their_own_sigma_max(schedule):
+    assert schedule.sigma_max < SIGMA_MAX_CAP
+    assert schedule.sampling_sigma_max == schedule.sigma_max
+
+
+@pytest.mark.parametrize("n", [1, 10, 20])
+def test_sampling_starts_at_sigma_80_when_the_schedule_goes_higher(n):
+    """The cosine schedule's last timestep has sigma ~ 2e4 (Karras et al. 2022 start every
+    model at sigma <= 80): the default levels are uniform in timestep from the timestep of
+    sigma = 80, the Karras levels run from 80 down to sigma_min."""
+    betas = torch.as_tensor(make_beta_schedule("cosine", 1000), dtype=torch.float64)
+    cosine = DiscreteSigmaSchedule(torch.cumprod(1 - betas, 0))
+    assert cosine.sigma_max > 2e4 and SIGMA_MAX_CAP == 80. == cosine.sampling_sigma_max
+    default, karras = cosine.get_sigmas(n), cosine.get_sigmas(n, "karras")
+    assert float(default[0]) == pytest.approx(80., rel=1e-9) and float(karras[0]) == 80.
+    assert float(default[-1]) == float(karras[-1]) == 0.
+    t_80 = float(cosine.sigma_to_t(torch.tensor(80., dtype=torch.float64)))
+    assert 990 < t_80 < 991
+    assert torch.allclose(cosine.sigma_to_t(default[:-1]),
+                          torch.linspace(t_80, 0, n, dtype=torch.float64), atol=1e-8)
+    if n > 1:
+        assert float(default[-2]) == pytest.approx(cosine.sigma_min, rel=1e-12)
+        assert float(karras[-2]) == pytest.approx(cosine.sigma_min, rel=1e-12)
 
 
 def test_bad_schedule_requests_are_refused(schedule):

@@ -10,7 +10,7 @@ from typing import Tuple
 import torch
 from tqdm import tqdm
 
-from ldm.models.diffusion.sampling_util import Sampler, SamplerCapabilities, randn
+from ldm.models.diffusion.sampling_util import Sampler, SamplerCapabilities, check_finite, randn
 
 from .dpm_solver import DPM_Solver
 from .model_wrapper import model_wrapper
@@ -29,7 +29,8 @@ DPM_CAPABILITIES = SamplerCapabilities(
 
 class DPMSolverSampler(Sampler):
     """``DPMSolverSampler(model, device=None)``; ``sample`` returns ``(samples, None)`` after
-    ``S`` model evaluations, calling ``callback(i)`` after evaluation i (one per step)."""
+    ``S`` model evaluations, calling ``callback(i)`` after evaluation i (one per step). A model
+    output with NaN/inf raises ``NonFiniteSampleError``."""
 
     capabilities = DPM_CAPABILITIES
 
@@ -50,9 +51,11 @@ class DPMSolverSampler(Sampler):
 
         def apply_model(x, t, c=None):
             out = self.model.apply_model(x, t, c)
+            evaluation = next(evaluations)
+            check_finite(out, evaluation + 1, S, "DPM-Solver")
             progress.update(1)
             if request.callback:
-                request.callback(next(evaluations))
+                request.callback(evaluation)
             return out
 
         ns = NoiseScheduleVP("discrete", alphas_cumprod=self.alphas_cumprod)
