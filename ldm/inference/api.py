@@ -53,7 +53,7 @@ from ldm.inference.pipeline import (
 from ldm.inference.precision import autocast_dtype, precision_scope
 from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler
 from ldm.inference.tasks import TASKS, Task
-from ldm.models.diffusion.seeding import ImageNoise, seed_global_generators
+from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import pick_device
 
 # Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
@@ -198,7 +198,6 @@ class Pipeline:
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
-                seed_global_generators(batch.seeds[0])
                 images = run.task.generate(self.model, sampler.sampler, batch, ImageNoise(batch.seeds, self.device))
                 yield batch, images.cpu(), [describe(p, s) for p, s in zip(batch.prompts, batch.seeds)]
 

@@ -163,3 +163,15 @@ def test_a_keyword_of_the_wrong_type_is_the_scripts_one_line_error(pipes):
         pipes["txt2img"]("a cat", steps="abc")
     with pytest.raises(UsageError, match=r"^--scale must be a number, got '7'$"):
         pipes["txt2img"]("a cat", scale="7")
+
+
+def test_generating_leaves_the_global_random_generators_alone(pipes):
+    """Every draw comes from the images' own generators: a call neither reseeds nor advances
+    torch's global generator (no process-wide side effect)."""
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    pipes["img2img"]("a red circle", image=np.zeros((32, 32, 3), dtype=np.uint8), steps=4, eta=0.5, n=2)
+    assert torch.equal(torch.rand(3), expected)

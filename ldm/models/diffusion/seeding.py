@@ -8,24 +8,14 @@ the same generators. CPU generators also make the noise the same on CUDA, MPS an
 """
 from __future__ import annotations
 
-import random
 from typing import List, Sequence
 
-import numpy as np
 import torch
 
 
 def image_seeds(base_seed: int, first_index: int, count: int) -> List[int]:
     """Seeds of images ``first_index .. first_index + count - 1`` of a run."""
     return [base_seed + first_index + offset for offset in range(count)]
-
-
-def seed_global_generators(seed: int) -> None:
-    """Seed Python, NumPy and torch's global generators (as the originals' ``seed_everything``),
-    for anything random that does not take a generator."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class ImageNoise:
