@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -18,10 +18,13 @@ from ldm.inference.errors import UsageError
 from ldm.util import (
     CheckpointError,
     CheckpointMismatchError,
+    UntrustedConfigError,
+    check_untrusted_yaml,
     checkpoint_tensor_shapes,
     first_line,
     in_cwd_or_repository,
     load_model_from_config,
+    non_model_targets,
 )
 
 SD_CONFIGS = "configs/stable-diffusion"
@@ -69,8 +72,21 @@ def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) ->
         raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file that fits --config)")
     if config is None:
         config = config_for_checkpoint(ckpt)
-        print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
+        if _is_untrusted(config):
+            print(f"--config not given: using {config}, found beside {ckpt}; as you did not name it, it may "
+                  "build only ldm model classes", file=sys.stderr)
+        else:
+            print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
     return config, ckpt
+
+
+# Configs picked beside a checkpoint (resolved paths): the user did not name them, so they are
+# untrusted (docs/SECURITY.md) wherever they are loaded later in this process.
+_UNTRUSTED_CONFIGS: Set[Path] = set()
+
+
+def _is_untrusted(config_path: str) -> bool:
+    return Path(in_cwd_or_repository(config_path)).resolve() in _UNTRUSTED_CONFIGS
 
 
 def _same_file(path: str, other: str) -> bool:
@@ -82,6 +98,11 @@ def config_for_checkpoint(ckpt: str) -> str:
     shipped models and of most web UIs), else the original SD config its UNet layout fits."""
     beside = Path(ckpt).with_suffix(".yaml")
     if beside.is_file():
+        try:
+            check_untrusted_yaml(str(beside))
+        except UntrustedConfigError as err:
+            raise UsageError(f"--config not given and the config beside {ckpt} is refused: {err}") from None
+        _UNTRUSTED_CONFIGS.add(beside.resolve())
         return str(beside)
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
@@ -229,8 +250,16 @@ def load_model(config: DictConfig, config_path: str, ckpt: Optional[str], device
                          "that fits --config)")
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
+    untrusted = _is_untrusted(config_path)
     try:
-        model = load_model_from_config(config, ckpt, device=device, verbose=False, ema=ema)
+        outside = [] if untrusted else non_model_targets(config.model)
+        if outside:
+            print(f"note: {config_path} builds {', '.join(outside[:3])}, outside ldm's model classes; it runs "
+                  "as your own code because you named it", file=sys.stderr)
+        model = load_model_from_config(config, ckpt, device=device, verbose=False, ema=ema,
+                                       untrusted_source=f"{config_path} (found beside {ckpt})" if untrusted else None)
+    except UntrustedConfigError as err:
+        raise UsageError(f"--config: {err}") from None
     except CheckpointMismatchError as err:
         hint = config_hint(ckpt, read_model_spec(config))
         raise UsageError(f"{ckpt} does not fit {config_path}: {err}" + (f". {hint}" if hint else "")) from None

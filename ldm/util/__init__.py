@@ -5,21 +5,34 @@ lives in its own module:
 
 * :mod:`ldm.util.helpers`: ``exists``, ``default``, ``ismap``, ``isimage``, ``mean_flat``, ``count_params``
 * :mod:`ldm.util.images`: ``make_grid``, ``log_txt_as_img`` (images made for viewing)
-* :mod:`ldm.util.config`: ``get_obj_from_str``, ``instantiate_from_config``
+* :mod:`ldm.util.config`: ``get_obj_from_str``, ``instantiate_from_config``; what a config the user did
+  not name may build (``is_model_target``, ``non_model_targets``, ``only_model_targets``,
+  ``check_untrusted_yaml``)
 * :mod:`ldm.util.paths`: ``REPOSITORY_ROOT``, ``in_cwd_or_repository``
 * :mod:`ldm.util.atomic_write`: ``write_atomically``
-* :mod:`ldm.util.errors`: ``CheckpointError``, ``CheckpointMismatchError``, ``first_line``
-* :mod:`ldm.util.safe_unpickling`: what ``torch.load(weights_only=True)`` may meet in released files
+* :mod:`ldm.util.errors`: ``CheckpointError``, ``CheckpointMismatchError``, ``UntrustedConfigError``,
+  ``first_line``
+* :mod:`ldm.util.pickle_scan`, :mod:`ldm.util.safe_unpickling`, :mod:`ldm.util.checkpoint_files`: a
+  checkpoint's format by content, its structure and pickle checked before torch reads it
+  (docs/SECURITY.md)
 * :mod:`ldm.util.checkpoints`: ``load_checkpoint``, ``save_checkpoint``, ``checkpoint_tensor_shapes``
-* :mod:`ldm.util.state_dicts`: ``compare_state_dict``, ``load_state_dict_checked``, ``select_ema_weights``
+* :mod:`ldm.util.state_dicts`: ``compare_state_dict``, ``fit_state_dict``, ``load_state_dict_checked``,
+  ``select_ema_weights``
 * :mod:`ldm.util.devices`: ``pick_device``
 * :mod:`ldm.util.model_loading`: ``load_model_from_config``
 """
 from ldm.util.atomic_write import write_atomically
 from ldm.util.checkpoints import checkpoint_tensor_shapes, load_checkpoint, save_checkpoint
-from ldm.util.config import get_obj_from_str, instantiate_from_config
+from ldm.util.config import (
+    check_untrusted_yaml,
+    get_obj_from_str,
+    instantiate_from_config,
+    is_model_target,
+    non_model_targets,
+    only_model_targets,
+)
 from ldm.util.devices import pick_device
-from ldm.util.errors import CheckpointError, CheckpointMismatchError, first_line
+from ldm.util.errors import CheckpointError, CheckpointMismatchError, UntrustedConfigError, first_line
 from ldm.util.helpers import count_params, default, exists, isimage, ismap, mean_flat
 from ldm.util.images import log_txt_as_img, make_grid
 from ldm.util.model_loading import load_model_from_config
@@ -27,6 +40,7 @@ from ldm.util.paths import REPOSITORY_ROOT, in_cwd_or_repository
 from ldm.util.state_dicts import (
                                   StateDictReport,
                                   compare_state_dict,
+                                  fit_state_dict,
                                   load_state_dict_checked,
                                   select_ema_weights,
                                   upgrade_legacy_keys,
@@ -38,4 +52,6 @@ __all__ = [
     "CheckpointError", "CheckpointMismatchError", "first_line", "load_checkpoint", "save_checkpoint",
     "checkpoint_tensor_shapes", "StateDictReport", "compare_state_dict", "upgrade_legacy_keys",
     "select_ema_weights", "load_state_dict_checked", "pick_device", "load_model_from_config",
+    "UntrustedConfigError", "fit_state_dict", "is_model_target", "non_model_targets", "only_model_targets",
+    "check_untrusted_yaml",
 ]

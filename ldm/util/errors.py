@@ -14,6 +14,11 @@ class CheckpointMismatchError(CheckpointError):
     unused or mis-shaped tensors); the message names them per model component."""
 
 
+class UntrustedConfigError(ValueError):
+    """A config the user did not name (found beside a checkpoint) asks for something only a
+    trusted config may: building a class outside ldm's models, or a file too large to read."""
+
+
 def first_line(err: BaseException, after: Optional[str] = None) -> str:
     """The first line of ``err``'s message (of the part after ``after``, when the message holds
     it), or the exception's type name when the message is empty."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Tuple
 
 import torch
 import torch.nn as nn
@@ -56,17 +56,19 @@ class StateDictReport:
     missing: Dict[str, List[str]] = field(default_factory=lambda: defaultdict(list))
     unexpected: Dict[str, List[str]] = field(default_factory=lambda: defaultdict(list))
     mismatched: Dict[str, List[str]] = field(default_factory=lambda: defaultdict(list))
+    wrong_type: Dict[str, List[str]] = field(default_factory=lambda: defaultdict(list))
     skipped: Dict[str, List[str]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_type)
 
     def lines(self) -> List[str]:
         out = []
         for title, groups in (("missing from the checkpoint", self.missing),
                               ("not used by the model", self.unexpected),
-                              ("of the wrong shape", self.mismatched)):
+                              ("of the wrong shape", self.mismatched),
+                              ("of a non-float type where the model has float weights", self.wrong_type)):
             for component, keys in groups.items():
                 out.append(f"{component}: {len(keys)} tensors {title} (e.g. {keys[0]})")
         for reason, keys in self.skipped.items():
@@ -96,12 +98,15 @@ def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         elif tuple(expected[key].shape) != tuple(value.shape):
             report.mismatched[_component_of(key)].append(
                 f"{key} {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+        elif expected[key].is_floating_point() and not value.is_floating_point():
+            report.wrong_type[_component_of(key)].append(f"{key} {str(value.dtype).replace('torch.', '')}")
     for key in expected:
         if key not in state_dict and not key.endswith(_BENIGN_SUFFIXES) and not key.startswith(preloaded_prefixes):
             report.missing[_component_of(key)].append(key)
     report.missing = dict(report.missing)
     report.unexpected = dict(report.unexpected)
     report.mismatched = dict(report.mismatched)
+    report.wrong_type = dict(report.wrong_type)
     report.skipped = dict(report.skipped)
     return report
 
@@ -123,22 +128,40 @@ def select_ema_weights(state_dict: Mapping[str, torch.Tensor], model: nn.Module)
     return out
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                            strict: bool = True, verbose: bool = True) -> StateDictReport:
-    """Load ``state_dict`` into ``model`` after comparing layouts; with ``strict`` a mismatch
-    raises :class:`~ldm.util.errors.CheckpointMismatchError` naming it per component."""
+def fit_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                   strict: bool = True) -> Tuple[Dict[str, torch.Tensor], StateDictReport]:
+    """``state_dict`` with legacy keys renamed for ``model``, and how it fits: by key, shape and
+    kind of number (float weights only where the model has floats; integer buffers such as
+    position ids may stay integer). ``model`` may live on the meta device: only its layout is read.
+    With ``strict`` a mismatch raises :class:`~ldm.util.errors.CheckpointMismatchError` naming it
+    per component."""
     skip = getattr(model, "checkpoint_skip_prefixes", lambda: {})()
     preloaded = getattr(model, "preloaded_prefixes", lambda: ())()
     state_dict = upgrade_legacy_keys(state_dict, model.state_dict().keys())
     report = compare_state_dict(model, state_dict, skip, preloaded)
+    if strict and not report.ok:
+        raise _mismatch_error(report)
+    return state_dict, report
+
+
+def _mismatch_error(report: StateDictReport) -> CheckpointMismatchError:
+    return CheckpointMismatchError("the checkpoint does not fit the config: " + "; ".join(
+        line for line in report.lines() if not line.startswith("skipped")))
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                            strict: bool = True, verbose: bool = True) -> StateDictReport:
+    """Load ``state_dict`` into ``model`` after comparing layouts (:func:`fit_state_dict`); with
+    ``strict`` a mismatch raises :class:`~ldm.util.errors.CheckpointMismatchError`."""
+    state_dict, report = fit_state_dict(model, state_dict, strict=False)
     if verbose:
         for line in report.lines():
             print(line)
     if strict and not report.ok:
-        raise CheckpointMismatchError("the checkpoint does not fit the config: " + "; ".join(
-            line for line in report.lines() if not line.startswith("skipped")))
+        raise _mismatch_error(report)
     expected = model.state_dict()
     usable = {k: v for k, v in state_dict.items()
-              if k in expected and tuple(expected[k].shape) == tuple(v.shape)}
+              if k in expected and tuple(expected[k].shape) == tuple(v.shape)
+              and not (expected[k].is_floating_point() and not v.is_floating_point())}
     model.load_state_dict(usable, strict=False)
     return report
