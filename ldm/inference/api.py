@@ -95,16 +95,21 @@ class Run:
         return sum(len(batch) for batch in self.batches)
 
 
-def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
-    """Check every option and read every input of a request, before any sampling (and, for the
-    scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
+def check_counts_and_numbers(opt: argparse.Namespace) -> None:
+    """The options that need no model and no input file: counts, guidance scale, eta."""
     check_positive(opt, "steps", "n_samples", "n_iter", "repeat")
     if getattr(opt, "n_rows", 0) < 0:
         raise UsageError(f"--n_rows must be 0 (one row per batch) or more, got {opt.n_rows}")
     if opt.repeat != 1 and opt.from_file is None and not isinstance(opt.prompt, (list, tuple)):
         warnings.warn(f"--repeat {opt.repeat} applies to the prompts of --from-file only; ignored", UserWarning,
-                      stacklevel=2)
+                      stacklevel=3)
     check_sampling_numbers(opt.scale, opt.ddim_eta)
+
+
+def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
+    """Check every option and read every input of a request, before any sampling (and, for the
+    scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
+    check_counts_and_numbers(opt)
     if opt.prompt is None and opt.from_file is None:
         opt.prompt = default_prompt(task_name, opt.ckpt)
     task = TASKS[task_name](opt, spec)
