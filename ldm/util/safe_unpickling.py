@@ -139,6 +139,9 @@ class _DroppedNumpyArray:
     def __setstate__(self, state: Any) -> None:
         pass
 
+    def __iter__(self):
+        raise ValueError("a numpy array used as a value (numpy arrays are not loaded from checkpoints)")
+
 
 def _dropped_numpy_array(*args: Any) -> _DroppedNumpyArray:
     """``numpy.core.multiarray._reconstruct(ndarray, shape, dtype)`` without building anything."""
