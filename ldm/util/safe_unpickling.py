@@ -159,7 +159,12 @@ def _stand_ins() -> list:
 
 def torch_load_safely(path: str, mmap: bool) -> Any:
     """``torch.load(path)`` onto the CPU with ``weights_only=True`` and our inert stand-ins. Call it
-    only on a file :func:`ldm.util.checkpoint_files.check_torch_file` has accepted."""
+    only on a file :func:`ldm.util.checkpoint_files.check_torch_file` has accepted. torch picks the
+    safetensors reader for a path named ``*.safetensors``: such a (misnamed) torch file is read
+    through an open handle instead, without a memory map."""
     with torch.serialization.safe_globals(_stand_ins()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "pickle protocol N" notes on odd files
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if mmap and not str(path).endswith(".safetensors"):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True, mmap=False)

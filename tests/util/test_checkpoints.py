@@ -1,0 +1,98 @@
+"""ldm/util/checkpoints.py on mistaken (not hostile) files (issue 18): the format is told by the
+content, not the name; NaN/inf weights, complex and non-float weights are one line up front."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ldm.util import (
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_tensor_shapes,
+    compare_state_dict,
+    load_checkpoint,
+    load_state_dict_checked,
+)
+from ldm.util.checkpoint_files import SAFETENSORS, TORCH_LEGACY, TORCH_ZIP, sniff_format
+
+
+def _weights():
+    return {"model.diffusion_model.weight": torch.randn(3, 3), "model.diffusion_model.bias": torch.randn(3)}
+
+
+@pytest.mark.parametrize("name, write, kind", [
+    ("model.ckpt", lambda sd, p: save_file(sd, p), SAFETENSORS),         # a safetensors file named .ckpt
+    ("model.safetensors", lambda sd, p: torch.save({"state_dict": sd}, p), TORCH_ZIP),
+    ("model.bin", lambda sd, p: torch.save(sd, p, _use_new_zipfile_serialization=False), TORCH_LEGACY),
+    ("model", lambda sd, p: save_file(sd, p), SAFETENSORS),              # no extension at all
+], ids=["safetensors-named-ckpt", "zip-named-safetensors", "legacy-named-bin", "no-extension"])
+def test_the_format_comes_from_the_content_not_the_name(tmp_path, name, write, kind):
+    weights = _weights()
+    write(weights, str(tmp_path / name))
+    assert sniff_format(str(tmp_path / name)) == kind
+    state_dict, _ = load_checkpoint(tmp_path / name)
+    assert all(torch.equal(state_dict[key], value) for key, value in weights.items()) and len(state_dict) == 2
+    assert checkpoint_tensor_shapes(tmp_path / name) == {key: tuple(v.shape) for key, v in weights.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_nan_or_infinite_weights_are_refused_naming_the_tensors(tmp_path, dtype, bad, suffix):
+    weights = {key: value.to(dtype) for key, value in _weights().items()}
+    weights["model.diffusion_model.weight"][1, 2] = bad
+    path = str(tmp_path / f"bad{suffix}")
+    save_file(weights, path) if suffix == ".safetensors" else torch.save({"state_dict": weights}, path)
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights in 1 tensor\(s\) "
+                                              r"\(model\.diffusion_model\.weight\); refusing") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_many_bad_tensors_are_counted_and_the_first_named(tmp_path):
+    weights = {f"w{i}": torch.full((2,), float("nan")) for i in range(5)}
+    save_file(weights, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(CheckpointError, match=r"in 5 tensor\(s\) \(w0, w1, w2 and 2 more\)"):
+        load_checkpoint(tmp_path / "nan.safetensors")
+
+
+def test_large_finite_values_are_not_mistaken_for_infinity(tmp_path):
+    weights = {"w": torch.full((1000,), 60000.0, dtype=torch.float16)}  # their sum overflows float16
+    save_file(weights, str(tmp_path / "big.safetensors"))
+    assert torch.equal(load_checkpoint(tmp_path / "big.safetensors")[0]["w"], weights["w"])
+
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.diffusion_model = torch.nn.Linear(3, 3)
+        self.cond_stage_model = torch.nn.Module()
+        self.cond_stage_model.register_buffer("token_ids", torch.arange(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.uint8, torch.int64])
+def test_non_float_weights_where_the_model_has_floats_are_a_mismatch(tmp_path, dtype):
+    model = _Model()
+    state_dict = dict(model.state_dict())
+    state_dict["model.diffusion_model.weight"] = torch.ones(3, 3).to(dtype)
+    save_file(state_dict, str(tmp_path / "int.safetensors"))
+    loaded, _ = load_checkpoint(tmp_path / "int.safetensors")
+    report = compare_state_dict(model, loaded)
+    assert report.wrong_type == {"UNet (model.diffusion_model)": [
+        f"model.diffusion_model.weight {str(dtype).replace('torch.', '')}"]}
+    with pytest.raises(CheckpointMismatchError, match="1 tensors of a non-float type where the model has float") as err:
+        load_state_dict_checked(model, loaded, verbose=False)
+    assert "\n" not in str(err.value)
+
+
+def test_integer_buffers_may_stay_integer_and_float_weights_may_change_precision():
+    model = _Model()
+    state_dict = {k: (v.half() if v.is_floating_point() else v.int()) for k, v in model.state_dict().items()}
+    assert load_state_dict_checked(model, state_dict, verbose=False).ok
+    assert model.cond_stage_model.token_ids.dtype == torch.int64
+
+
+def test_complex_weights_are_refused_in_one_line(tmp_path):
+    save_file({"w": torch.ones(2, dtype=torch.complex64)}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(CheckpointError, match=r"w is a complex tensor \(complex64\); refusing"):
+        load_checkpoint(tmp_path / "c.safetensors")
