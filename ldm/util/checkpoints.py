@@ -49,12 +49,17 @@ def _load_safetensors(path: str, data: bool = True) -> Tuple[Dict[str, torch.Ten
     return state_dict, metadata
 
 
-def _load_torch(path: str, kind: str, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _read_torch(path: str, kind: str, mmap: bool = False) -> Any:
+    """The object in a torch file, after :func:`~ldm.util.checkpoint_files.check_torch_file`."""
     check_torch_file(path, kind)
     try:
-        obj = torch_load_safely(path, mmap and kind == TORCH_ZIP)  # legacy files cannot be memory-mapped
+        return torch_load_safely(path, mmap and kind == TORCH_ZIP)  # legacy files cannot be memory-mapped
     except Exception as err:  # UnpicklingError, zip errors, EOF, ...: all mean "cannot use this file"
         raise CheckpointError(_describe_load_failure(path, err)) from None
+
+
+def _load_torch(path: str, kind: str, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    obj = _read_torch(path, kind, mmap)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     metadata = {k: v for k, v in obj.items() if k in _METADATA_KEYS}
@@ -142,6 +147,28 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     _check_tensors(path, state_dict)
     _check_finite(path, state_dict)
     return state_dict, metadata
+
+
+def load_tensors(path: str) -> Any:
+    """Tensors saved in plain containers (tuples, lists, dicts of tensors) rather than as a state
+    dict, such as unCLIP's ``ViT-L-14_stats.th`` (a ``(mean, std)`` tuple), read with the checks of
+    :func:`load_checkpoint`. Raises :class:`CheckpointError` with a one-line reason."""
+    path = _readable_checkpoint_path(path)
+    kind = sniff_format(path)
+    obj = _load_safetensors(path)[0] if kind == SAFETENSORS else _read_torch(path, kind)
+    leaves: Dict[str, Any] = {}
+    pending = [("", obj)]
+    while pending:
+        name, item = pending.pop()
+        if isinstance(item, (tuple, list)):
+            pending.extend((f"{name}[{i}]", value) for i, value in enumerate(item))
+        elif isinstance(item, dict):
+            pending.extend((f"{name}[{key!r}]", value) for key, value in item.items())
+        else:
+            leaves[name or "the file"] = item
+    _check_tensors(path, leaves)
+    _check_finite(path, leaves)
+    return obj
 
 
 def checkpoint_tensor_shapes(path: str) -> Dict[str, Tuple[int, ...]]:

@@ -96,3 +96,17 @@ def test_complex_weights_are_refused_in_one_line(tmp_path):
     save_file({"w": torch.ones(2, dtype=torch.complex64)}, str(tmp_path / "c.safetensors"))
     with pytest.raises(CheckpointError, match=r"w is a complex tensor \(complex64\); refusing"):
         load_checkpoint(tmp_path / "c.safetensors")
+
+
+def test_tensors_in_plain_containers_load_with_the_same_checks(tmp_path):
+    from ldm.util import load_tensors
+
+    torch.save((torch.zeros(4), torch.ones(4)), tmp_path / "stats.th")
+    mean, std = load_tensors(tmp_path / "stats.th")
+    assert torch.equal(mean, torch.zeros(4)) and torch.equal(std, torch.ones(4))
+    torch.save((torch.zeros(4), "not a tensor"), tmp_path / "odd.th")
+    with pytest.raises(CheckpointError, match=r"entry \[1\] is a str, not a tensor"):
+        load_tensors(tmp_path / "odd.th")
+    torch.save((torch.zeros(4), torch.full((4,), float("nan"))), tmp_path / "nan.th")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights in 1 tensor\(s\) \(\[1\]\)"):
+        load_tensors(tmp_path / "nan.th")
