@@ -60,7 +60,7 @@ def degradation_bsrgan(img: np.ndarray, sf: int = 4, lq_patchsize: int = 72,
 
 def degradation_bsrgan_variant(image: np.ndarray, sf: int = 4, isp_model: Optional[Any] = None
                                ) -> Dict[str, np.ndarray]:
-    """Degrade a whole uint8 HxWxC image: ``{"image": uint8 (H // sf) x (W // sf) x C}``."""
+    """Degrade a whole uint8 HxWx3 image: ``{"image": uint8 (H // sf) x (W // sf) x 3}``."""
     return pipelines.degradation_bsrgan_variant(image, sf, isp_model, SETTINGS)
 
 

@@ -60,6 +60,6 @@ def degradation_bsrgan(img: np.ndarray, sf: int = 4, lq_patchsize: int = 72,
 
 def degradation_bsrgan_variant(image: np.ndarray, sf: int = 4, isp_model: Optional[Any] = None,
                                up: bool = False) -> Dict[str, np.ndarray]:
-    """Degrade a whole uint8 HxWxC image: ``{"image": uint8 (H // sf) x (W // sf) x C}``, or H x W x C again
+    """Degrade a whole uint8 HxWx3 image: ``{"image": uint8 (H // sf) x (W // sf) x 3}``, or H x W x 3 again
     with ``up``."""
     return pipelines.degradation_bsrgan_variant(image, sf, isp_model, SETTINGS, up=up)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ldm.modules.image_degradation.filters import convolve, gaussian_blur
 from ldm.modules.image_degradation.kernels import anisotropic_Gaussian, fspecial
-from ldm.modules.image_degradation.resampling import INTERPOLATIONS, imresize_np, resize
+from ldm.modules.image_degradation.resampling import RANDOM_INTERPOLATIONS, imresize_np, resize
 from ldm.modules.image_degradation.utils_image import single2uint, uint2single
 
 
@@ -105,7 +105,7 @@ def add_blur(img: np.ndarray, sf: int = 4, settings: BSRSettings = BSRGAN) -> np
 
 def random_interpolation() -> int:
     """One of cv2's bilinear, bicubic and area interpolations, uniformly (``random.choice([1, 2, 3])``)."""
-    return random.choice(list(INTERPOLATIONS))
+    return random.choice(list(RANDOM_INTERPOLATIONS))
 
 
 def resize_to(img: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:
@@ -186,7 +186,8 @@ def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     as OpenCV's default) and decode it."""
     squeeze = img.ndim == 3 and img.shape[2] == 1
     buffer = io.BytesIO()
-    Image.fromarray(img[:, :, 0] if squeeze else img).save(buffer, format="JPEG", quality=int(quality))
+    Image.fromarray(img[:, :, 0] if squeeze else img).save(buffer, format="JPEG", quality=int(quality),
+                                                           subsampling="4:2:0")
     decoded = np.asarray(Image.open(buffer))
     return decoded[:, :, None] if squeeze else decoded
 

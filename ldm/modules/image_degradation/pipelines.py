@@ -1,10 +1,10 @@
 """The BSR degradation pipelines (Zhang et al. 2021, Sec. 3.4 "random shuffle"), written once and run with the
 ranges of ``bsrgan`` or ``bsrgan_light`` (:class:`~ldm.modules.image_degradation.degradations.BSRSettings`).
 
-Steps are drawn in the originals' order from Python's ``random`` and NumPy's global generator. Differences
-from the originals, all deliberate: the mod-crop cuts each axis to a multiple of sf (the originals swap height
-and width, which crops a non-square image wrongly); a resize target of 0 pixels becomes 1 (OpenCV raises);
-``isp_model`` is used only by ``degradation_bsrgan`` and ``degradation_bsrgan_plus``, as in the originals.
+Steps are drawn in the originals' order from Python's ``random`` and NumPy's global generator. The mod-crop
+cuts each axis to a multiple of sf (the originals swap height and width there); a resize target of 0 pixels
+becomes 1 (OpenCV raises); ``isp_model`` is used only by ``degradation_bsrgan`` and ``degradation_bsrgan_plus``,
+as in the originals.
 """
 from __future__ import annotations
 
@@ -116,13 +116,13 @@ def degradation_bsrgan(img: np.ndarray, sf: int = 4, lq_patchsize: int = 72, isp
 
 def degradation_bsrgan_variant(image: np.ndarray, sf: int = 4, isp_model: Optional[Any] = None,
                                settings: BSRSettings = BSRGAN, up: bool = False) -> Dict[str, np.ndarray]:
-    """The latent-diffusion variant: a whole uint8 HxWxC image in, ``{"image": degraded uint8 image}`` out, of
+    """The latent-diffusion variant: a whole uint8 HxWx3 image in, ``{"image": degraded uint8 image}`` out, of
     size (H // sf) x (W // sf) (or H x W again, bicubic, with ``up``). ``isp_model`` is accepted and unused,
     as in the original."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"degradation_bsrgan_variant expects a uint8 HxWxC image, got {image.dtype} "
-                         f"of shape {image.shape}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"degradation_bsrgan_variant expects a uint8 HxWx3 RGB image, got {image.dtype} of shape "
+                         f"{image.shape} (convert with PIL's .convert('RGB') and np.asarray)")
     h1, w1 = image.shape[:2]
     if h1 < sf or w1 < sf:
         raise ValueError(f"the image ({h1}x{w1}) is smaller than the scale factor sf={sf}")

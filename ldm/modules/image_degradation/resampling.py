@@ -4,9 +4,10 @@ Two families live here:
 
 * MATLAB's ``imresize`` with the bicubic kernel (Keys 1981, a = -0.5), antialiased when shrinking and with
   symmetric borders, as ``imresize_np`` / ``imresize`` of the original ``utils_image.py`` (KAIR) compute it;
-* the three OpenCV interpolations the BSRGAN pipelines draw from (``cv2.resize`` with ``INTER_LINEAR``,
-  ``INTER_CUBIC`` or ``INTER_AREA``: half-pixel centres, replicated borders, no antialiasing for the first two,
-  exact pixel-overlap averaging for the third), so that OpenCV is not needed.
+* ``cv2.resize`` for float and uint8 images, so that OpenCV is not needed: the three interpolations the BSRGAN
+  pipelines draw from (``INTER_LINEAR``, ``INTER_CUBIC``: half-pixel centres, replicated borders, no
+  antialiasing; ``INTER_AREA``: exact pixel-overlap averaging), plus ``INTER_NEAREST`` and ``INTER_LANCZOS4``
+  (the other ``cv_*`` degradations of latent-diffusion's super-resolution data).
 
 Every resize is "rows, then columns": ``out = M_h @ image @ M_w^T`` per channel, in float64.
 """
@@ -18,11 +19,14 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
-# cv2's interpolation flags, as the originals pass them (``random.choice([1, 2, 3])``).
+# cv2's interpolation flags; the BSR pipelines draw from the middle three (``random.choice([1, 2, 3])``).
+INTER_NEAREST = 0
 INTER_LINEAR = 1
 INTER_CUBIC = 2
 INTER_AREA = 3
-INTERPOLATIONS = (INTER_LINEAR, INTER_CUBIC, INTER_AREA)
+INTER_LANCZOS4 = 4
+INTERPOLATIONS = (INTER_NEAREST, INTER_LINEAR, INTER_CUBIC, INTER_AREA, INTER_LANCZOS4)
+RANDOM_INTERPOLATIONS = (INTER_LINEAR, INTER_CUBIC, INTER_AREA)
 
 ArrayOrTensor = Union[np.ndarray, torch.Tensor]
 
@@ -157,6 +161,9 @@ def _opencv_matrix(in_length: int, out_length: int, interpolation: int) -> np.nd
         overlap = np.minimum(stop[:, None], pixels[None, :] + 1) - np.maximum(start[:, None], pixels[None, :])
         matrix = np.clip(overlap, 0, None)
         return matrix / matrix.sum(axis=1, keepdims=True)
+    if interpolation == INTER_NEAREST:  # OpenCV's nearest: floor(i * scale), no half-pixel offset
+        matrix[rows, np.minimum(np.floor(rows * scale).astype(np.int64), in_length - 1)] = 1
+        return matrix
     source = (rows + 0.5) * scale - 0.5  # half-pixel centres
     base = np.floor(source)
     frac = source - base
@@ -171,9 +178,17 @@ def _opencv_matrix(in_length: int, out_length: int, interpolation: int) -> np.nd
         w1 = ((a + 2) * frac - (a + 3)) * frac * frac + 1
         w2 = ((a + 2) * f2 - (a + 3)) * f2 * f2 + 1
         taps = [(-1, w0), (0, w1), (1, w2), (2, 1 - w0 - w1 - w2)]
+    elif interpolation == INTER_LANCZOS4:
+        # Lanczos window a = 4 over 8 taps, normalised to sum 1; an exact hit takes the pixel itself.
+        offsets = np.arange(-3, 5)
+        distance = frac[:, None] - offsets[None, :]
+        weights = np.sinc(distance) * np.sinc(distance / 4)
+        weights = np.where(frac[:, None] < np.finfo(np.float32).eps, offsets[None, :] == 0, weights)
+        weights = weights / weights.sum(axis=1, keepdims=True)
+        taps = [(offset, weights[:, i]) for i, offset in enumerate(offsets)]
     else:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS} (cv2 INTER_LINEAR, INTER_CUBIC, "
-                         f"INTER_AREA), got {interpolation!r}")
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS} (cv2 INTER_NEAREST, INTER_LINEAR, "
+                         f"INTER_CUBIC, INTER_AREA, INTER_LANCZOS4), got {interpolation!r}")
     for offset, weight in taps:
         columns = np.clip(base + offset, 0, in_length - 1).astype(np.int64)  # replicated border
         np.add.at(matrix, (rows, columns), weight)
@@ -182,8 +197,8 @@ def _opencv_matrix(in_length: int, out_length: int, interpolation: int) -> np.nd
 
 def resize(img: np.ndarray, size: Tuple[int, int], interpolation: int = INTER_LINEAR) -> np.ndarray:
     """``cv2.resize(img, size, interpolation=...)`` for an HxW(xC) numpy image: ``size`` is (width, height) as in
-    OpenCV; ``interpolation`` is 1 (bilinear), 2 (bicubic, a = -0.75) or 3 (area). Float images keep their dtype
-    (no clipping); uint8 images are rounded and saturated, as OpenCV does."""
+    OpenCV; ``interpolation`` is 0 (nearest), 1 (bilinear), 2 (bicubic, a = -0.75), 3 (area) or 4 (Lanczos-4).
+    Float images keep their dtype (no clipping); uint8 images are rounded and saturated, as OpenCV does."""
     img = np.asarray(img)
     width, height = int(size[0]), int(size[1])
     if width < 1 or height < 1:

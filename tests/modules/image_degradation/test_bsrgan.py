@@ -73,9 +73,11 @@ def test_variant_output_still_resembles_the_image():
         assert np.abs(degraded - reference).mean() < 0.2
 
 
-def test_variant_refuses_float_images_and_images_below_sf():
-    with pytest.raises(ValueError, match="uint8 HxWxC"):
+def test_variant_refuses_float_rgba_and_images_below_sf():
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
         degradation_fn_bsr(uint2single(photo()))
+    with pytest.raises(ValueError, match="convert"):
+        degradation_fn_bsr(np.zeros((16, 16, 4), np.uint8))
     with pytest.raises(ValueError, match="smaller than the scale factor"):
         degradation_fn_bsr(photo(3, 8), sf=4)
 

@@ -41,6 +41,8 @@ def test_a_vanishing_even_gaussian_is_a_2x2_box_not_zeros():
     np.testing.assert_allclose(k[2:4, 2:4], 0.25)
     assert k.sum() == pytest.approx(1.0) and np.isfinite(k).all()
     assert fspecial_gaussian(5, 0.0)[2, 2] == 1.0
+    narrow = anisotropic_Gaussian(ksize=6, theta=0.0, l1=1e-4, l2=1e-4)  # the original: 0 / 0 = NaN
+    np.testing.assert_allclose(narrow[2:4, 2:4], 0.25)
 
 
 def test_fspecial_laplacian_sums_to_zero_and_unknown_types_are_refused():

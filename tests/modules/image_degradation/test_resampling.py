@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from ldm.modules.image_degradation.resampling import (
     INTER_AREA,
     INTER_CUBIC,
+    INTER_LANCZOS4,
     INTER_LINEAR,
+    INTER_NEAREST,
     calculate_weights_indices,
     imresize,
     imresize_np,
@@ -100,3 +102,32 @@ def test_resize_refuses_unknown_interpolations_and_empty_targets():
         resize(np.zeros((4, 4)), (2, 2), 7)
     with pytest.raises(ValueError, match="must be positive"):
         resize(np.zeros((4, 4)), (0, 2), INTER_LINEAR)
+
+
+def test_nearest_resize_is_opencvs_floor_rule():
+    """cv2 INTER_NEAREST reads pixel floor(i * in / out), as torch's 'nearest' mode does."""
+    img = np.random.default_rng(3).random((13, 17, 3))
+    for size_out in [(5, 7), (30, 40)]:
+        ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], size=size_out, mode="nearest")
+        np.testing.assert_array_equal(resize(img, size_out[::-1], INTER_NEAREST), ref[0].permute(1, 2, 0).numpy())
+
+
+def opencv_lanczos4_coefficients(x):
+    """OpenCV's interpolateLanczos4 (imgproc/src/resize.cpp), written out for the test."""
+    s45 = np.sqrt(0.5)
+    cs = [(1, 0), (-s45, -s45), (0, 1), (s45, -s45), (-1, 0), (s45, s45), (0, -1), (-s45, s45)]
+    y0 = -(x + 3) * np.pi * 0.25
+    s0, c0 = np.sin(y0), np.cos(y0)
+    coeffs = np.array([(cs[i][0] * s0 + cs[i][1] * c0) / (-(x + 3 - i) * np.pi * 0.25) ** 2 for i in range(8)])
+    return coeffs / coeffs.sum()
+
+
+def test_lanczos4_resize_uses_opencvs_coefficients_and_keeps_constants():
+    row = np.zeros((1, 24))
+    row[0, 10] = 1.0
+    out = resize(row, (48, 1), INTER_LANCZOS4)
+    # Output pixel 21 sits at source 21.5 / 2 - 0.5 = 10.25: taps 7..14, the delta is tap 3.
+    assert out[0, 21] == pytest.approx(opencv_lanczos4_coefficients(0.25)[3], abs=1e-12)
+    np.testing.assert_allclose(resize(np.full((9, 11), 0.3), (25, 4), INTER_LANCZOS4), 0.3, atol=1e-12)
+    img = np.random.default_rng(4).random((6, 7))
+    np.testing.assert_allclose(resize(img, (7, 6), INTER_LANCZOS4), img, atol=1e-12)
