@@ -29,8 +29,10 @@ class StdConv2dSame(Conv2dSame):
         self.eps = eps
 
     def standardized_weight(self) -> torch.Tensor:
-        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return (self.weight - mean) * torch.rsqrt(var + self.eps)
+        """Computed in float32 at least (eps = 1e-8 vanishes in float16), returned in the weight's dtype."""
+        weight = self.weight.float() if self.weight.dtype in (torch.float16, torch.bfloat16) else self.weight
+        var, mean = torch.var_mean(weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return ((weight - mean) * torch.rsqrt(var + self.eps)).to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.pad(x), self.standardized_weight(), self.bias)

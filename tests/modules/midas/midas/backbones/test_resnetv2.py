@@ -51,3 +51,12 @@ def test_make_div_rounds_to_multiples_of_8_never_10_percent_down():
 def test_stage_widths_must_match_stage_count():
     with pytest.raises(ValueError, match="one width per stage"):
         ResNetV2(layers=(1, 1), widths=(128,))
+
+
+def test_half_precision_weights_are_standardized_in_float32():
+    conv = StdConv2dSame(4, 6, 3)
+    reference = conv.standardized_weight()
+    conv.half()
+    weight = conv.standardized_weight()
+    assert weight.dtype == torch.float16 and torch.isfinite(weight).all()
+    torch.testing.assert_close(weight.float(), reference, atol=2e-3, rtol=2e-3)
