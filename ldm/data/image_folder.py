@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ldm.data.base import DatasetError
+from ldm.util.errors import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IMAGE_COLUMNS = ("file_name", "filename", "file", "image", "image_path", "path", "img")
@@ -110,6 +111,8 @@ class CaptionedImageFolder(Dataset):
             raise DatasetError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {interpolation!r}")
         if not 0.0 <= flip_p <= 1.0:
             raise DatasetError(f"flip_p must be in [0, 1], got {flip_p}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise DatasetError(f"size must be a whole number of pixels >= 1 (or null), got {size!r}")
         self.size = size
         self.random_crop = random_crop
         self.flip_p = flip_p
@@ -151,9 +154,14 @@ class CaptionedImageFolder(Dataset):
         return len(self.items)
 
     def load_image(self, relpath: str) -> np.ndarray:
-        """The image as HWC float32 in [-1, 1] after resizing, cropping and flipping."""
-        with Image.open(os.path.join(self.root, relpath)) as raw:
-            image = ImageOps.exif_transpose(raw).convert("RGB")
+        """The image as HWC float32 in [-1, 1] after resizing, cropping and flipping. A file that
+        is not a readable image is a DatasetError naming it."""
+        path = os.path.join(self.root, relpath)
+        try:
+            with Image.open(path) as raw:
+                image = ImageOps.exif_transpose(raw).convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DatasetError(f"cannot read image {path} ({first_line(err)}): remove or replace it") from None
         if self.size is not None:
             image = resize_shorter_side(image, self.size, self.resample)
             image = center_or_random_crop(image, self.size, self.random_crop)

@@ -95,6 +95,14 @@ def check_target(target: str, where: str) -> None:
     except ModuleNotFoundError as err:
         missing = err.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            from ldm.data import ORIGINAL_DATA_MODULES
+
+            original = next((m for m in ORIGINAL_DATA_MODULES if module_name == m or module_name.startswith(m + ".")),
+                            None)
+            if original:
+                raise ConfigError(f"{where}: {target} reads {ORIGINAL_DATA_MODULES[original]}, and ldm has no module "
+                                  f"{original} yet; train on your own images (configs/examples/image-folder.yaml) "
+                                  "or on the shapes world (configs/examples/)") from None
             raise ConfigError(f"unknown target {target!r} in {where}: there is no module {missing!r}") from None
         raise
     if not hasattr(module, attr):
@@ -121,3 +129,65 @@ def split_lightning(config: DictConfig) -> Tuple[DictConfig, DictConfig]:
 def require_model(config: DictConfig) -> None:
     if "model" not in config or not isinstance(config.model, DictConfig) or "target" not in config.model:
         raise ConfigError("the config has no model: section with a target (give it with --base config.yaml)")
+
+
+SECTIONS = ("model", "data", "lightning")
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, ListConfig):
+        return "a list"
+    return "a section"
+
+
+def _fits(base, value) -> bool:
+    """Whether an override ``value`` can stand where the config files have ``base``."""
+    if base is None or value is None or (isinstance(value, str) and "${" in value):
+        return True  # null disables an entry; an interpolation is checked when it resolves
+    if isinstance(base, bool):
+        return isinstance(value, bool)
+    if isinstance(base, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(base, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(base, str):
+        return not isinstance(value, (DictConfig, ListConfig))
+    return isinstance(value, type(base))
+
+
+def _raw(node, key):
+    """``node[key]`` without resolving interpolations: a section, a list or a plain value."""
+    child = node._get_node(key)
+    return child if isinstance(child, (DictConfig, ListConfig)) else child._value()
+
+
+def _shown(value) -> str:
+    return repr(OmegaConf.to_container(value)) if isinstance(value, (DictConfig, ListConfig)) else repr(value)
+
+
+def check_overrides(config: DictConfig, overrides: DictConfig, path: str = "") -> None:
+    """Refuse ``key=value`` overrides that nothing would read (a top-level key that is not a
+    section of the config) or whose value is not of the kind the config files have there
+    (``data.params.batch_size=abc`` where the file says 8), before anything is built."""
+    for key in overrides.keys():
+        dotted = f"{path}.{key}" if path else str(key)
+        value = _raw(overrides, key)
+        if not path and key not in config and key not in SECTIONS:
+            raise ConfigError(f"override {dotted}=...: the config has no section {key!r} ({', '.join(SECTIONS)}), "
+                              "so nothing would read it")
+        if key not in config:
+            continue
+        base = _raw(config, key)
+        if isinstance(base, DictConfig) and isinstance(value, DictConfig):
+            check_overrides(base, value, dotted)
+        elif not _fits(base, value):
+            raise ConfigError(f"override {dotted}={_shown(value).strip(chr(39))}: the config has {_kind(base)} "
+                              f"there ({_shown(base)}), not {_kind(value)}")

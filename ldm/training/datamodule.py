@@ -48,6 +48,9 @@ class DataModuleFromConfig(pl.LightningDataModule):
                  wrap: bool = False, num_workers: Optional[int] = None, shuffle_test_loader: bool = False,
                  use_worker_init_fn: bool = False, shuffle_val_dataloader: bool = False):
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise DatasetError(f"data.params.{name} must be a whole number >= {least}, got {value!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers if num_workers is not None else batch_size * 2
         self.use_worker_init_fn = use_worker_init_fn

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
 from ldm.training.config import ConfigError
+from ldm.training.resume import checkpoint_files
 
 RUN_DIR_ENV = "LDM_TRAIN_LOGDIR"
 RUN_NOW_ENV = "LDM_TRAIN_NOW"
@@ -27,6 +28,7 @@ class RunPaths:
     logdir: str
     resume_ckpt: Optional[str] = None
     resume_configs: List[str] = field(default_factory=list)
+    resuming: bool = False
 
     @property
     def ckptdir(self) -> str:
@@ -59,8 +61,9 @@ def _saved_configs(run_dir: str) -> List[str]:
 
 
 def resume_paths(resume: str, now: str) -> RunPaths:
-    """``--resume <run dir>`` continues from ``<run dir>/checkpoints/last.ckpt``; ``--resume
-    <checkpoint>`` from that file, in the run directory holding it."""
+    """``--resume <checkpoint>`` continues from that file, in the run directory holding it;
+    ``--resume <run dir>`` from the newest complete checkpoint in ``<run dir>/checkpoints``, which
+    :func:`ldm.training.resume.choose_resume_checkpoint` picks (``resume_ckpt`` stays None here)."""
     if not os.path.exists(resume):
         raise ConfigError(f"cannot resume: {resume} does not exist")
     if os.path.isfile(resume):
@@ -71,12 +74,12 @@ def resume_paths(resume: str, now: str) -> RunPaths:
                               "(<run>/checkpoints/<file> next to <run>/configs/); to start a new run from "
                               "its weights, use model.params.ckpt_path=<file>")
     else:
-        run_dir = resume.rstrip(os.sep)
-        ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(ckpt):
-            raise ConfigError(f"cannot resume from {resume}: it has no checkpoints/last.ckpt")
+        run_dir = resume.rstrip(os.sep) or os.sep
+        ckpt = None
+        if not checkpoint_files(os.path.join(run_dir, "checkpoints")):
+            raise ConfigError(f"cannot resume from {resume}: it has no checkpoints (checkpoints/*.ckpt)")
     return RunPaths(now=now, nowname=os.path.basename(os.path.abspath(run_dir)), logdir=run_dir,
-                    resume_ckpt=ckpt, resume_configs=_saved_configs(run_dir))
+                    resume_ckpt=ckpt, resume_configs=_saved_configs(run_dir), resuming=True)
 
 
 def run_name(opt: argparse.Namespace) -> str:

@@ -24,6 +24,10 @@ REMOVED_TRAINER_ARGS = (
 )
 LEGACY_STRATEGY_NAMES = {"ddp", "ddp_spawn", "ddp_cpu", "ddp2", "dp", "ddp_sharded", "horovod"}
 DEFAULT_LOGGER = "pytorch_lightning.loggers.CSVLogger"
+PERIODIC_CHECKPOINT = "ldm.training.checkpointing.PeriodicModelCheckpoint"
+LIGHTNING_CHECKPOINTS = {"pytorch_lightning.callbacks.ModelCheckpoint",
+                         "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+                         "lightning.pytorch.callbacks.ModelCheckpoint"}
 LEGACY_LOGGERS = {"pytorch_lightning.loggers.TestTubeLogger", "pytorch_lightning.loggers.testtube.TestTubeLogger"}
 
 
@@ -109,13 +113,18 @@ def build_logger(lightning_config: DictConfig, paths: RunPaths, project: Optiona
 
 def checkpoint_config(lightning_config: DictConfig, paths: RunPaths, model) -> DictConfig:
     """ModelCheckpoint: ``{epoch:06}.ckpt`` + ``last.ckpt`` in the run's checkpoints folder; the top 3
-    by ``model.monitor`` when the model has one; ``lightning.modelcheckpoint`` on top."""
+    by ``model.monitor`` when the model has one; ``lightning.modelcheckpoint`` on top. Lightning's
+    own ModelCheckpoint is replaced by :class:`PeriodicModelCheckpoint` (same arguments), which
+    keeps ``last.ckpt`` on schedule whatever is monitored."""
     params = {"dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
     if getattr(model, "monitor", None):
         params.update(monitor=model.monitor, save_top_k=3)
         print(f"Monitoring {model.monitor} as checkpoint metric.")
-    default = OmegaConf.create({"target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": params})
-    return OmegaConf.merge(default, lightning_config.get("modelcheckpoint") or OmegaConf.create())
+    default = OmegaConf.create({"target": PERIODIC_CHECKPOINT, "params": params})
+    merged = OmegaConf.merge(default, lightning_config.get("modelcheckpoint") or OmegaConf.create())
+    if merged.target in LIGHTNING_CHECKPOINTS:
+        merged.target = PERIODIC_CHECKPOINT
+    return merged
 
 
 def callback_configs(lightning_config: DictConfig, paths: RunPaths, config: DictConfig, model) -> DictConfig:

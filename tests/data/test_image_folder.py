@@ -92,3 +92,20 @@ def test_bad_folders_and_caption_files_give_one_line_errors(tmp_path, setup, kwa
     with pytest.raises(DatasetError, match=message) as info:
         CaptionedImageFolder(root, **kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0, -3, "abc", True, 2.5])
+def test_a_size_that_is_not_a_pixel_count_is_refused(tmp_path, size):
+    _save(tmp_path / "a.png")
+    with pytest.raises(DatasetError, match=r"size must be a whole number of pixels >= 1 \(or null\)"):
+        CaptionedImageFolder(tmp_path, size=size)
+
+
+def test_a_file_that_is_not_an_image_is_named_when_read(tmp_path):
+    _save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    ds = CaptionedImageFolder(tmp_path, size=8)
+    assert ds[0]["image"].shape == (8, 8, 3)
+    with pytest.raises(DatasetError, match=r"cannot read image .*b\.png \(.+\): remove or "
+                                           r"replace it$"):
+        ds[1]

@@ -4,9 +4,23 @@ import numpy as np
 import pytest
 
 from ldm.data.base import DatasetError
-from ldm.data.shapes import (COLOURS, HELD_OUT_COMBINATIONS, RELATIONS, SHAPES, VOCABULARY, Scene, ShapeObject,
-                             ShapesDataset, caption_of, combinations, estimate_disparity, noun_phrase, relation_holds,
-                             render_scene, scene_for)
+from ldm.data.shapes import (
+    COLOURS,
+    HELD_OUT_COMBINATIONS,
+    RELATIONS,
+    SHAPES,
+    VOCABULARY,
+    Scene,
+    ShapeObject,
+    ShapesDataset,
+    caption_of,
+    combinations,
+    estimate_disparity,
+    noun_phrase,
+    relation_holds,
+    render_scene,
+    scene_for,
+)
 
 
 def _same_example(a, b):

@@ -5,8 +5,17 @@ import types
 import pytest
 from omegaconf import OmegaConf
 
-from ldm.training.config import (ConfigError, check_target, check_targets, iter_targets, load_yaml, merge_configs,
-                                 parse_dotlist, split_lightning)
+from ldm.training.config import (
+    ConfigError,
+    check_overrides,
+    check_target,
+    check_targets,
+    iter_targets,
+    load_yaml,
+    merge_configs,
+    parse_dotlist,
+    split_lightning,
+)
 
 
 def test_overrides_set_nested_values_parsed_as_yaml():
@@ -92,3 +101,35 @@ def test_existing_classes_pass_the_target_check():
                                         "lightning": {"logger": {"target": "pytorch_lightning.loggers.CSVLogger"}}}))
     finally:
         del sys.modules["ldm_test_targets"]
+
+
+_BASE = OmegaConf.create({"model": {"params": {"size": 8, "lr": 1e-4, "ema": True, "name": "x", "mult": [1, 2],
+                                               "sub": {"a": 1}, "none": None}}, "data": {}})
+
+
+@pytest.mark.parametrize("item, message", [
+    ("model.params.size=abc", r"model.params.size=abc: the config has a whole number there \(8\), not text"),
+    ("model.params.size=2.5", r"a whole number there \(8\), not a number"),
+    ("model.params.lr=fast", r"a number there \(0.0001\), not text"),
+    ("model.params.ema=1", r"true/false there \(True\), not a whole number"),
+    ("model.params.mult=3", r"a list there \(\[1, 2\]\), not a whole number"),
+    ("model.params.sub=3", r"a section there \(\{'a': 1\}\), not a whole number"),
+    ("model.params.sub.a=[1]", r"model.params.sub.a=\[1\]: the config has a whole number there"),
+    ("key=abc", "override key=...: the config has no section 'key' .*nothing would read it"),
+])
+def test_overrides_of_another_kind_than_the_config_are_refused(item, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides(_BASE, parse_dotlist([item]))
+
+
+@pytest.mark.parametrize("item", ["model.params.size=16", "model.params.lr=1", "model.params.name=3",
+                                  "model.params.sub=null", "model.params.none=[1]", "model.params.new=abc",
+                                  "lightning.trainer.max_steps=3", "model.params.size=${model.params.sub.a}"])
+def test_overrides_that_fit_pass(item):
+    check_overrides(_BASE, parse_dotlist([item]))
+
+
+def test_an_original_data_module_ldm_lacks_is_named_with_the_data_it_reads():
+    with pytest.raises(ConfigError, match=r"^data.params.train: ldm.data.lsun.LSUNChurchesTrain reads LSUN \(bedrooms, "
+                                          r"churches\), and ldm has no module ldm.data.lsun yet; train on your own"):
+        check_target("ldm.data.lsun.LSUNChurchesTrain", "data.params.train")

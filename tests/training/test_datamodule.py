@@ -1,4 +1,6 @@
 """DataModuleFromConfig: splits from configs, loaders, wrapping, empty data refused."""
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -66,3 +68,14 @@ def test_an_empty_dataset_is_refused():
     dm = DataModuleFromConfig(batch_size=1, train=_cfg("Numbers", n=0), num_workers=0)
     with pytest.raises(DatasetError, match="the train dataset .* is empty"):
         dm.setup()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": "abc"}, "batch_size must be a whole number >= 1, got 'abc'"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+    ({"batch_size": 2, "num_workers": -1}, "num_workers must be a whole number >= 0, got -1"),
+    ({"batch_size": 2, "num_workers": 1.5}, "num_workers must be a whole number >= 0, got 1.5"),
+])
+def test_batch_size_and_workers_of_the_wrong_kind_are_refused_when_built(kwargs, message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        DataModuleFromConfig(**kwargs)

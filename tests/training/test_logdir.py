@@ -44,11 +44,11 @@ def _make_run(tmp_path):
     return run
 
 
-def test_resume_from_a_run_directory_uses_last_ckpt_and_its_configs(tmp_path):
+def test_resume_from_a_run_directory_uses_its_configs_and_leaves_the_checkpoint_to_choose(tmp_path):
     run = _make_run(tmp_path)
     paths = resolve_run_paths(_opt(tmp_path, resume=str(run)), True)
     assert paths.logdir == str(run) and paths.nowname == "T_run"
-    assert paths.resume_ckpt == str(run / "checkpoints" / "last.ckpt")
+    assert paths.resuming and paths.resume_ckpt is None  # choose_resume_checkpoint reads the files
     assert [os.path.basename(p) for p in paths.resume_configs] == ["T-lightning.yaml", "T-project.yaml"]
 
 
@@ -72,10 +72,10 @@ def test_bad_resume_requests_are_config_errors(tmp_path, kwargs, message):
         resolve_run_paths(_opt(tmp_path, **kwargs), True)
 
 
-def test_resume_needs_last_ckpt_or_a_checkpoint_inside_a_run(tmp_path):
+def test_resume_needs_a_checkpoint_in_the_run_or_a_checkpoint_inside_a_run(tmp_path):
     run = _make_run(tmp_path)
     os.remove(run / "checkpoints" / "last.ckpt")
-    with pytest.raises(ConfigError, match="has no checkpoints/last.ckpt"):
+    with pytest.raises(ConfigError, match=r"has no checkpoints \(checkpoints/\*.ckpt\)"):
         resolve_run_paths(_opt(tmp_path, resume=str(run)), True)
     loose = tmp_path / "loose.ckpt"
     loose.write_bytes(b"x")

@@ -111,3 +111,53 @@ def test_ddp_with_two_cpu_processes_trains_the_text_ldm_in_one_run_directory(tmp
     assert last["global_step"] == 3
     # 2 processes x batch 2 x base lr 1e-4
     assert "Setting learning rate to 4.00e-04" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_run_killed_then_stopped_by_sigterm_loses_at_most_the_steps_since_the_last_schedule(tmp_path):
+    """SIGKILL at step >= 7 of a run that monitors a metric it never computes still leaves the
+    step-6 last.ckpt; resuming cleans the killed save's temporary file, and SIGTERM then saves
+    last.ckpt, says so in one line and exits 143 (not 0: a scheduler must not record success)."""
+    images = make_image_folder(tmp_path / "images", count=4)
+    marker = str(tmp_path / "step.json")
+    config = tiny_image_model_config(images, max_steps=100000, callbacks={"marker": {
+        "target": "tests.training.train_helpers.StepMarker", "params": {"path": marker, "delay": 0.1}}},
+        modelcheckpoint={"params": {"every_n_train_steps": 3}})
+    OmegaConf.save(config, tmp_path / "tiny.yaml")
+    args = ["--base", str(tmp_path / "tiny.yaml"), "-t", "-l", str(tmp_path / "logs"), "model.params.monitor=val/loss"]
+    proc = subprocess.Popen(_main(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            cwd=str(tmp_path), env=_env())
+    try:
+        _wait_for(lambda: (_read_json(marker) or {}).get("step", 0) >= 7, 240, "step 7", proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    rundir = _read_json(marker)["logdir"]
+    ckptdir = os.path.join(rundir, "checkpoints")
+    last = os.path.join(ckptdir, "last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] >= 6
+    stale = os.path.join(ckptdir, ".last.ckpt.k1ll3d_0.tmp")  # what a save killed mid-write leaves
+    with open(stale, "wb") as handle:
+        handle.write(b"partial")
+
+    resumed = subprocess.Popen(_main(["--resume", rundir, "-t"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, cwd=str(tmp_path), env=_env())
+    try:
+        start = torch.load(last, weights_only=True)["global_step"]
+        def resumed_to(step):
+            record = _read_json(marker) or {}
+            return record.get("pid") == resumed.pid and record.get("step", 0) >= step
+
+        _wait_for(lambda: resumed_to(start + 2), 240, "the resumed run", resumed)
+        assert not os.path.exists(stale)
+        resumed.send_signal(signal.SIGTERM)
+        _, err = resumed.communicate(timeout=120)
+    finally:
+        resumed.kill()
+    assert resumed.returncode == 143, err[-3000:]
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert stopped_at >= start + 2 and stopped_at == _read_json(marker)["step"]
+    assert "Traceback" not in err  # (Lightning's own progress notes go to stderr before it)
+    assert err.strip().splitlines()[-1] == (f"main.py: interrupted by SIGTERM: saved {last} at step {stopped_at}; "
+                                            f"continue with: python main.py --resume {rundir} -t")
+    assert sorted(n for n in os.listdir(ckptdir)) == ["last.ckpt"]

@@ -45,7 +45,8 @@ def test_autoencoder_kl_trains_with_lpips_discriminator_loss(tmp_path, images, m
     monkeypatch.delenv("LDM_LPIPS_WEIGHTS", raising=False)
     monkeypatch.setattr(lpips_module, "_warned_without_lpips", False)
     record, record_args = _record(tmp_path)
-    args = ["--base", os.path.join(REPO, "configs/examples/tiny-autoencoder-kl.yaml")] + \
+    args = ["--base", os.path.join(REPO, "configs/examples/tiny-autoencoder-kl.yaml"),
+            os.path.join(REPO, "configs/examples/image-folder.yaml")] + \
         _common(tmp_path, images, max_steps=4) + record_args + [
             "model.params.lossconfig.params.disc_start=1", "lightning.trainer.accumulate_grad_batches=2",
             "lightning.callbacks.image_logger.params.batch_frequency=2"]

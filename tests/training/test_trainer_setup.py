@@ -10,10 +10,17 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from ldm.training.callbacks import CUDACallback, ImageLogger, SetupCallback
+from ldm.training.checkpointing import PeriodicModelCheckpoint
 from ldm.training.config import ConfigError
 from ldm.training.logdir import RunPaths
-from ldm.training.trainer_setup import (build_callbacks, build_logger, legacy_gpus, scaled_learning_rate,
-                                        trainer_config_with_cli, trainer_kwargs_from)
+from ldm.training.trainer_setup import (
+    build_callbacks,
+    build_logger,
+    legacy_gpus,
+    scaled_learning_rate,
+    trainer_config_with_cli,
+    trainer_kwargs_from,
+)
 
 
 def _kwargs(trainer, find_unused=False):
@@ -88,7 +95,7 @@ def test_default_callbacks_follow_the_original(tmp_path):
                                   "modelcheckpoint": {"params": {"every_n_train_steps": 7}}})
     callbacks = build_callbacks(lightning, _paths(tmp_path), OmegaConf.create({"model": {}}), model)
     kinds = {type(c) for c in callbacks}
-    assert kinds == {SetupCallback, ImageLogger, LearningRateMonitor, CUDACallback, ModelCheckpoint}
+    assert kinds == {SetupCallback, ImageLogger, LearningRateMonitor, CUDACallback, PeriodicModelCheckpoint}
     ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert ckpt.dirpath == os.path.join(str(tmp_path / "run"), "checkpoints")
     assert ckpt.save_last and ckpt.monitor == "val/loss" and ckpt.save_top_k == 3

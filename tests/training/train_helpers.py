@@ -188,10 +188,67 @@ def make_tiny_clip(folder) -> str:
 
 
 def tiny_txt2img_args(tiny_clip: str) -> list:
-    """main.py arguments: the tiny-txt2img example with the tiny CLIP as a trainable text encoder."""
+    """main.py arguments: the tiny-txt2img example made smaller for tests and trained on an image
+    folder (give data.params.train.params.root=<folder> of 16x16 images): a random 16x16 first
+    stage (8x8 latents, scale_by_std), the tiny CLIP as a trainable text encoder (written as
+    ``<tiny_clip>/tiny-txt2img-clip.yaml``)."""
+    from omegaconf import OmegaConf
+
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    prefix = "model.params"
-    return ["--base", os.path.join(repo, "configs", "examples", "tiny-txt2img.yaml"),
-            f"{prefix}.cond_stage_config.params.version={tiny_clip}",
-            f"{prefix}.cond_stage_config.params.freeze=false", f"{prefix}.cond_stage_trainable=true",
-            f"{prefix}.unet_config.params.context_dim=32"]
+    config = OmegaConf.load(os.path.join(repo, "configs", "examples", "tiny-txt2img.yaml"))
+    params = config.model.params
+    params.pop("scale_factor")
+    params.scale_by_std = True
+    params.unet_config.params.context_dim = 32
+    first_stage = params.first_stage_config.params
+    first_stage.ckpt_path = None
+    first_stage.ddconfig.update(resolution=16, ch=32, ch_mult=[1, 2])
+    params.cond_stage_config = {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+                                "params": {"version": str(tiny_clip), "freeze": False}}
+    config.data.params.train = {"target": "ldm.data.image_folder.CaptionedImageFolder",
+                                "params": {"root": "data/images", "size": 16, "random_crop": True}}
+    config.data.params.validation = None
+    path = os.path.join(str(tiny_clip), "tiny-txt2img-clip.yaml")
+    OmegaConf.save(config, path)
+    return ["--base", path]
+
+
+class LastCheckpointProbe(pl.Callback):
+    """Before the batch that starts at global step ``step``, writes to ``path`` (JSON) the global
+    step stored in ``<ckptdir>/last.ckpt`` then, or null when there is none: what a run killed
+    at that moment would leave."""
+
+    def __init__(self, step: int, path: str):
+        self.step = step
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        last = os.path.join(trainer.logdir, "checkpoints", "last.ckpt")
+        saved = torch.load(last, map_location="cpu", weights_only=True)["global_step"] if os.path.exists(last) else None
+        with open(self.path, "w") as handle:
+            json.dump({"last_ckpt_step": saved}, handle)
+
+
+def training_checkpoint(path, global_step: int, weights_only: bool = False):
+    """A small file shaped like a Lightning training checkpoint at ``global_step`` (or, with
+    ``weights_only``, like a released model: a state dict alone)."""
+    checkpoint = {"state_dict": {"net.weight": torch.full((2,), float(global_step))}, "global_step": global_step,
+                  "epoch": 0}
+    if not weights_only:
+        checkpoint.update(optimizer_states=[], lr_schedulers=[], loops={}, callbacks={},
+                          **{"pytorch-lightning_version": pl.__version__})
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    torch.save(checkpoint, str(path))
+    return str(path)
+
+
+class RunsCode:
+    """Unpickling this calls ``os.system`` (a hostile checkpoint); ``marker`` shows whether it ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
