@@ -346,3 +346,15 @@ def test_settings_lightning_refuses_only_once_it_sees_the_data_are_one_line(tmp_
     assert re.fullmatch(r"main.py: error: Lightning refused the settings for this run: `val_check_interval` \(100\) "
                         r"must be less than or equal to the number of the training batches \(2\)\..*",
                         _one_error_line(capsys))
+
+
+def test_ctrl_c_saves_last_ckpt_and_exits_130_with_one_line(tmp_path, images, capsys):
+    stop = {"target": "tests.training.train_helpers.InterruptAtStep", "params": {"step": 3}}
+    config = tiny_image_model_config(images, max_steps=50, callbacks={"stop": stop})
+    logs = str(tmp_path / "logs")
+    assert main(["--base", _config_file(tmp_path, config), "-t", "-l", logs]) == 130
+    rundir = _only_run(logs)
+    last = os.path.join(os.path.abspath(rundir), "checkpoints", "last.ckpt")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"main.py: interrupted by Ctrl-C: saved {last} at step 3; continue with: python main.py --resume {rundir} -t")
+    assert _load(last)["global_step"] == 3

@@ -252,3 +252,14 @@ class RunsCode:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+class InterruptAtStep(pl.Callback):
+    """Raises KeyboardInterrupt (as Ctrl-C does) once the global step reaches ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
