@@ -32,15 +32,18 @@ def _describe_load_failure(path: str, err: Exception) -> str:
     return str(not_a_checkpoint(path, first_line(err, after="WeightsUnpickler error:")))
 
 
-def _load_safetensors(path: str, data: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """The tensors (``data=False``: memory-mapped, not read) and metadata of a safetensors file."""
+def _load_safetensors(path: str, shapes_only: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The tensors (``shapes_only``: their shapes, from the header) and metadata of a safetensors file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(path, framework="pt") as handle:
             raw_meta = handle.metadata() or {}
-            state_dict = load_file(path, device="cpu") if data else {k: handle.get_slice(k) for k in handle.keys()}
+            if shapes_only:
+                state_dict = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        if not shapes_only:
+            state_dict = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(_describe_load_failure(path, err)) from None
     metadata: Dict[str, Any] = {}
@@ -178,8 +181,7 @@ def checkpoint_tensor_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
     path = _readable_checkpoint_path(path)
     kind = sniff_format(path)
     if kind == SAFETENSORS:
-        slices, _ = _load_safetensors(path, data=False)
-        return {key: tuple(value.get_shape()) for key, value in slices.items()}
+        return _load_safetensors(path, shapes_only=True)[0]
     tensors, _ = _load_torch(path, kind, mmap=True)
     _check_tensors(path, tensors)
     return {key: tuple(value.shape) for key, value in tensors.items()}
