@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.modules.midas import api
-from ldm.modules.midas.api import MiDaSInference, load_midas_transform
+from ldm.modules.midas.api import MiDaSInference, load_midas_transform, transform_images
 from ldm.util import instantiate_from_config
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
 from tests.modules.midas.tiny import TINY_HYBRID, perturbed
@@ -106,3 +106,18 @@ def test_an_sd2_depth_batch_runs_from_image_to_depth():
     midas = MiDaSInference("dpt_hybrid", **TINY_HYBRID)
     depth = midas(torch.from_numpy(midas_in)[None])
     assert depth.shape == (1, 1, 384, 256) and torch.isfinite(depth).all()
+    torch.testing.assert_close(midas.transform_images(image.permute(2, 0, 1)[None]), torch.from_numpy(midas_in)[None],
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["dpt_hybrid", "midas_v21_small"])
+def test_transform_images_prepares_a_batch_as_the_per_image_transform(model_type):
+    images = torch.rand(2, 3, 80, 120) * 2 - 1
+    batch = transform_images(images, model_type)
+    transform = load_midas_transform(model_type)
+    expected = np.stack([transform({"image": ((image.permute(1, 2, 0) + 1) * 0.5).numpy()})["image"]
+                         for image in images])
+    assert batch.shape == expected.shape and batch.dtype == torch.float32
+    np.testing.assert_allclose(batch.numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        transform_images(images[:, :1], model_type)
