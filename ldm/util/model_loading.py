@@ -83,7 +83,9 @@ def _check_layout_before_building(model_config, state_dict: Mapping[str, torch.T
                                   ema: Optional[bool]) -> None:
     """Compare the checkpoint with the model's layout built on the meta device; raise
     :class:`~ldm.util.errors.CheckpointMismatchError` when it does not fit. A model that cannot
-    be built on the meta device (construction that reads tensor values) is left to the real build."""
+    be built on the meta device (construction that reads tensor values) is left to the real build.
+    What constructors print is held back here (the real build prints it); warnings are not, so a
+    constructor that says something once per process should warn rather than print."""
     try:
         with torch.device("meta"), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.filterwarnings("ignore", message=".*to a meta parameter.*is a no-op")  # preloaded parts
