@@ -2,8 +2,6 @@
 (keys, shapes and order) of the original code, so released checkpoints load strictly.
 
 Models are built on the meta device: the layout is real, no memory is spent on weights.
-Excluded until their issues land: ``depth_model.*`` (MiDaS; a checkpoint's depth_model keys are
-reported as skipped instead, see test below).
 """
 import pytest
 import torch
@@ -11,8 +9,6 @@ from omegaconf import OmegaConf
 
 from ldm.util import instantiate_from_config, load_state_dict_checked
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
-
-EXCLUDED_PREFIXES = ("depth_model.",)
 
 
 def _build_on_meta(name: str, **overrides):
@@ -23,17 +19,13 @@ def _build_on_meta(name: str, **overrides):
         return instantiate_from_config(config.model)
 
 
-def _without_excluded(entries):
-    return [(k, s) for k, s in entries if not k.startswith(EXCLUDED_PREFIXES)]
-
-
 @pytest.mark.parametrize("name", sorted(MANIFEST_CONFIGS))
 def test_model_from_original_config_has_the_original_layout(name):
     overrides = {}
     if name == "v2-1-stable-unclip-l-inference":
         overrides["model.params.noise_aug_config.params.clip_stats_path"] = None
     model = _build_on_meta(name, **overrides)
-    assert _without_excluded(layout_of(model)) == _without_excluded(read_manifest(name))
+    assert layout_of(model) == read_manifest(name)
 
 
 def test_v1_layout_with_ema_has_the_original_model_ema_buffers():
@@ -41,12 +33,11 @@ def test_v1_layout_with_ema_has_the_original_model_ema_buffers():
     assert layout_of(model) == read_manifest("extras/v1-inference.use_ema-true")
 
 
-def test_depth_model_keys_of_a_checkpoint_are_reported_as_skipped_in_one_line():
+def test_the_depth_models_midas_keys_load_strictly():
+    """The 368 depth_model.* tensors of 512-depth-ema.ckpt (MiDaS DPT-Hybrid) are part of the model:
+    nothing of the checkpoint is skipped any more."""
     model = _build_on_meta("v2-midas-inference")
     expected = {k: torch.empty(s, device="meta") for k, s in read_manifest("v2-midas-inference")}
-    assert any(k.startswith("depth_model.") for k in expected)
+    assert sum(k.startswith("depth_model.") for k in expected) == 368
     report = load_state_dict_checked(model, expected, strict=True, verbose=False)
-    assert report.ok
-    assert [line for line in report.lines() if line.startswith("skipped")] == [
-        line for line in report.lines()]
-    assert len(report.lines()) == 1 and "368" in report.lines()[0]
+    assert report.ok and report.lines() == []

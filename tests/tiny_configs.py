@@ -100,11 +100,20 @@ def tiny_inpainting_config(**overrides) -> DictConfig:
                         {"finetune_keys": None}, overrides)
 
 
+# MiDaS DPT-Hybrid shrunk (its full size is 123 M parameters): the original class and model type,
+# a narrower, shallower backbone and head (ldm.modules.midas.api.build_model options).
+TINY_MIDAS = {"target": "ldm.modules.midas.api.MiDaSInference",
+              "params": {"model_type": "dpt_hybrid", "features": 32,
+                         "backbone_options": {"embed_dim": 64, "depth": 4, "num_heads": 2, "img_size": 64,
+                                              "hooks": [0, 1, 2, 3], "stem_width": 32,
+                                              "stage_widths": [128, 128, 256], "stage_depths": [1, 1, 2]}}}
+
+
 def tiny_depth2img_config(**overrides) -> DictConfig:
     """The SD 2 depth model at toy size (``hybrid``, UNet in 4 + 1 = 5), with the original
-    ``depth_stage_config`` (MiDaS; not built while it cannot be imported). Its batch adds
+    ``depth_stage_config`` class (MiDaS DPT-Hybrid, shrunk: ``TINY_MIDAS``). Its batch adds
     ``depth`` (B, 16, 16), any range."""
-    depth = {"target": "ldm.modules.midas.api.MiDaSInference", "params": {"model_type": "dpt_hybrid"}}
+    depth = TINY_MIDAS
     return _task_config("ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion", 5, "hybrid",
                         {"finetune_keys": None, "depth_stage_config": depth}, overrides)
 

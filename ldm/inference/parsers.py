@@ -37,8 +37,7 @@ def _depth_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=str, default=None,
                         help="depth map of --init-img as an image (grey, RGB or 16-bit; brighter = "
                              "nearer, as MiDaS outputs; any size); without it the model's own depth "
-                             "estimator is used (the shapes model has one; MiDaS is not built in, so "
-                             "SD 2 depth needs --depth)")
+                             "estimator is used (MiDaS DPT-Hybrid for SD 2 depth, as the original demo)")
 
 
 def _upscale_inputs(parser: argparse.ArgumentParser) -> None:

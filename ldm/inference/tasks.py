@@ -263,13 +263,11 @@ class DepthToImage(ImageToImage):
         self.depth = self.depth.to(device) if self.depth is not None else None
 
     def _depth(self, model, image: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The given depth map, else the model's own estimate of the image's depth."""
+        """The given depth map, else the model's own estimate of the image's depth (MiDaS for SD 2
+        depth, as the original demo)."""
         if self.depth is not None:
             return rows_for(self.depth, batch)
-        if getattr(model, "depth_model", None) is None:
-            raise UsageError("--depth is required: this model has no depth estimator (MiDaS is not built "
-                             "in); pass a depth map image of --init-img (brighter = nearer)")
-        return model.estimate_depth(image)
+        return model.estimate_depth_of_images(image)
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)

@@ -175,3 +175,20 @@ def test_generating_leaves_the_global_random_generators_alone(pipes):
     torch.manual_seed(123)
     pipes["img2img"]("a red circle", image=np.zeros((32, 32, 3), dtype=np.uint8), steps=4, eta=0.5, n=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_depth2img_without_a_depth_map_uses_the_models_midas_estimate(pipes, inputs):
+    import torch
+
+    from ldm.inference.images import load_image
+
+    pipe = pipes["depth2img"]
+    options = dict(image=str(inputs["image"]), steps=4, strength=0.8, seed=3, n=1)
+    estimated = pipe("a red circle", **options)[0]
+    image = load_image(str(inputs["image"]), pipe.spec.pixel_multiple)
+    with torch.no_grad():
+        depth = pipe.model.estimate_depth_of_images(image)[0, 0].numpy()
+    given = pipe("a red circle", depth=depth, **options)[0]
+    assert np.array_equal(np.asarray(estimated), np.asarray(given))
+    flat = pipe("a red circle", depth=np.zeros_like(depth), **options)[0]
+    assert not np.array_equal(np.asarray(estimated), np.asarray(flat))

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.util import instantiate_from_config, save_checkpoint
-from tests.tiny_configs import tiny_latent_diffusion_config, tiny_unet_config
+from tests.tiny_configs import TINY_MIDAS, tiny_latent_diffusion_config, tiny_unet_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_TEXT_WIDTH = 32
@@ -87,8 +87,7 @@ def build_tiny_models(folder: Path) -> Dict[str, TinyModel]:
                                 conditioning_key="hybrid", finetune_keys=None),
         "depth": _task_config("ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion", 5, clip_dir,
                               conditioning_key="hybrid", finetune_keys=None,
-                              depth_stage_config={"target": "ldm.modules.midas.api.MiDaSInference",
-                                                  "params": {"model_type": "dpt_hybrid"}}),
+                              depth_stage_config=TINY_MIDAS),
         "upscale": _task_config("ldm.models.diffusion.ddpm.LatentUpscaleDiffusion", 7, clip_dir,
                                 conditioning_key="hybrid-adm", low_scale_key="lr",
                                 unet={"num_classes": 1000},

@@ -96,7 +96,6 @@ def _cases(models, inputs):
         ("inpaint.py", [*inpaint, "--init-img", image], r"--mask is required"),
         ("inpaint.py", [*txt, "--init-img", image, "--mask", str(inputs / "image.png"), "--dpm", "--steps", "2"],
          r"the dpm sampler does not support mask .*samplers that take mask: ddim, plms"),
-        ("depth2img.py", [*depth, "--init-img", image], r"--depth is required: .*MiDaS"),
         ("depth2img.py", [*depth, "--init-img", image, "--depth", str(inputs / "not_an_image.png")],
          r"--depth: cannot read"),
         ("depth2img.py", [*txt, "--init-img", image, "--depth", image],

@@ -12,7 +12,7 @@ from einops import rearrange
 
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.modules.freezing import freeze_module, keep_in_eval_mode
-from ldm.util import exists, get_obj_from_str, instantiate_from_config
+from ldm.util import exists, instantiate_from_config
 
 DEFAULT_FINETUNE_KEYS = ("model.diffusion_model.input_blocks.0.0.weight",
                          "model_ema.diffusion_modelinput_blocks00weight")
@@ -172,9 +172,6 @@ class LatentInpaintDiffusion(LatentFinetuneDiffusion):
         return {**super()._task_log_images(batch, c), "masked_image": channels_first(batch["masked_image"])}
 
 
-MIDAS_MISSING = "the MiDaS depth estimator is not built in yet; pass depth maps instead"
-
-
 def normalized_depth(depth: torch.Tensor, latent_hw: Sequence[int]) -> torch.Tensor:
     """A depth map (B, 1, H, W), any range, resized bicubically to the latent size and scaled per
     sample to [-1, 1] as the original does: 2 (d - min) / (max - min + 0.001) - 1."""
@@ -197,35 +194,27 @@ def depth_as_b1hw(depth: torch.Tensor) -> torch.Tensor:
 
 class LatentDepth2ImageDiffusion(LatentFinetuneDiffusion):
     """Depth-conditioned image generation (SD 2 depth): the UNet sees [latent, normalised depth]
-    = 4 + 1 = 5 channels. Depth maps come from the batch key ``depth``; estimating them from
-    ``midas_in`` needs the MiDaS model, which is built only when its class can be imported."""
+    = 4 + 1 = 5 channels. Depth maps come from the batch key ``depth``, or are estimated from
+    ``midas_in`` by the depth stage (MiDaS DPT-Hybrid in SD 2, ``depth_model.*`` in the checkpoint)."""
 
     depth_map_key = "depth"
 
     def __init__(self, depth_stage_config, concat_keys=("midas_in",), *args, **kwargs):
         super().__init__(concat_keys=concat_keys, *args, **kwargs)
-        self.depth_model = self._build_depth_model(depth_stage_config)
+        self.depth_model = instantiate_from_config(depth_stage_config)
         self.depth_stage_key = concat_keys[0]
-
-    @staticmethod
-    def _build_depth_model(config):
-        try:
-            get_obj_from_str(config["target"])
-        except (ImportError, AttributeError):
-            print(f"Depth model {config['target']} is not available: {MIDAS_MISSING}.")
-            return None
-        return instantiate_from_config(config)
-
-    def checkpoint_skip_prefixes(self) -> Dict[str, str]:
-        return {} if self.depth_model is not None else {"depth_model.": MIDAS_MISSING}
 
     @torch.no_grad()
     def estimate_depth(self, midas_in: torch.Tensor) -> torch.Tensor:
         """Depth (B, 1, H, W) of MiDaS-prepared images (B, 3, H, W)."""
-        if self.depth_model is None:
-            raise RuntimeError(f"cannot estimate depth: {MIDAS_MISSING} "
-                               f"(batch key '{self.depth_map_key}', or depth_to_concat())")
         return self.depth_model(midas_in)
+
+    @torch.no_grad()
+    def estimate_depth_of_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Depth (B, 1, h, w) of images (B, 3, H, W) in [-1, 1], prepared for the depth stage as
+        ``AddMiDaS`` prepares training batches (MiDaS: resized to its input size and normalised)."""
+        prepare = getattr(self.depth_model, "transform_images", None)
+        return self.estimate_depth(prepare(images) if prepare is not None else images)
 
     def depth_to_concat(self, depth: torch.Tensor, latent_hw: Sequence[int]) -> torch.Tensor:
         """The concat channel for a depth map in any range: resized and scaled to [-1, 1]."""

@@ -99,13 +99,19 @@ def load_model(model_type: str, path: Optional[Union[str, os.PathLike]] = None,
     """(network in eval mode, its input transform), as the original's ``load_model``; the
     weights from ``path`` when given, else random (said once per process and model type)."""
     model = build_model(model_type, path, **options)
-    if path is None and model_type not in _said_random:
-        _said_random.add(model_type)
-        warnings.warn(f"MiDaS {model_type} built with random weights: they come from a checkpoint that holds them "
-                      f"(the SD 2 depth checkpoint's depth_model.*) or from a local MiDaS file passed as path "
-                      f"(released as {os.path.basename(ISL_PATHS[model_type])}); nothing is downloaded",
-                      stacklevel=3)
+    if path is None:
+        _say_random_weights(model_type, "built")
     return model.eval(), load_midas_transform(model_type)
+
+
+def _say_random_weights(model_type: str, what: str) -> None:
+    """Warn, once per process and model type, that a MiDaS network has random weights."""
+    if model_type in _said_random:
+        return
+    _said_random.add(model_type)
+    warnings.warn(f"MiDaS {model_type} {what} with random weights: they come from a checkpoint that holds them "
+                  f"(the SD 2 depth checkpoint's depth_model.*) or from a local MiDaS file passed as path "
+                  f"(released as {os.path.basename(ISL_PATHS[model_type])}); nothing is downloaded", stacklevel=4)
 
 
 class MiDaSInference(nn.Module):
@@ -118,9 +124,13 @@ class MiDaSInference(nn.Module):
 
     def __init__(self, model_type: str, path: Optional[Union[str, os.PathLike]] = None, **options):
         super().__init__()
-        model, _ = load_model(model_type, path, **options)
         self.model_type = model_type
-        self.model = keep_in_eval_mode(model)
+        self.model = keep_in_eval_mode(build_model(model_type, path, **options).eval())
+        self.has_weights = path is not None  # else until a state dict (the SD 2 checkpoint's) is loaded
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.has_weights = self.has_weights or any(key.startswith(prefix + "model.") for key in state_dict)
 
     def transform_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] as this model's input (see ``transform_images``)."""
@@ -130,6 +140,8 @@ class MiDaSInference(nn.Module):
         """Disparity (B, 1, H, W), larger = nearer, of images (B, 3, H, W) prepared by
         ``load_midas_transform`` (for DPT: RGB in [-1, 1]; H and W multiples of 32). Run without
         gradients; the prediction is resized to the input bicubically (align_corners=False)."""
+        if not self.has_weights:
+            _say_random_weights(self.model_type, "runs")
         with torch.no_grad():
             prediction = self.model(x)
             prediction = F.interpolate(prediction.unsqueeze(1), size=x.shape[2:], mode="bicubic",

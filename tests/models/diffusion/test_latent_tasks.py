@@ -14,7 +14,8 @@ from ldm.modules.diffusionmodules.upscaling import (
     ImageConcatWithNoiseAugmentation,
     SimpleImageConcat,
 )
-from ldm.util import get_obj_from_str, instantiate_from_config, load_state_dict_checked
+from ldm.models.diffusion.latent_tasks import normalized_depth
+from ldm.util import CheckpointError, get_obj_from_str, instantiate_from_config, load_state_dict_checked
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
 from tests.models.diffusion.test_ddpm import reference_betas, reference_buffers
 from tests.tiny_configs import (
@@ -140,9 +141,9 @@ def reference_depth_channel(depth, size):
     return 2 * (d - lo) / (hi - lo + 0.001) - 1
 
 
-def test_depth_model_builds_without_midas_and_normalises_given_depth_maps():
+def test_depth_model_builds_midas_and_normalises_given_depth_maps():
     model = build(tiny_depth2img_config())
-    assert model.depth_model is None
+    assert type(model.depth_model).__name__ == "MiDaSInference" and not model.depth_model.model.training
     batch = tiny_latent_diffusion_batch(2)
     batch["depth"] = torch.rand(2, 16, 16) * 1000 + torch.tensor([0.0, 5000.0])[:, None, None]
     z, cond = model.get_input(batch, "jpg")
@@ -155,33 +156,37 @@ def test_depth_model_builds_without_midas_and_normalises_given_depth_maps():
         torch.testing.assert_close(model.depth_to_concat(layout, (8, 8)), c_cat)
 
 
-def test_depth_model_explains_what_it_cannot_do():
+def test_depth_model_estimates_depth_from_midas_inputs_without_a_depth_key():
     model = build(tiny_depth2img_config())
-    assert model.checkpoint_skip_prefixes() == {"depth_model.": latent_tasks.MIDAS_MISSING}
     batch = tiny_latent_diffusion_batch(1)
-    batch["midas_in"] = torch.rand(1, 3, 16, 16)
-    with pytest.raises(RuntimeError, match="MiDaS"):
-        model.get_input(batch, "jpg")
+    batch["midas_in"] = torch.rand(1, 3, 32, 32) * 2 - 1
+    z, cond = model.get_input(batch, "jpg")
+    expected = normalized_depth(model.depth_model(batch["midas_in"]), (8, 8))
+    torch.testing.assert_close(cond["c_concat"][0], expected)
     with pytest.raises(ValueError, match="depth map"):
         model.depth_to_concat(torch.rand(1, 2, 4, 4), (8, 8))
 
 
-def test_checked_loading_reports_depth_model_keys_as_skipped(capsys):
+def test_depth_of_images_prepares_them_as_addmidas_does():
+    model = build(tiny_depth2img_config())
+    images = torch.rand(2, 3, 48, 64) * 2 - 1
+    prepared = model.depth_model.transform_images(images)
+    torch.testing.assert_close(model.estimate_depth_of_images(images), model.depth_model(prepared))
+
+
+def test_checked_loading_loads_the_depth_model_keys_strictly():
     model = build(tiny_depth2img_config())
     state = dict(model.state_dict())
     state["depth_model.model.scratch.output_conv.0.weight"] = torch.zeros(3)
-    report = load_state_dict_checked(model, state, strict=True)
-    assert report.ok and list(report.skipped) == [latent_tasks.MIDAS_MISSING]
-    assert "skipped 1 checkpoint tensors" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="depth estimator"):
+        load_state_dict_checked(model, state, strict=True)
 
 
-def test_original_depth_config_builds_on_meta_with_the_manifest_layout_minus_midas():
+def test_original_depth_config_builds_on_meta_with_the_manifest_layout():
     config = OmegaConf.load(REPO_ROOT / MANIFEST_CONFIGS["v2-midas-inference"])
     with torch.device("meta"):
         model = instantiate_from_config(config.model)
-    assert model.depth_model is None
-    want = [entry for entry in read_manifest("v2-midas-inference") if not entry[0].startswith("depth_model.")]
-    assert layout_of(model) == want
+    assert layout_of(model) == read_manifest("v2-midas-inference")
 
 
 def test_depth_log_images_shows_the_depth_map():

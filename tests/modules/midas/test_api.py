@@ -53,13 +53,27 @@ def test_the_network_stays_in_eval_mode():
     assert not midas.model.training
 
 
-def test_random_weights_are_said_once_per_model_type(monkeypatch):
+def test_random_weights_are_said_once_per_model_type_when_used(monkeypatch):
     monkeypatch.setattr(api, "_said_random", set())
-    with pytest.warns(UserWarning, match="dpt_hybrid built with random weights.*dpt_hybrid-midas-501f0c75.pt.*nothing"):
-        MiDaSInference("dpt_hybrid", **TINY_HYBRID)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        MiDaSInference("dpt_hybrid", **TINY_HYBRID)
+        midas = MiDaSInference("dpt_hybrid", **TINY_HYBRID)  # a checkpoint may still bring the weights
+    with pytest.warns(UserWarning, match="dpt_hybrid runs with random weights.*dpt_hybrid-midas-501f0c75.pt.*nothing"):
+        midas(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        midas(x)
+        MiDaSInference("dpt_hybrid", **TINY_HYBRID)(x)
+
+
+def test_weights_from_a_state_dict_silence_the_random_weights_warning(monkeypatch):
+    monkeypatch.setattr(api, "_said_random", set())
+    midas = MiDaSInference("dpt_hybrid", **TINY_HYBRID)
+    midas.load_state_dict(MiDaSInference("dpt_hybrid", **TINY_HYBRID).state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        midas(torch.rand(1, 3, 64, 64) * 2 - 1)
 
 
 def test_weights_load_from_a_local_midas_file(tmp_path, monkeypatch):
