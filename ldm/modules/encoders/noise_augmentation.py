@@ -11,6 +11,17 @@ import torch
 
 from ldm.modules.diffusionmodules.openaimodel import Timestep
 from ldm.modules.diffusionmodules.upscaling import ImageConcatWithNoiseAugmentation
+from ldm.util import CheckpointError, load_tensors
+
+
+def _clip_stats(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` from a statistics file, read with the checkpoint loader's checks (a hostile
+    file named by a config cannot allocate more than it holds or run code)."""
+    stats = load_tensors(path)
+    if not (isinstance(stats, (tuple, list)) and len(stats) == 2
+            and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in stats)):
+        raise CheckpointError(f"{path} does not hold the (mean, std) pair of CLIP embedding statistics")
+    return stats[0].float(), stats[1].float()
 
 
 class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
@@ -23,7 +34,7 @@ class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
         super().__init__(*args, **kwargs)
         self.missing_stats_path = None
         if clip_stats_path is not None and os.path.isfile(clip_stats_path):
-            clip_mean, clip_std = torch.load(clip_stats_path, map_location="cpu", weights_only=True)
+            clip_mean, clip_std = _clip_stats(clip_stats_path)
         else:
             self.missing_stats_path = clip_stats_path
             clip_mean, clip_std = torch.zeros(timestep_dim), torch.ones(timestep_dim)

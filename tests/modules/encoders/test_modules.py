@@ -174,6 +174,22 @@ def test_noise_augmentation_follows_q_sample_in_standardised_space(tmp_path):
     torch.testing.assert_close(emb, timestep_embedding(level, 8))
 
 
+def test_noise_augmentation_reads_its_stats_file_with_the_checkpoint_checks(tmp_path):
+    """The statistics file is named by a config and read like a checkpoint: a pickle that would
+    allocate more than the file holds is refused, and so is anything but a (mean, std) pair."""
+    import pickle
+
+    from ldm.util import CheckpointError
+
+    hostile = tmp_path / "hostile.th"
+    hostile.write_bytes(pickle.dumps((bytearray(10 ** 6), 1), protocol=2))
+    with pytest.raises(CheckpointError):
+        _noise_augmentor(clip_stats_path=str(hostile))
+    torch.save({"mean": torch.zeros(8)}, tmp_path / "not_a_pair.th")
+    with pytest.raises(CheckpointError, match="does not hold the \\(mean, std\\) pair"):
+        _noise_augmentor(clip_stats_path=str(tmp_path / "not_a_pair.th"))
+
+
 def test_noise_augmentation_builds_without_its_stats_file_but_refuses_to_run(tmp_path):
     augmentor = _noise_augmentor(clip_stats_path=str(tmp_path / "ViT-L-14_stats.th"))
     with pytest.raises(FileNotFoundError, match="ViT-L-14_stats.th"):
