@@ -27,8 +27,18 @@ from ldm.util import write_atomically
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` through :func:`ldm.util.write_atomically`: readers see the old file or the
-    complete new one, never a partial write."""
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+    complete new one, never a partial write. Written through a Python file, so that a full disk
+    is an ``OSError`` (ENOSPC) rather than torch's "unexpected pos" RuntimeError."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    try:
+        write_atomically(path, write)
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, os.fspath(path)) from None  # name the checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -77,6 +77,10 @@ def resume_paths(resume: str, now: str) -> RunPaths:
         run_dir = resume.rstrip(os.sep) or os.sep
         ckpt = None
         if not checkpoint_files(os.path.join(run_dir, "checkpoints")):
+            runs = sorted(d for d in os.listdir(run_dir) if checkpoint_files(os.path.join(run_dir, d, "checkpoints")))
+            if runs:
+                raise ConfigError(f"cannot resume from {resume}: it holds runs, not a run's checkpoints; give one, "
+                                  f"e.g. the newest: --resume {os.path.join(run_dir, runs[-1])}")
             raise ConfigError(f"cannot resume from {resume}: it has no checkpoints (checkpoints/*.ckpt)")
     return RunPaths(now=now, nowname=os.path.basename(os.path.abspath(run_dir)), logdir=run_dir,
                     resume_ckpt=ckpt, resume_configs=_saved_configs(run_dir), resuming=True)

@@ -7,6 +7,7 @@ is written, and a run directory made just before a failing check is removed agai
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -385,6 +386,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainingInterrupted as err:
         print(f"main.py: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"main.py: error: no space left on the device writing {err.filename or 'a file'}: checkpoints are "
+              "written atomically, so the last complete one is intact; free space, then continue with --resume",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("main.py: interrupted by Ctrl-C before training started: nothing was trained or saved",
               file=sys.stderr)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ldm.training.cli import trainer_parameters
 from ldm.training.config import ConfigError
 from ldm.training.logdir import RunPaths
-from ldm.util import get_obj_from_str, instantiate_from_config
+from ldm.util import first_line, get_obj_from_str, instantiate_from_config
 
 # PL 1.x Trainer arguments that Lightning 2 removed without a replacement we can map.
 REMOVED_TRAINER_ARGS = (
@@ -158,8 +158,18 @@ def callback_configs(lightning_config: DictConfig, paths: RunPaths, config: Dict
 
 
 def build_callbacks(lightning_config: DictConfig, paths: RunPaths, config: DictConfig, model) -> List:
+    """The callbacks; one that its parameters do not build is a ConfigError naming its entry."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     cfgs = callback_configs(lightning_config, paths, config, model)
-    return [instantiate_from_config(cfgs[name]) for name in cfgs]
+    callbacks = []
+    for name in cfgs:
+        try:
+            callbacks.append(instantiate_from_config(cfgs[name]))
+        except (TypeError, ValueError, MisconfigurationException) as err:
+            where = "lightning.modelcheckpoint" if name == "checkpoint_callback" else f"lightning.callbacks.{name}"
+            raise ConfigError(f"cannot build {where} ({cfgs[name].get('target')}): {first_line(err)}") from None
+    return callbacks
 
 
 def scaled_learning_rate(config: DictConfig, accumulate: int, num_devices: int, scale_lr: bool) -> float:

@@ -92,3 +92,13 @@ def test_other_ranks_use_the_directory_rank_zero_published(tmp_path, monkeypatch
     assert os.path.abspath(rank1.logdir) == os.path.abspath(rank0.logdir) and rank1.now == rank0.now
     assert len(os.listdir(tmp_path / "logs")) == 1
     assert RUN_DIR_ENV not in os.environ and RUN_NOW_ENV not in os.environ
+
+
+def test_resume_from_the_folder_of_runs_names_the_newest_run(tmp_path):
+    _make_run(tmp_path)
+    newer = tmp_path / "logs" / "U_run" / "checkpoints"
+    newer.mkdir(parents=True)
+    (newer / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"it holds runs, not a run's checkpoints; give one, e.g. the newest: "
+                                          rf"--resume {re.escape(str(tmp_path / 'logs' / 'U_run'))}$"):
+        resolve_run_paths(_opt(tmp_path, resume=str(tmp_path / "logs")), True)

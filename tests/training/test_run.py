@@ -161,6 +161,8 @@ def test_debug_runs_are_moved_to_debug_runs(tmp_path, images):
     (["--resume", "MISSING"], "cannot resume: .*missing.yaml does not exist"),
     (["--accelerator", "gpu", "--devices", "64"], "invalid Trainer settings"),
     (["--precision", "17"], "invalid Trainer settings: Precision '17' is invalid"),
+    (["lightning.callbacks.image_logger.params.batch_frequency=0"], "cannot build lightning.callbacks.image_logger"),
+    (["lightning.modelcheckpoint.params.every_n_train_steps=-2"], "cannot build lightning.modelcheckpoint"),
 ])
 def test_bad_input_exits_2_with_one_line_and_creates_no_run(tmp_path, images, capsys, extra, message):
     (tmp_path / "empty").mkdir()
@@ -358,3 +360,17 @@ def test_ctrl_c_saves_last_ckpt_and_exits_130_with_one_line(tmp_path, images, ca
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"main.py: interrupted by Ctrl-C: saved {last} at step 3; continue with: python main.py --resume {rundir} -t")
     assert _load(last)["global_step"] == 3
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_file(tmp_path, images, capsys, monkeypatch):
+    from ldm.training import checkpointing
+
+    monkeypatch.setattr(checkpointing, "open", lambda path, mode: open(os.devnull.replace("null", "full"), mode),
+                        raising=False)  # every checkpoint write goes to /dev/full: ENOSPC from the OS
+    config = tiny_image_model_config(images, max_steps=50, modelcheckpoint={"params": {"every_n_train_steps": 2}})
+    logs = str(tmp_path / "logs")
+    assert main(["--base", _config_file(tmp_path, config), "-t", "-l", logs]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"main.py: error: no space left on the device writing .*checkpoints/epoch=000000.ckpt: "
+                        r"checkpoints are written atomically, .*--resume", line), line
+    assert os.listdir(os.path.join(_only_run(logs), "checkpoints")) == []

@@ -123,3 +123,17 @@ def test_learning_rate_is_scaled_by_accumulation_devices_and_batch(capsys):
     assert scaled_learning_rate(no_batch, accumulate=2, num_devices=4, scale_lr=True) == 1e-4
     with pytest.raises(ConfigError, match="base_learning_rate is missing"):
         scaled_learning_rate(OmegaConf.create({"model": {}}), 1, 1, True)
+
+
+@pytest.mark.parametrize("lightning, message", [
+    ({"callbacks": {"image_logger": {"params": {"batch_frequency": 0}}}},
+     r"cannot build lightning.callbacks.image_logger \(ldm.training.callbacks.ImageLogger\): ImageLogger "
+     "batch_frequency must be >= 1, got 0"),
+    ({"callbacks": {"image_logger": {"params": {"nonsense": 1}}}},
+     "cannot build lightning.callbacks.image_logger .*unexpected keyword argument 'nonsense'"),
+    ({"modelcheckpoint": {"params": {"every_n_train_steps": -2}}},
+     r"cannot build lightning.modelcheckpoint \(.*PeriodicModelCheckpoint\): Invalid value for every_n_train_steps=-2"),
+])
+def test_callbacks_their_parameters_do_not_build_are_config_errors(tmp_path, lightning, message):
+    with pytest.raises(ConfigError, match=message):
+        build_callbacks(OmegaConf.create(lightning), _paths(tmp_path), OmegaConf.create(), SimpleNamespace())
