@@ -97,17 +97,32 @@ def run_name(opt: argparse.Namespace) -> str:
     return name + opt.postfix
 
 
+def check_log_root(root: str) -> None:
+    """``--logdir`` must be, or be creatable in, a folder this process can write (checked before
+    any work is done)."""
+    existing = os.path.abspath(root)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--logdir {root}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--logdir {root}: cannot write in {existing}")
+
+
 def create_new_run_dir(root: str, nowname: str) -> str:
     """Create ``root/nowname`` (``nowname_1``, ``_2``... when it already exists) and return it."""
-    os.makedirs(root, exist_ok=True)
     candidate, n = os.path.join(root, nowname), 0
-    while True:
-        try:
-            os.makedirs(candidate)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = os.path.join(root, f"{nowname}_{n}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        while True:
+            try:
+                os.makedirs(candidate)
+                return candidate
+            except FileExistsError:
+                n += 1
+                candidate = os.path.join(root, f"{nowname}_{n}")
+    except OSError as err:
+        raise ConfigError(f"--logdir {root}: cannot create {candidate}: {err.strerror or err}") from None
 
 
 def resolve_run_paths(opt: argparse.Namespace, is_rank_zero: bool, create: bool = False,
@@ -125,6 +140,8 @@ def resolve_run_paths(opt: argparse.Namespace, is_rank_zero: bool, create: bool 
     if opt.resume:
         return resume_paths(opt.resume, now)
     nowname = now + run_name(opt)
+    if is_rank_zero:
+        check_log_root(opt.logdir)
     if not is_rank_zero:
         logdir = inherited_dir or os.path.join(opt.logdir, nowname)
     elif create:

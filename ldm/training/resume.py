@@ -113,7 +113,7 @@ def choose_resume_checkpoint(run_dir: str, ckptdir: str) -> ResumePoint:
 
 class RunDirectoryLock:
     """An exclusive lock on ``<run>/.training.lock`` (released when the process ends, also when it
-    is killed). Without ``fcntl`` (Windows) nothing is locked."""
+    is killed). Without ``fcntl`` (Windows) or on a file system without locks nothing is locked."""
 
     def __init__(self, logdir: str):
         self.path = os.path.join(logdir, LOCK_NAME)
@@ -124,15 +124,22 @@ class RunDirectoryLock:
             import fcntl
         except ImportError:
             return
-        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            handle = open(self.path, "a+", encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot train in {os.path.dirname(self.path)}: {err.strerror or err} "
+                              f"({self.path})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "?"
             handle.close()
             raise ConfigError(f"{os.path.dirname(self.path)} is being trained by another process (pid {holder}); "
                               "wait for it to finish or stop it, then resume") from None
+        except OSError:  # a file system without locks (some network mounts): train unguarded
+            handle.close()
+            return
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -102,3 +102,11 @@ def test_resume_from_the_folder_of_runs_names_the_newest_run(tmp_path):
     with pytest.raises(ConfigError, match=r"it holds runs, not a run's checkpoints; give one, e.g. the newest: "
                                           rf"--resume {re.escape(str(tmp_path / 'logs' / 'U_run'))}$"):
         resolve_run_paths(_opt(tmp_path, resume=str(tmp_path / "logs")), True)
+
+
+def test_a_logdir_that_cannot_hold_runs_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"--logdir .*afile/logs: .*afile is a file, not a folder"):
+        resolve_run_paths(_opt(tmp_path, logdir=str(tmp_path / "afile" / "logs")), True)
+    with pytest.raises(ConfigError, match=r"--logdir /proc/ldm-logs: cannot create /proc/ldm-logs/T_x"):
+        resolve_run_paths(_opt(tmp_path, logdir="/proc/ldm-logs", name="x"), True, create=True, now="T")

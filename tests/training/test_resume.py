@@ -1,12 +1,14 @@
 """What --resume continues from (ldm/training/resume.py): the newest complete checkpoint of a run,
 read safely; stale temporaries of killed saves removed; one process per run directory."""
 import os
+import re
 
 import pytest
 import torch
 
 from ldm.training.config import ConfigError
 from ldm.training.resume import (
+    LOCK_NAME,
     RunDirectoryLock,
     check_steps_left,
     choose_resume_checkpoint,
@@ -122,3 +124,9 @@ def test_a_run_at_max_steps_has_nothing_to_train(tmp_path):
     check_steps_left(point, {"max_steps": 51})
     check_steps_left(point, {"max_steps": -1})
     check_steps_left(point, {})
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_config_error(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()  # stands in for any reason the lock file cannot be opened
+    with pytest.raises(ConfigError, match=rf"cannot train in {re.escape(str(tmp_path))}: Is a directory"):
+        RunDirectoryLock(str(tmp_path)).acquire()
