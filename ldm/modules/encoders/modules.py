@@ -16,6 +16,8 @@ naming how many tokens were dropped; ``chunk_long_prompts=True`` instead encodes
 """
 from __future__ import annotations
 
+import os
+import warnings
 from functools import partial
 from typing import Dict, List, Optional, Tuple
 
@@ -95,8 +97,11 @@ class _PromptEncoder(AbstractEncoder):
     tokens that are concatenated along the token axis. Subclasses say how text becomes token ids
     (``_content_ids``), rows (``_cut_rows``, ``_window_rows``) and features (``_encode_rows``)."""
 
-    def _init_prompts(self, device, max_length: int, chunk_long_prompts: bool) -> None:
+    def _init_prompts(self, device, max_length: int, chunk_long_prompts: bool, weights_from: Optional[str]) -> None:
+        """``weights_from``: where the encoder's weights came from, or None when it was built with
+        random ones (a hub name: the checkpoint brings them); see :meth:`_warn_if_random`."""
         self.device = device
+        self.weights_from = weights_from
         self.max_length = max_length
         self.chunk_long_prompts = chunk_long_prompts
         self.truncation = TruncationNotice(max_length - 2)
@@ -126,7 +131,25 @@ class _PromptEncoder(AbstractEncoder):
         self.truncation.check(prompts, content)
         return self._cut_rows(prompts, content), 1
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.weights_from is None and any(key.startswith(prefix) for key in state_dict):
+            self.weights_from = "a state dict"
+
+    def _warn_if_random(self) -> None:
+        """Say once per encoder that it encodes with random weights: a hub name was given as
+        ``version`` (nothing is downloaded) and no checkpoint brought the weights; a frozen
+        encoder will not learn them either."""
+        if self.weights_from is None and not getattr(self, "_said_random", False):
+            self._said_random = True
+            frozen = "; it is frozen, so it will not learn" if not any(p.requires_grad for p in self.parameters()) \
+                else ""
+            warnings.warn(f"{type(self).__name__} encodes with random weights: no local weights for "
+                          f"{self.version!r} and no checkpoint brought them (nothing is downloaded; pass a local "
+                          f"model directory as version){frozen}", stacklevel=3)
+
     def forward(self, text: Prompts) -> torch.Tensor:
+        self._warn_if_random()
         tokens, _ = self.tokenize(text)
         z = self._encode_rows(tokens.to(self.device))
         return _rows_to_prompts(z, len(as_prompt_list(text)))
@@ -159,7 +182,8 @@ class FrozenCLIPEmbedder(_PromptEncoder):
             raise ValueError(f"layer='hidden' needs layer_idx in [-{config.num_hidden_layers}, "
                              f"{config.num_hidden_layers}], got {layer_idx}")
         _check_max_length(max_length, config.max_position_embeddings)
-        self._init_prompts(device, max_length, chunk_long_prompts)
+        self.version = version
+        self._init_prompts(device, max_length, chunk_long_prompts, version if os.path.isdir(version) else None)
         self.layer, self.layer_idx = layer, layer_idx
         if freeze:
             self.freeze()
@@ -207,7 +231,8 @@ class FrozenOpenCLIPEmbedder(_PromptEncoder):
         self.model = create_openclip_model(arch, version, with_visual=False, with_text_transformer=True)
         _check_max_length(max_length, self.model.positional_embedding.shape[0])
         self.tokenizer = OpenCLIPTokenizer(max_length)
-        self._init_prompts(device, max_length, chunk_long_prompts)
+        self.version = version
+        self._init_prompts(device, max_length, chunk_long_prompts, None)
         self.layer = layer
         self.layer_idx = self.LAYERS.index(layer)
         if freeze:

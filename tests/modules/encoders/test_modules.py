@@ -196,3 +196,22 @@ def test_noise_augmentation_builds_without_its_stats_file_but_refuses_to_run(tmp
         augmentor(torch.randn(2, 8))
     z, emb = _noise_augmentor()(torch.randn(2, 8))
     assert z.shape == (2, 8) and emb.shape == (2, 8)
+
+
+def test_a_text_encoder_with_random_weights_says_so_once_when_it_encodes(tmp_path):
+    """A hub name as version builds the architecture with random weights (nothing downloads); the
+    checkpoint normally brings them. Encoding without them is said once; after a state dict, not."""
+    import warnings
+
+    from ldm.modules.encoders.modules import FrozenCLIPEmbedder
+
+    encoder = FrozenCLIPEmbedder("openai/clip-vit-base-patch32", max_length=8)
+    with pytest.warns(UserWarning, match=r"FrozenCLIPEmbedder encodes with random weights: no local weights for "
+                                         r"'openai/clip-vit-base-patch32'.*it is frozen, so it will not learn"):
+        encoder.encode(["a red circle"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.encode(["a blue square"])
+        loaded = FrozenCLIPEmbedder("openai/clip-vit-base-patch32", max_length=8)
+        loaded.load_state_dict(encoder.state_dict())
+        loaded.encode(["a red circle"])

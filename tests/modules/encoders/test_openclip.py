@@ -187,7 +187,8 @@ def test_long_prompt_warns_once_and_chunking_keeps_the_rest(tiny_archs):
     with pytest.warns(UserWarning, match=f"{n_content - 75} tokens dropped") as caught:
         z_cut = cut(LONG_PROMPT)
         cut([LONG_PROMPT, "short"])
-    assert len(caught) == 1 and z_cut.shape == (1, 77, TINY.text_width)
+    dropped = [w for w in caught if "tokens dropped" in str(w.message)]  # (also: random weights, said once)
+    assert len(dropped) == 1 and z_cut.shape == (1, 77, TINY.text_width)
     chunked = FrozenOpenCLIPEmbedder(arch="tiny-test", chunk_long_prompts=True)
     chunked.load_state_dict(perturbed(cut).state_dict())
     with torch.no_grad():
