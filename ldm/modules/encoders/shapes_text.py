@@ -26,6 +26,7 @@ from ldm.modules.encoders.tokenizer import (
 )
 
 UNKNOWN_SLOT, START_SLOT, END_SLOT = 0, 1, 2
+UNKNOWN_WORD_REPORTS = 3  # prompts reported one by one; later ones (training on captions) are not
 
 
 class UnknownWordsWarning(UserWarning):
@@ -68,6 +69,7 @@ class ShapesTextEncoder(AbstractEncoder):
         self.causal = causal
         self.truncation = TruncationNotice(max_length - 2)
         self._checked_prompts: set = set()
+        self._reports = 0
         token_ids = vocabulary_token_ids(self.tokenizer, words)
         slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
         slots[torch.tensor(token_ids)] = torch.arange(3, 3 + len(token_ids))
@@ -104,16 +106,23 @@ class ShapesTextEncoder(AbstractEncoder):
 
     def _warn_about_unknown_words(self, prompts: Sequence[str]) -> None:
         """One warning per distinct prompt that holds unknown words, naming them: the encoder
-        reads them all as one "unknown" token, so they cannot steer the image."""
+        reads them all as one "unknown" token, so they cannot steer the image. After
+        ``UNKNOWN_WORD_REPORTS`` such prompts (a caption dataset), one last warning says so."""
         for prompt in prompts:
-            if prompt in self._checked_prompts:
+            if prompt in self._checked_prompts or self._reports > UNKNOWN_WORD_REPORTS:
                 continue
             self._checked_prompts.add(prompt)
             unknown = list(dict.fromkeys(self.unknown_words(prompt)))
-            if unknown:
-                warnings.warn(f"the shapes text encoder does not know {', '.join(map(repr, unknown))}: ignored "
-                              f"(read as 'unknown') in {prompt!r}; it knows colours, shapes, sizes and relations, "
-                              f"e.g. 'a red circle above a blue square'", UnknownWordsWarning, stacklevel=3)
+            if not unknown:
+                continue
+            self._reports += 1
+            if self._reports > UNKNOWN_WORD_REPORTS:
+                warnings.warn("more prompts with words the shapes text encoder does not know; not reported further",
+                              UnknownWordsWarning, stacklevel=3)
+                continue
+            warnings.warn(f"the shapes text encoder does not know {', '.join(map(repr, unknown))}: ignored "
+                          f"(read as 'unknown') in {prompt!r}; it knows colours, shapes, sizes and relations, "
+                          f"e.g. 'a red circle above a blue square'", UnknownWordsWarning, stacklevel=3)
 
     def known_fraction(self, text: Prompts) -> Tuple[float, ...]:
         """Per prompt, the fraction of its content tokens that are in the vocabulary."""

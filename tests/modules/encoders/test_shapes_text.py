@@ -91,3 +91,11 @@ def test_words_outside_the_vocabulary_get_one_warning_naming_them():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encoder.tokenize([prompt, "a red circle above a blue square", ""])  # seen before, or all known
+
+
+def test_unknown_words_are_reported_for_a_few_prompts_then_summed_up_once():
+    encoder = ShapesTextEncoder(VOCABULARY, width=32, layers=1, heads=2, max_length=20)
+    with pytest.warns(UnknownWordsWarning) as caught:
+        encoder.tokenize([f"a photo number {i}" for i in range(10)])
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4 and messages[-1].startswith("more prompts with words")
