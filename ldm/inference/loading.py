@@ -63,6 +63,7 @@ def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) ->
     """``--config`` and ``--ckpt`` completed: neither given -> the task's shipped shapes model;
     only ``--ckpt`` -> the ``<name>.yaml`` beside it, else the original config its layout fits;
     only ``--config`` -> an error, unless it is the task's default config."""
+    _refuse_swapped_paths(config, ckpt)
     default_config, default_ckpt = default_model_paths(task)
     if config is None and ckpt is None:
         return in_cwd_or_repository(default_config), in_cwd_or_repository(default_ckpt)
@@ -78,6 +79,18 @@ def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) ->
         else:
             print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
     return config, ckpt
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def _refuse_swapped_paths(config: Optional[str], ckpt: Optional[str]) -> None:
+    """A YAML file given as the checkpoint, or a checkpoint as the config: say which flag it belongs to."""
+    if ckpt is not None and Path(ckpt).suffix.lower() in CONFIG_SUFFIXES:
+        raise UsageError(f"--ckpt: {ckpt} is a YAML config, not a checkpoint; pass it as --config")
+    if config is not None and Path(config).suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise UsageError(f"--config: {config} is a checkpoint, not a YAML config; pass it as --ckpt")
 
 
 # Configs picked beside a checkpoint (resolved paths): the user did not name them, so they are

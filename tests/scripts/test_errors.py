@@ -114,6 +114,10 @@ def _cases(models, inputs):
         ("txt2img.py", [*txt, "--attention-slicing", "0"], r"--attention-slicing must be a positive number of "
                                                            r"query rows, got 0"),
         ("txt2img.py", [*txt, "--n_rows", "-1"], r"--n_rows must be 0 \(one row per batch\) or more, got -1"),
+        ("txt2img.py", ["--ckpt", str(models["txt2img"].config)], r"--ckpt: .*txt2img\.yaml is a YAML config, not a "
+                                                                  r"checkpoint; pass it as --config"),
+        ("txt2img.py", ["--config", str(models["txt2img"].ckpt), "--ckpt", str(models["txt2img"].ckpt)],
+         r"--config: .*txt2img\.ckpt is a checkpoint, not a YAML config; pass it as --ckpt"),
         ("txt2img.py", [*txt, "--scale", "nan"], r"--scale must be a finite number, got nan"),
         ("txt2img.py", [*txt, "--scale", "inf"], r"--scale must be a finite number, got inf"),
         ("txt2img.py", [*txt, "--ddim_eta", "nan"], r"--ddim_eta must be a finite number >= 0, got nan"),
