@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ldm.inference.errors import RunInterrupted, UsageError
 from ldm.models.diffusion.samplers import describe_samplers
+from ldm.models.diffusion.sampling_util import NonFiniteSampleError
 from ldm.modules.diffusionmodules.util import StepCountError
 from ldm.util import CheckpointError
 
@@ -152,7 +153,7 @@ def run_script(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespa
         _stop(f"interrupted: {stop}")
     except KeyboardInterrupt:
         _stop("interrupted: 0 image(s) saved")
-    except (UsageError, CheckpointError, StepCountError) as err:
+    except (UsageError, CheckpointError, StepCountError, NonFiniteSampleError) as err:
         _fail(parser, str(err))
     except torch.OutOfMemoryError:
         _fail(parser, out_of_memory_message())
