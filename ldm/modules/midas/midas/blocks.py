@@ -4,7 +4,7 @@ RefineNet-style fusion blocks (Lin et al. 2017) that merge them from coarse to f
 upsampling by 2."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,23 @@ class ResNetStages(nn.Module):
         super().__init__()
         self.layer1, self.layer2, self.layer3, self.layer4 = layer1, layer2, layer3, layer4
         self.stage_channels = tuple(stage_channels)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The four stages' features, finest first (what the ViT encoders of DPT return too)."""
+        layer_1 = self.layer1(x)
+        layer_2 = self.layer2(layer_1)
+        layer_3 = self.layer3(layer_2)
+        return layer_1, layer_2, layer_3, self.layer4(layer_3)
+
+
+def refine(scratch: nn.Module, layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The RefineNet decoder every MiDaS model shares: each encoder level projected by
+    ``scratch.layerN_rn`` and fused coarse to fine by ``scratch.refinenetN``."""
+    layer_1, layer_2, layer_3, layer_4 = layers
+    path_4 = scratch.refinenet4(scratch.layer4_rn(layer_4))
+    path_3 = scratch.refinenet3(path_4, scratch.layer3_rn(layer_3))
+    path_2 = scratch.refinenet2(path_3, scratch.layer2_rn(layer_2))
+    return scratch.refinenet1(path_2, scratch.layer1_rn(layer_1))
 
 
 def _make_resnet_backbone(resnet: ResNet) -> ResNetStages:

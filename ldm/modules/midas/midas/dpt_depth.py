@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ldm.modules.midas.midas.base_model import BaseModel
-from ldm.modules.midas.midas.blocks import FeatureFusionBlock_custom, Interpolate, _make_encoder
+from ldm.modules.midas.midas.blocks import FeatureFusionBlock_custom, Interpolate, _make_encoder, refine
 
 DPT_HOOKS = {"vitb_rn50_384": [0, 1, 8, 11], "vitb16_384": [2, 5, 8, 11], "vitl16_384": [5, 11, 17, 23]}
 # Every MiDaS network sees its input at 1/32 in its deepest layer; other sizes cannot be fused.
@@ -57,16 +57,7 @@ class DPT(BaseModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x)
-        layer_1, layer_2, layer_3, layer_4 = self.pretrained(x)
-        layer_1_rn = self.scratch.layer1_rn(layer_1)
-        layer_2_rn = self.scratch.layer2_rn(layer_2)
-        layer_3_rn = self.scratch.layer3_rn(layer_3)
-        layer_4_rn = self.scratch.layer4_rn(layer_4)
-        path_4 = self.scratch.refinenet4(layer_4_rn)
-        path_3 = self.scratch.refinenet3(path_4, layer_3_rn)
-        path_2 = self.scratch.refinenet2(path_3, layer_2_rn)
-        path_1 = self.scratch.refinenet1(path_2, layer_1_rn)
-        return self.scratch.output_conv(path_1)
+        return self.scratch.output_conv(refine(self.scratch, self.pretrained(x)))
 
 
 class DPTDepthModel(DPT):
