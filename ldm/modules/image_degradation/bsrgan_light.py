@@ -14,30 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ldm.modules.image_degradation import degradations, pipelines
-from ldm.modules.image_degradation.degradations import (  # noqa: F401  (the original module's names)
-    add_Gaussian_noise,
-    add_Poisson_noise,
-    add_resize,
-    add_sharpening,
-    add_speckle_noise,
-    bicubic_degradation,
-    classical_degradation,
-    dpsr_degradation,
-    modcrop_np,
-    random_crop,
-    srmd_degradation,
-)
-from ldm.modules.image_degradation.kernels import (  # noqa: F401
-    analytic_kernel,
-    anisotropic_Gaussian,
-    blur,
-    fspecial,
-    fspecial_gaussian,
-    fspecial_laplacian,
-    gen_kernel,
-    gm_blur_kernel,
-    shift_pixel,
-)
+from ldm.modules.image_degradation.original_names import *  # noqa: F401,F403 (the original names)
 
 SETTINGS = degradations.BSRGAN_LIGHT
 
