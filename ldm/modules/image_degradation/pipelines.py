@@ -98,16 +98,22 @@ def _degrade(img: np.ndarray, sf: int, settings: BSRSettings, blurs: int, noise:
     return add_JPEG_noise(img, settings.jpeg_quality), hq
 
 
-def degradation_bsrgan(img: np.ndarray, sf: int = 4, lq_patchsize: int = 72, isp_model: Optional[Any] = None,
-                       settings: BSRSettings = BSRGAN) -> Tuple[np.ndarray, np.ndarray]:
-    """BSRGAN's degradation of an HxWxC float image in [0, 1], at least (lq_patchsize * sf) pixels a side.
-    Returns (low-quality patch lq_patchsize^2, aligned high-quality patch (lq_patchsize * sf)^2), in [0, 1]."""
+def _cropped_for_patches(img: np.ndarray, sf: int, lq_patchsize: int) -> np.ndarray:
+    """``img`` cropped to multiples of ``sf``; it must hold a high-quality patch of lq_patchsize * sf a side."""
     h1, w1 = img.shape[:2]
     img = _mod_crop(img, sf)
     h, w = img.shape[:2]
     if h < lq_patchsize * sf or w < lq_patchsize * sf:
         raise ValueError(f"img size ({h1}X{w1}) is too small: need at least lq_patchsize * sf = "
                          f"{lq_patchsize * sf} pixels a side")
+    return img
+
+
+def degradation_bsrgan(img: np.ndarray, sf: int = 4, lq_patchsize: int = 72, isp_model: Optional[Any] = None,
+                       settings: BSRSettings = BSRGAN) -> Tuple[np.ndarray, np.ndarray]:
+    """BSRGAN's degradation of an HxWxC float image in [0, 1], at least (lq_patchsize * sf) pixels a side.
+    Returns (low-quality patch lq_patchsize^2, aligned high-quality patch (lq_patchsize * sf)^2), in [0, 1]."""
+    img = _cropped_for_patches(img, sf, lq_patchsize)
     hq = img.copy()
     img, hq = _degrade(img, sf, settings, blurs=2, noise=settings.bsrgan_noise, resize_prob=0.75,
                        isp_model=isp_model, hq=hq)
@@ -141,12 +147,7 @@ def degradation_bsrgan_plus(img: np.ndarray, sf: int = 4, shuffle_prob: float = 
     """BSRGAN combined with Real-ESRGAN's second-order degradation: optional sharpening of the target, two
     rounds of blur / resize / noise / JPEG (fully shuffled with p = ``shuffle_prob``, else shuffled within the
     noise groups), a final resize to 1 / sf and JPEG, and a random aligned crop. Returns (lq, hq) patches."""
-    h1, w1 = img.shape[:2]
-    img = _mod_crop(img, sf)
-    h, w = img.shape[:2]
-    if h < lq_patchsize * sf or w < lq_patchsize * sf:
-        raise ValueError(f"img size ({h1}X{w1}) is too small: need at least lq_patchsize * sf = "
-                         f"{lq_patchsize * sf} pixels a side")
+    img = _cropped_for_patches(img, sf, lq_patchsize)
     if use_sharp:
         img = add_sharpening(img)
     hq = img.copy()
