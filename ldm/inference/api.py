@@ -30,6 +30,7 @@ from ldm.inference.cli import check_positive
 from ldm.inference.errors import UsageError
 from ldm.inference.images import PARAMETERS_KEY, to_uint8
 from ldm.inference.loading import (
+    ModelPaths,
     ModelSpec,
     choose_model_paths,
     inference_config,
@@ -138,19 +139,20 @@ class Pipeline:
     _model_hash: Optional[str] = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_options(cls, task: str, opt: argparse.Namespace) -> "Pipeline":
+    def from_options(cls, task: str, opt: argparse.Namespace, paths: Optional[ModelPaths] = None) -> "Pipeline":
         """Load the model that ``opt.config``/``opt.ckpt`` name (the task's shipped model when both
-        are None) with the load settings of ``opt``."""
+        are None; ``paths`` when the caller has chosen them already) with the load settings of ``opt``."""
         settings = copy.copy(opt)
         check_runtime_options(settings)
-        settings.config, settings.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
+        paths = paths or choose_model_paths(task, opt.config, opt.ckpt)
+        settings.config, settings.ckpt = paths.config, paths.ckpt
         config = read_config(settings.config)
         spec = read_model_spec(config, settings.config)
         TASKS[task].check_model_kind(spec, settings.config)
         device = choose_device(settings.device)
         dtype = autocast_dtype(device, settings.precision, settings.bf16)
         config = inference_config(config, fp16_unet=dtype is not None and device.type != "cpu", ema=settings.ema)
-        model = load_model(config, settings.config, settings.ckpt, device, settings.ema)
+        model = load_model(config, paths, device, settings.ema)
         apply_runtime_options(model, settings)
         return cls(task, model, spec, settings, device, dtype)
 

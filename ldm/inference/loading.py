@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -59,26 +59,35 @@ def default_model_paths(task: str) -> Tuple[str, str]:
     return DEFAULT_MODELS[task]
 
 
-def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) -> Tuple[str, str]:
+class ModelPaths(NamedTuple):
+    """The config and checkpoint a run uses. ``config_trusted`` is False for a config the user did
+    not name, found beside the checkpoint: it may build only model classes (docs/SECURITY.md)."""
+    config: str
+    ckpt: str
+    config_trusted: bool = True
+
+
+def choose_model_paths(task: str, config: Optional[str], ckpt: Optional[str]) -> ModelPaths:
     """``--config`` and ``--ckpt`` completed: neither given -> the task's shipped shapes model;
     only ``--ckpt`` -> the ``<name>.yaml`` beside it, else the original config its layout fits;
     only ``--config`` -> an error, unless it is the task's default config."""
     _refuse_swapped_paths(config, ckpt)
     default_config, default_ckpt = default_model_paths(task)
     if config is None and ckpt is None:
-        return in_cwd_or_repository(default_config), in_cwd_or_repository(default_ckpt)
+        return ModelPaths(in_cwd_or_repository(default_config), in_cwd_or_repository(default_ckpt))
     if ckpt is None:
         if _same_file(config, default_config):
-            return config, in_cwd_or_repository(default_ckpt)
+            return ModelPaths(config, in_cwd_or_repository(default_ckpt))
         raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file that fits --config)")
-    if config is None:
-        config = config_for_checkpoint(ckpt)
-        if _is_untrusted(config):
-            print(f"--config not given: using {config}, found beside {ckpt}; as you did not name it, it may "
-                  "build only ldm model classes", file=sys.stderr)
-        else:
-            print(f"--config not given: using {config}, which fits {ckpt}", file=sys.stderr)
-    return config, ckpt
+    if config is not None:
+        return ModelPaths(config, ckpt)
+    paths = config_for_checkpoint(ckpt)
+    if paths.config_trusted:
+        print(f"--config not given: using {paths.config}, which fits {ckpt}", file=sys.stderr)
+    else:
+        print(f"--config not given: using {paths.config}, found beside {ckpt}; as you did not name it, it may "
+              "build only ldm model classes", file=sys.stderr)
+    return paths
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -93,30 +102,20 @@ def _refuse_swapped_paths(config: Optional[str], ckpt: Optional[str]) -> None:
         raise UsageError(f"--config: {config} is a checkpoint, not a YAML config; pass it as --ckpt")
 
 
-# Configs picked beside a checkpoint (resolved paths): the user did not name them, so they are
-# untrusted (docs/SECURITY.md) wherever they are loaded later in this process.
-_UNTRUSTED_CONFIGS: Set[Path] = set()
-
-
-def _is_untrusted(config_path: str) -> bool:
-    return Path(in_cwd_or_repository(config_path)).resolve() in _UNTRUSTED_CONFIGS
-
-
 def _same_file(path: str, other: str) -> bool:
     return Path(in_cwd_or_repository(path)).resolve() == Path(in_cwd_or_repository(other)).resolve()
 
 
-def config_for_checkpoint(ckpt: str) -> str:
+def config_for_checkpoint(ckpt: str) -> ModelPaths:
     """The config of a checkpoint given alone: ``<name>.yaml`` beside it (the convention of the
-    shipped models and of most web UIs), else the original SD config its UNet layout fits."""
+    shipped models and of most web UIs; untrusted), else the original SD config its UNet layout fits."""
     beside = Path(ckpt).with_suffix(".yaml")
     if beside.is_file():
         try:
             check_untrusted_yaml(str(beside))
         except UntrustedConfigError as err:
             raise UsageError(f"--config not given and the config beside {ckpt} is refused: {err}") from None
-        _UNTRUSTED_CONFIGS.add(beside.resolve())
-        return str(beside)
+        return ModelPaths(str(beside), ckpt, config_trusted=False)
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
     try:
@@ -124,11 +123,12 @@ def config_for_checkpoint(ckpt: str) -> str:
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     if in_channels == 4 and context_dim == SD1_CONTEXT_DIM:
-        return f"{SD_CONFIGS}/v1-inference.yaml"
+        return ModelPaths(f"{SD_CONFIGS}/v1-inference.yaml", ckpt)
     if in_channels == 4 and context_dim == SD2_CONTEXT_DIM:
-        return f"{SD_CONFIGS}/v2-inference-v.yaml" if _name_says_v_model(ckpt) else f"{SD_CONFIGS}/v2-inference.yaml"
+        v_model = _name_says_v_model(ckpt)
+        return ModelPaths(f"{SD_CONFIGS}/v2-inference{'-v' if v_model else ''}.yaml", ckpt)
     if in_channels in _CONFIG_BY_UNET_INPUT and (in_channels != 9 or context_dim == SD2_CONTEXT_DIM):
-        return f"{SD_CONFIGS}/{_CONFIG_BY_UNET_INPUT[in_channels]}"
+        return ModelPaths(f"{SD_CONFIGS}/{_CONFIG_BY_UNET_INPUT[in_channels]}", ckpt)
     raise UsageError(f"cannot tell which config fits {ckpt}: pass --config (see configs/)")
 
 
@@ -254,16 +254,16 @@ def inference_config(config: DictConfig, fp16_unet: bool, ema: Optional[bool]) -
     return config
 
 
-def load_model(config: DictConfig, config_path: str, ckpt: Optional[str], device: torch.device,
-               ema: Optional[bool]) -> torch.nn.Module:
+def load_model(config: DictConfig, paths: ModelPaths, device: torch.device, ema: Optional[bool]) -> torch.nn.Module:
     """Build the config's model and load ``ckpt`` strictly; every failure a user can cause is a
     UsageError naming the component that does not fit and, when it can tell, the right config."""
+    config_path, ckpt = paths.config, paths.ckpt
     if ckpt is None:
         raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file "
                          "that fits --config)")
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
-    untrusted = _is_untrusted(config_path)
+    untrusted = not paths.config_trusted
     try:
         outside = [] if untrusted else non_model_targets(config.model)
         if outside:

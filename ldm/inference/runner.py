@@ -21,10 +21,11 @@ from ldm.inference.parsers import build_parser
 
 def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
     """Run a script's task with its parsed flags; returns the files written."""
-    opt.config, opt.ckpt = choose_model_paths(task, opt.config, opt.ckpt)
+    paths = choose_model_paths(task, opt.config, opt.ckpt)
+    opt.config, opt.ckpt = paths.config, paths.ckpt
     run = prepare_run(task, opt, read_model_spec(read_config(opt.config), opt.config))
     writer = OutputWriter(opt.outdir, skip_save=opt.skip_save, skip_grid=opt.skip_grid)
-    pipeline = Pipeline.from_options(task, opt)
+    pipeline = Pipeline.from_options(task, opt, paths)
     made, grid_parameters = [], None
     batches = tqdm(pipeline.generate(run), desc="batches", total=len(run.batches), disable=len(run.batches) < 2)
     try:

@@ -135,7 +135,7 @@ def test_no_model_flags_mean_the_shipped_shapes_model_of_the_task(tmp_path, monk
     for task, name in [("txt2img", "shapes-txt2img"), ("img2img", "shapes-txt2img"),
                        ("inpaint", "shapes-inpainting"), ("depth2img", "shapes-depth"),
                        ("upscale", "shapes-x4-upscaler")]:
-        config, ckpt = choose_model_paths(task, None, None)
+        config, ckpt, _ = choose_model_paths(task, None, None)
         assert config == str(REPO_ROOT / "checkpoints" / f"{name}.yaml")
         assert ckpt == str(REPO_ROOT / "checkpoints" / f"{name}.safetensors")
 
@@ -143,14 +143,14 @@ def test_no_model_flags_mean_the_shipped_shapes_model_of_the_task(tmp_path, monk
 def test_a_config_without_checkpoint_is_refused_unless_it_is_the_default():
     with pytest.raises(UsageError, match="no checkpoint given: pass --ckpt"):
         choose_model_paths("txt2img", f"{SD}/v1-inference.yaml", None)
-    config, ckpt = choose_model_paths("txt2img", "checkpoints/shapes-txt2img.yaml", None)
+    config, ckpt, _ = choose_model_paths("txt2img", "checkpoints/shapes-txt2img.yaml", None)
     assert Path(ckpt).resolve() == REPO_ROOT / "checkpoints" / "shapes-txt2img.safetensors"
 
 
 def test_a_checkpoint_alone_uses_the_config_beside_it(tmp_path, capsys):
     ckpt = _unet_layout_checkpoint(tmp_path / "mine.safetensors", 4, 768)
     (tmp_path / "mine.yaml").write_text("model: {target: x}\n")
-    assert choose_model_paths("txt2img", None, ckpt) == (str(tmp_path / "mine.yaml"), ckpt)
+    assert choose_model_paths("txt2img", None, ckpt) == (str(tmp_path / "mine.yaml"), ckpt, False)
     assert "--config not given: using" in capsys.readouterr().err
 
 
@@ -165,7 +165,7 @@ def test_a_checkpoint_alone_uses_the_config_beside_it(tmp_path, capsys):
 def test_a_checkpoint_alone_gets_the_original_config_its_layout_fits(tmp_path, name, in_channels,
                                                                    context_dim, config):
     ckpt = _unet_layout_checkpoint(tmp_path / name, in_channels, context_dim)
-    assert config_for_checkpoint(ckpt) == f"{SD}/{config}"
+    assert config_for_checkpoint(ckpt) == (f"{SD}/{config}", ckpt, True)  # a shipped config: trusted
 
 
 def test_a_checkpoint_of_unknown_layout_asks_for_a_config(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ldm.inference.errors import UsageError
-from ldm.inference.loading import choose_model_paths, load_model, read_config
+from ldm.inference.loading import ModelPaths, choose_model_paths, load_model, read_config
 from tests.scripts.helpers import main_exit_code
 
 
@@ -59,9 +59,9 @@ def test_only_model_classes_are_built_from_an_untrusted_config(download, tmp_pat
     params = {k: (str(tmp_path / "marker.ckpt") if v == "MARKER" else v) for k, v in params.items()}
     config.model.params.cond_stage_config = {"target": target, "params": params}
     _beside(ckpt, config)
-    config_path, _ = choose_model_paths("txt2img", None, str(ckpt))
+    paths = choose_model_paths("txt2img", None, str(ckpt))
     with pytest.raises(UsageError, match=r"names .*which is not a model class of ldm") as err:
-        load_model(read_config(config_path), config_path, str(ckpt), device=None, ema=None)
+        load_model(read_config(paths.config), paths, device=None, ema=None)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "marker.ckpt").exists()
 
@@ -73,17 +73,19 @@ def test_an_interpolated_target_is_checked_once_resolved(download, monkeypatch):
     text = open(config_path).read().replace("target: ldm.models.autoencoder.AutoencoderKL",
                                             "target: ${oc.env:LDM_TEST_TARGET}")
     _beside(ckpt, text)
-    assert choose_model_paths("txt2img", None, str(ckpt))[0] == config_path
+    paths = choose_model_paths("txt2img", None, str(ckpt))
+    assert paths.config == config_path and not paths.config_trusted
     with pytest.raises(UsageError, match="names os.system"):
-        load_model(read_config(config_path), config_path, str(ckpt), device=None, ema=None)
+        load_model(read_config(config_path), paths, device=None, ema=None)
 
 
 def test_a_harmless_config_beside_the_checkpoint_still_loads(download, capsys):
     ckpt, config = download
     config_path = _beside(ckpt, config)
-    assert choose_model_paths("txt2img", None, str(ckpt)) == (config_path, str(ckpt))
+    paths = choose_model_paths("txt2img", None, str(ckpt))
+    assert paths == (config_path, str(ckpt), False)
     assert "may build only ldm model classes" in capsys.readouterr().err
-    model = load_model(read_config(config_path), config_path, str(ckpt), device=None, ema=None)
+    model = load_model(read_config(config_path), paths, device=None, ema=None)
     assert type(model).__name__ == "LatentDiffusion"
 
 
@@ -92,14 +94,14 @@ def test_an_explicit_config_is_trusted_with_a_note_naming_what_it_builds(downloa
     config.model.params.scheduler_config = {"target": "my_lab.schedules.Warmup", "params": {}}
     named = tmp_path / "mine.yaml"
     OmegaConf.save(config, named)
-    load_model(read_config(str(named)), str(named), str(ckpt), device=None, ema=None)
+    load_model(read_config(str(named)), ModelPaths(str(named), str(ckpt)), device=None, ema=None)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert notes == [f"note: {named} builds my_lab.schedules.Warmup, outside ldm's model classes; it runs as your "
                      "own code because you named it"]
     _beside(ckpt, config)  # the same file found beside the checkpoint is not trusted
-    config_path, _ = choose_model_paths("txt2img", None, str(ckpt))
+    paths = choose_model_paths("txt2img", None, str(ckpt))
     with pytest.raises(UsageError, match="names my_lab.schedules.Warmup"):
-        load_model(read_config(config_path), config_path, str(ckpt), device=None, ema=None)
+        load_model(read_config(paths.config), paths, device=None, ema=None)
 
 
 def _billion_laughs(levels: int = 9) -> str:
