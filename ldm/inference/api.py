@@ -46,6 +46,7 @@ from ldm.inference.parsers import TASK_NAMES, check_option_type, default_options
 from ldm.inference.pipeline import (
     Batch,
     check_sampling_numbers,
+    check_seed_room,
     plan_batches,
     prompt_sources,
     read_prompts,
@@ -118,9 +119,9 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
     check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
     prompts = read_prompts(opt)
     sources = prompt_sources(opt, len(prompts))
-    count = len(prompts) * opt.n_iter if len(prompts) > 1 else opt.n_samples * opt.n_iter
-    opt.seed = resolve_seed(opt.seed, count)
+    opt.seed = resolve_seed(opt.seed)
     batches = list(plan_batches(prompts, opt.n_samples, opt.n_iter, opt.seed, opt.fixed_code, sources))
+    check_seed_room(opt.seed, batches)
     return Run(opt=opt, task=task, sampler=sampler, batches=batches)
 
 

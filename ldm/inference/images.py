@@ -146,11 +146,6 @@ def load_depth(source: ImageSource, flag: str = "--depth") -> torch.Tensor:
     return torch.from_numpy(array.copy())[None, None]
 
 
-def image_size_of(source: ImageSource, flag: str) -> Tuple[int, int]:
-    """``(width, height)`` of an image."""
-    return source_size(read_source(source, flag))
-
-
 # ---------------------------------------------------------------------------------------------
 # Converting and grids
 # ---------------------------------------------------------------------------------------------

@@ -85,16 +85,24 @@ SEED_LIMIT = 2 ** 64  # torch generators take seeds below 2**64
 RANDOM_SEED = -1     # A1111's "random seed"
 
 
-def resolve_seed(seed: int, count: int) -> int:
+def resolve_seed(seed: int) -> int:
     """The run's first seed: ``-1`` draws a random one (A1111's convention; the images'
-    parameters record it), else ``seed`` itself, which must leave room for ``count`` images."""
+    parameters record it), else ``seed`` itself."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"--seed must be a whole number, got {seed!r}")
     if seed == RANDOM_SEED:
         return random.SystemRandom().randrange(2 ** 32)
-    if not 0 <= seed <= SEED_LIMIT - count:
-        raise UsageError(f"--seed must be -1 (random) or in [0, 2**64 - {count}] for {count} image(s), got {seed}")
+    if seed < 0:
+        raise UsageError(f"--seed must be -1 (random) or at least 0, got {seed}")
     return seed
+
+
+def check_seed_room(seed: int, batches: Sequence[Batch]) -> None:
+    """Every image's seed must fit a torch generator (below 2**64)."""
+    span = max(s for batch in batches for s in batch.seeds) - seed + 1
+    if seed + span > SEED_LIMIT:
+        raise UsageError(f"--seed must be -1 (random) or in [0, 2**64 - {span}] for {span} image seed(s), "
+                         f"got {seed}")
 
 
 def check_sampling_numbers(scale: float, eta: float) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ldm.inference.errors import UsageError
 from ldm.inference.host_memory import release_free_host_memory
-from ldm.inference.images import image_size_of, load_depth, load_image, load_mask, pixels_for_output
+from ldm.inference.images import load_depth, load_image, load_mask, pixels_for_output, read_source, source_size
 from ldm.inference.loading import ModelSpec
 from ldm.inference.pipeline import (
     Batch,
@@ -195,12 +195,17 @@ class Inpainting(Task):
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
-        self.image = self._inputs(opt.init_img, "--init-img", "the image to inpaint",
-                                  lambda source: load_image(source, spec.pixel_multiple))
-        images = opt.init_img if isinstance(opt.init_img, (list, tuple)) else [opt.init_img]
-        sizes = iter([image_size_of(image, "--init-img") for image in images])
+        sizes = []  # each image's size as given, which its mask must have
+
+        def read_image(source: Any) -> torch.Tensor:
+            image = read_source(source, "--init-img")
+            sizes.append(source_size(image))
+            return load_image(image, spec.pixel_multiple)
+
+        self.image = self._inputs(opt.init_img, "--init-img", "the image to inpaint", read_image)
+        mask_sizes = iter(sizes)
         self.mask = self._inputs(opt.mask, "--mask", "a mask image, white where to repaint",
-                                 lambda source: load_mask(source, next(sizes), spec.pixel_multiple))
+                                 lambda source: load_mask(source, next(mask_sizes), spec.pixel_multiple))
         if self.mask.shape[0] not in (1, self.image.shape[0]):
             raise UsageError("--mask: give one mask, or one per image")
 

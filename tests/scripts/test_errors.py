@@ -123,7 +123,7 @@ def _cases(models, inputs):
         ("txt2img.py", [*txt, "--ddim_eta", "nan"], r"--ddim_eta must be a finite number >= 0, got nan"),
         ("txt2img.py", [*txt, "--ddim_eta", "-0.5"], r"--ddim_eta must be a finite number >= 0, got -0\.5"),
         ("txt2img.py", [*txt, "--seed", str(2 ** 64)], r"--seed must be -1 \(random\) or in \[0, 2\*\*64 - 9\]"),
-        ("txt2img.py", [*txt, "--seed", "-2"], r"--seed must be -1 \(random\) or in"),
+        ("txt2img.py", [*txt, "--seed", "-2"], r"--seed must be -1 \(random\) or at least 0, got -2"),
         ("img2img.py", [*txt, "--init-img", str(inputs / "bomb.png")], r"--init-img: .*bomb\.png is too large"),
     ] + ([] if torch.cuda.is_available() else [
         ("txt2img.py", [*txt, "--device", "cuda"], r"--device cuda was asked for, but CUDA is not available")])
