@@ -4,9 +4,11 @@ parsers give the Python API its defaults (``ldm.load(task)(prompt)`` with no key
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ldm.inference import cli
 from ldm.inference.errors import UsageError
@@ -107,18 +109,29 @@ def default_prompt(task: str, ckpt: Optional[str]) -> str:
     return flags.prompt
 
 
+@functools.lru_cache(maxsize=None)
+def _numeric_flags(task: str) -> Dict[str, Tuple[str, type]]:
+    """``dest -> (flag, int or float)`` of the task's numeric flags."""
+    return {action.dest: (action.option_strings[0], action.type) for action in build_parser(task)._actions
+            if action.type in (int, float)}
+
+
 def check_option_type(task: str, name: str, value: Any) -> None:
     """An option given from Python must have the type its flag parses to (an int for ``--steps``,
     a number for ``--scale``); the message names the flag as the script would."""
-    action = next((a for a in build_parser(task)._actions if a.dest == name), None)
-    if action is None or value is None or action.type not in (int, float):
+    if name not in _numeric_flags(task) or value is None:
         return
-    numeric = (int, float) if action.type is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numeric):
-        kind = "a whole number" if action.type is int else "a number"
-        raise UsageError(f"{action.option_strings[0]} must be {kind}, got {value!r}")
+    flag, kind = _numeric_flags(task)[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise UsageError(f"{flag} must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(task: str) -> argparse.Namespace:
+    return build_parser(task).parse_args([])
 
 
 def default_options(task: str) -> argparse.Namespace:
-    """Every flag of the task at its default, as the script would parse an empty command line."""
-    return build_parser(task).parse_args([])
+    """Every flag of the task at its default, as the script would parse an empty command line (a
+    fresh copy each time: callers set options on it)."""
+    return copy.copy(_defaults(task))
