@@ -39,6 +39,8 @@ TWO_OBJECT_RADII = (7.0, 11.0)
 RELATIONS = ("above", "below", "to the left of", "to the right of")
 # Colour/shape pairs never shown in training, one per shape and at most one per colour.
 HELD_OUT_COMBINATIONS = (("red", "triangle"), ("yellow", "square"), ("green", "circle"), ("blue", "star"))
+# The class-conditional model's classes: every (colour, shape) pair, colour-major ("red circle" = 0).
+CLASS_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
 # Every word a caption can use (the shapes text encoder's vocabulary).
 VOCABULARY = ("a", "an", "small", "large", *COLOURS, *SHAPES, "above", "below", "to", "the", "left", "right", "of")
 SPLITS = ("train", "validation", "test")
@@ -111,6 +113,12 @@ def combinations(held_out: Optional[bool] = None) -> List[Tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # Sampling scenes
 # ---------------------------------------------------------------------------------------------
+def class_label_of(scene: Scene) -> int:
+    """The class of a scene: the index in :data:`CLASS_NAMES` of its (first) object's pair."""
+    first = scene.objects[0]
+    return CLASS_NAMES.index(f"{first.colour} {first.shape}")
+
+
 def jittered_rgb(rng: np.random.Generator, colour: str) -> Tuple[int, int, int]:
     """The palette colour with small random changes of hue (+-4 degrees), saturation and value."""
     h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in COLOURS[colour]))
@@ -134,12 +142,14 @@ def sample_background(rng: np.random.Generator):
     return (first, second), gradient
 
 
-def sample_attributes(rng: np.random.Generator, split: str, exclude_colour: Optional[str] = None):
-    """A (colour, shape) pair allowed in ``split``: training never draws a held-out pair."""
+def sample_attributes(rng: np.random.Generator, split: str, exclude_colour: Optional[str] = None,
+                      all_combinations: bool = False):
+    """A (colour, shape) pair allowed in ``split``: training never draws a held-out pair unless
+    ``all_combinations`` (the class-conditional model learns every class)."""
     colours = [c for c in COLOURS if c != exclude_colour]
     while True:
         colour, shape = colours[rng.integers(len(colours))], SHAPES[rng.integers(len(SHAPES))]
-        if split != "train" or not is_held_out(colour, shape):
+        if split != "train" or all_combinations or not is_held_out(colour, shape):
             return colour, shape
 
 
@@ -171,16 +181,17 @@ def place_pair(rng: np.random.Generator, relation: str, r1: float, r2: float):
 
 
 def sample_object(rng: np.random.Generator, split: str, size: str, radius: float, centre,
-                  exclude_colour: Optional[str] = None) -> ShapeObject:
-    colour, shape = sample_attributes(rng, split, exclude_colour)
+                  exclude_colour: Optional[str] = None, all_combinations: bool = False) -> ShapeObject:
+    colour, shape = sample_attributes(rng, split, exclude_colour, all_combinations)
     return ShapeObject(shape, colour, size, float(centre[0]), float(centre[1]), float(radius),
                        jittered_rgb(rng, colour))
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", two_object_p: float = 0.5,
-                 relations: Sequence[str] = RELATIONS) -> Scene:
+                 relations: Sequence[str] = RELATIONS, all_combinations: bool = False) -> Scene:
     """A random scene of ``split``: with probability ``two_object_p`` two objects of different
-    colours in one of ``relations`` (all four by default), else one object of a random size class."""
+    colours in one of ``relations`` (all four by default), else one object of a random size class.
+    ``all_combinations`` lets training draw the held-out pairs too."""
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     background, gradient = sample_background(rng)
@@ -188,12 +199,13 @@ def sample_scene(rng: np.random.Generator, split: str = "train", two_object_p: f
         relation = relations[rng.integers(len(relations))]
         r1, r2 = rng.uniform(*TWO_OBJECT_RADII, size=2)
         c1, c2 = place_pair(rng, relation, r1, r2)
-        first = sample_object(rng, split, "medium", r1, c1)
-        second = sample_object(rng, split, "medium", r2, c2, exclude_colour=first.colour)
+        first = sample_object(rng, split, "medium", r1, c1, all_combinations=all_combinations)
+        second = sample_object(rng, split, "medium", r2, c2, first.colour, all_combinations)
         return Scene((first, second), relation, background, gradient)
     size = list(SIZE_RADII)[rng.integers(len(SIZE_RADII))]
     radius = rng.uniform(*SIZE_RADII[size])
-    return Scene((sample_object(rng, split, size, radius, place_single(rng, radius)),), None, background, gradient)
+    only = sample_object(rng, split, size, radius, place_single(rng, radius), all_combinations=all_combinations)
+    return Scene((only,), None, background, gradient)
 
 
 def scene_for(objects: Sequence[Tuple[str, str]], relation: Optional[str] = None, seed: int = 0,
@@ -356,7 +368,10 @@ class ShapesDataset(Dataset):
     (nearer = larger); ``segmentation`` (H, W) int64, 0 background, k the k-th object;
     ``mask`` (H, W, 1) 1 = repaint and ``masked_image`` (H, W, 3) = image * (1 - mask) for
     inpainting; ``lr`` (H/4, W/4, 3) in [-1, 1], the bicubically downsampled image for x4
-    upscaling. Training (``split="train"``) never shows a pair of :data:`HELD_OUT_COMBINATIONS`.
+    upscaling; ``class_label`` the index in :data:`CLASS_NAMES` of the (first) object's colour and
+    shape, ``human_label`` its name (as the originals' ImageNet examples). Training
+    (``split="train"``) never shows a pair of :data:`HELD_OUT_COMBINATIONS` unless
+    ``all_combinations`` (for the class-conditional model, which must learn every class).
     Single-object captions name the size class with probability ``size_word_p``; two-object
     scenes use the relations in ``relations`` (default: all four; a subset, e.g. only "above" and
     "to the left of", makes a curriculum in which the first-named object is always on top or
@@ -366,7 +381,8 @@ class ShapesDataset(Dataset):
 
     def __init__(self, length: int = 100_000, size: int = 64, seed: int = 0, split: str = "train",
                  two_object_p: float = 0.5, size_word_p: float = 0.7, mask_object_p: float = 0.75,
-                 crop_size: Optional[int] = None, relations: Optional[Sequence[str]] = None):
+                 crop_size: Optional[int] = None, relations: Optional[Sequence[str]] = None,
+                 all_combinations: bool = False):
         super().__init__()
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -386,7 +402,7 @@ class ShapesDataset(Dataset):
             raise DatasetError(f"relations must be a non-empty list of {', '.join(RELATIONS)}; got {list(relations)}")
         self.relations = relations
         self.length, self.size, self.seed, self.split = length, size, seed, split
-        self.crop_size = crop_size
+        self.crop_size, self.all_combinations = crop_size, all_combinations
         self.two_object_p, self.size_word_p, self.mask_object_p = two_object_p, size_word_p, mask_object_p
 
     def __len__(self) -> int:
@@ -397,14 +413,14 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene of example ``index`` (without rendering it)."""
-        return sample_scene(self.rng(index), self.split, self.two_object_p, self.relations)
+        return sample_scene(self.rng(index), self.split, self.two_object_p, self.relations, self.all_combinations)
 
     def __getitem__(self, index: int) -> dict:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length} examples")
         index %= self.length
         rng = self.rng(index)
-        scene = sample_scene(rng, self.split, self.two_object_p, self.relations)
+        scene = sample_scene(rng, self.split, self.two_object_p, self.relations, self.all_combinations)
         rendered = render_scene(scene, self.size)
         caption = caption_of(scene, with_size=rng.uniform() < self.size_word_p)
         mask = inpainting_mask(rng, scene, self.size, self.mask_object_p)[..., None]
@@ -415,7 +431,8 @@ class ShapesDataset(Dataset):
         example = {"image": image, "jpg": image, "txt": caption, "caption": caption,
                    "depth": rendered.depth, "segmentation": segmentation,
                    "mask": mask, "masked_image": (image * (1.0 - mask)).astype(np.float32),
-                   "lr": to_signed(downsample(rendered.image))}
+                   "lr": to_signed(downsample(rendered.image)),
+                   "class_label": class_label_of(scene), "human_label": CLASS_NAMES[class_label_of(scene)]}
         return example if self.crop_size is None else self.cropped(example, rng)
 
     def cropped(self, example: dict, rng: np.random.Generator) -> dict:
