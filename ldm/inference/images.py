@@ -168,7 +168,7 @@ def pixels_for_output(image: torch.Tensor) -> torch.Tensor:
 # Writing
 # ---------------------------------------------------------------------------------------------
 def save_png(array: np.ndarray, path: Path, parameters: Optional[str] = None) -> None:
-    """Write ``[H, W, 3]`` (or ``[H, W, 1]``) uint8 as a PNG, with a ``parameters`` text chunk when
+    """Write ``[H, W, 3]`` (or ``[H, W, 1]``, uint8 or 16-bit grey) as a PNG, with a ``parameters`` text chunk when
     given. The file is written whole under a temporary name beside ``path`` and then linked into
     place, so an interruption or a full disk never leaves a truncated PNG under the name; raises
     FileExistsError rather than replace an existing file."""
@@ -303,6 +303,63 @@ def _write_numbered(folder: Path, pattern: str, number: int, array: np.ndarray,
             return path, number
         except FileExistsError:
             continue
+
+
+DEPTH_PATTERN = "depth-{:05}.png"
+
+
+def depth_to_uint16(depth: torch.Tensor) -> np.ndarray:
+    """A depth map ``[H, W]`` in any range as ``[H, W, 1]`` 16-bit grey, stretched per map to the
+    full range as the model stretches it to [-1, 1] (its minimum 0, its maximum 65535; brighter =
+    nearer, as MiDaS); a flat map is all 0. ``--depth`` reads it back to the same conditioning."""
+    depth = depth.detach().float().cpu()
+    low, high = depth.min(), depth.max()
+    unit = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
+    return np.round(unit.numpy() * 65535.0).astype(np.uint16)[..., None]
+
+
+class DepthMapWriter:
+    """``--save-depth PATH_OR_DIR``: a path ending in ``.png`` takes the one depth map of a run
+    and must not exist yet; any other path is a folder that gets ``depth-NNNNN.png`` numbered as
+    the samples are (counting on from its entries, skipping taken names). Nothing is overwritten;
+    the checks run before any work, folders are created at the first write."""
+
+    def __init__(self, target: str, count: int, flag: str = "--save-depth"):
+        if not target:
+            raise UsageError(f"{flag} needs a file name (.png) or a folder")
+        self.flag = flag
+        self.target = Path(target)
+        self.is_file = self.target.suffix.lower() == ".png" and not self.target.is_dir()
+        self.written: list = []
+        if self.is_file:
+            if count > 1:
+                raise UsageError(f"{flag}: {count} depth maps to write (one per input image); give a folder, "
+                                 f"not the file {target}")
+            if self.target.exists():
+                raise UsageError(f"{flag}: {target} exists; give a new file name or a folder (nothing is "
+                                 "overwritten)")
+            check_output_folder(self.target.parent)
+        else:
+            check_output_folder(self.target)
+        self._next = 0 if self.is_file else _entry_count(self.target)
+
+    def save(self, depth: torch.Tensor) -> Path:
+        """Write one ``[H, W]`` depth map (see :func:`depth_to_uint16`); returns its path."""
+        array = depth_to_uint16(depth)
+        try:
+            if self.is_file:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                save_png(array, self.target)
+                path = self.target
+            else:
+                self.target.mkdir(parents=True, exist_ok=True)
+                path, self._next = _write_numbered(self.target, DEPTH_PATTERN, self._next, array, None)
+        except FileExistsError:
+            raise UsageError(f"{self.flag}: {self.target} was created meanwhile; it is left as it is") from None
+        except OSError as err:
+            raise UsageError(f"{self.flag}: cannot write in {self.target} ({err.strerror or err})") from None
+        self.written.append(path)
+        return path
 
 
 def grid_rows(n_rows: int, n_samples: int) -> int:

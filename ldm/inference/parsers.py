@@ -40,6 +40,10 @@ def _depth_inputs(parser: argparse.ArgumentParser) -> None:
                         help="depth map of --init-img as an image (grey, RGB or 16-bit; brighter = "
                              "nearer, as MiDaS outputs; any size); without it the model's own depth "
                              "estimator is used (MiDaS DPT-Hybrid for SD 2 depth, as the original demo)")
+    parser.add_argument("--save-depth", type=str, default=None, metavar="PATH_OR_DIR",
+                        help="also write the depth map the model used (its estimate, or --depth), stretched "
+                             "to the full range as the model normalises it, as a 16-bit grey PNG: to PATH "
+                             "(a new .png file) or numbered depth-NNNNN.png in a folder; never overwrites")
 
 
 def _upscale_inputs(parser: argparse.ArgumentParser) -> None:

@@ -37,8 +37,8 @@ def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
         writer.save_grid(torch.cat(made), grid_rows(opt.n_rows, opt.n_samples), grid_parameters)
     except KeyboardInterrupt:
         raise RunInterrupted(writer.samples_written, writer.outdir) from None
-    _report(writer, run.image_count)
-    return writer.written
+    _report(writer, run.image_count, run.task.side_outputs)
+    return writer.written + run.task.side_outputs
 
 
 def main(task: str, argv: Optional[Sequence[str]] = None) -> None:
@@ -46,10 +46,12 @@ def main(task: str, argv: Optional[Sequence[str]] = None) -> None:
     cli.run_script(build_parser(task), lambda opt: run_task(opt, task), argv)
 
 
-def _report(writer: OutputWriter, count: int) -> None:
+def _report(writer: OutputWriter, count: int, side_outputs: Sequence[Path] = ()) -> None:
     if writer.written:
         print(f"{count} image(s) made; written to {writer.outdir}:")
         for path in writer.written:
             print(f"  {path}")
     else:
         print(f"{count} image(s) made; nothing written (--skip_save and --skip_grid)")
+    for path in side_outputs:
+        print(f"also written: {path}")

@@ -5,14 +5,23 @@ time."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ldm.inference.errors import UsageError
 from ldm.inference.host_memory import release_free_host_memory
-from ldm.inference.images import load_depth, load_image, load_mask, pixels_for_output, read_source, source_size
+from ldm.inference.images import (
+    DepthMapWriter,
+    load_depth,
+    load_image,
+    load_mask,
+    pixels_for_output,
+    read_source,
+    source_size,
+)
 from ldm.inference.loading import ModelSpec
 from ldm.inference.pipeline import (
     Batch,
@@ -77,6 +86,11 @@ class Task:
     def extra_parameters(self) -> Dict[str, object]:
         """Task-specific entries of the PNG parameters (after A1111's standard ones)."""
         return {}
+
+    @property
+    def side_outputs(self) -> List[Path]:
+        """Files the task wrote besides the images (depth2img's ``--save-depth``)."""
+        return []
 
     @staticmethod
     def _decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -262,6 +276,9 @@ class DepthToImage(ImageToImage):
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
         self.depth = None if opt.depth is None else self._inputs(opt.depth, "--depth", "a depth map", load_depth)
+        maps = (self.depth if self.depth is not None else self.image).shape[0]
+        self.depth_writer = None if opt.save_depth is None else DepthMapWriter(opt.save_depth, maps)
+        self._saved_maps: Set[int] = set()
 
     def to_device(self, device):
         super().to_device(device)
@@ -274,11 +291,28 @@ class DepthToImage(ImageToImage):
             return rows_for(self.depth, batch)
         return model.estimate_depth_of_images(image)
 
+    def _save_depth(self, depth: torch.Tensor, batch: Batch) -> None:
+        """``--save-depth``: each depth map once, the first time a batch uses it (a map of several
+        rows holds the map of each image's prompt)."""
+        if self.depth_writer is None:
+            return
+        sources = batch.sources if depth.shape[0] > 1 else [0]
+        for row, source in enumerate(sources):
+            if source not in self._saved_maps:
+                self.depth_writer.save(depth[row, 0])
+                self._saved_maps.add(source)
+
+    @property
+    def side_outputs(self) -> List[Path]:
+        return list(self.depth_writer.written) if self.depth_writer is not None else []
+
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         image = rows_for(self.image, batch)
         init_latent = encode_image(model, image, noise)
-        depth = model.depth_to_concat(self._depth(model, image, batch), self._latent_hw(image))
+        depth_map = self._depth(model, image, batch)
+        self._save_depth(depth_map, batch)
+        depth = model.depth_to_concat(depth_map, self._latent_hw(image))
         depth = depth.expand(len(batch), -1, -1, -1)
         cond, uncond = guided_pair(c, uc, c_concat=depth.to(init_latent.dtype))
         z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, cond, uncond, noise)

@@ -4,7 +4,17 @@ import torch
 from PIL import Image
 
 from ldm.inference.errors import UsageError
-from ldm.inference.images import OutputWriter, load_depth, load_image, load_mask, make_grid, read_parameters, to_uint8
+from ldm.inference.images import (
+    DepthMapWriter,
+    OutputWriter,
+    depth_to_uint16,
+    load_depth,
+    load_image,
+    load_mask,
+    make_grid,
+    read_parameters,
+    to_uint8,
+)
 
 
 def _write_png(path, array):
@@ -180,3 +190,25 @@ def test_pixels_for_output_convert_back_to_the_same_8_bit_values():
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     image = image_to_tensor(Image.fromarray(levels))
     assert np.array_equal(to_uint8(pixels_for_output(image))[0], levels)
+
+
+def test_depth_maps_are_stretched_to_16_bits_and_read_back_at_that_depth(tmp_path):
+    depth = torch.tensor([[2.0, 4.0], [3.0, 6.0]])
+    array = depth_to_uint16(depth)
+    assert array.dtype == np.uint16 and array[..., 0].tolist() == [[0, 32768], [16384, 65535]]
+    assert depth_to_uint16(torch.full((2, 3), 7.0)).max() == 0  # a flat map
+    path = DepthMapWriter(str(tmp_path / "d.png"), count=1).save(depth)
+    torch.testing.assert_close(load_depth(str(path))[0, 0], (depth - 2.0) / 4.0, atol=1e-5, rtol=0)
+
+
+def test_depth_map_writer_numbers_maps_in_a_folder_and_refuses_a_file_for_several(tmp_path):
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "depth-00000.png").write_bytes(b"taken")
+    writer = DepthMapWriter(str(tmp_path / "maps"), count=2)
+    paths = [writer.save(torch.rand(4, 4)) for _ in range(2)]
+    assert [p.name for p in paths] == ["depth-00001.png", "depth-00002.png"]
+    assert (tmp_path / "maps" / "depth-00000.png").read_bytes() == b"taken"
+    with pytest.raises(UsageError, match="2 depth maps to write .* give a folder"):
+        DepthMapWriter(str(tmp_path / "one.png"), count=2)
+    with pytest.raises(UsageError, match="exists; give a new file name"):
+        DepthMapWriter(str(paths[0]), count=1)

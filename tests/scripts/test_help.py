@@ -15,7 +15,7 @@ OWN_FLAGS = {
     "txt2img.py": SAMPLER_FLAGS + ["--H", "--W", "--C", "--f"],
     "img2img.py": ["--init-img", "--strength"],
     "inpaint.py": SAMPLER_FLAGS + ["--init-img", "--mask"],
-    "depth2img.py": ["--init-img", "--depth", "--strength"],
+    "depth2img.py": ["--init-img", "--depth", "--strength", "--save-depth"],
     "upscale.py": SAMPLER_FLAGS + ["--init-img", "--noise_level"],
 }
 
