@@ -6,13 +6,13 @@ OpenCLIP architectures via :func:`create_openclip_model`, OpenAI's models with o
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ldm.modules.encoders.base import AbstractEncoder
-from ldm.modules.encoders.openclip import CLIP, create_openclip_model, openai_arch
+from ldm.modules.encoders.openclip import CLIP, create_openclip_model, openai_arch, resized_arch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,11 +50,13 @@ class ClipImageEmbedder(_CLIPPreprocessing):
     """OpenAI CLIP image embedding (unCLIP-L: ``model="ViT-L/14"``, 768-d). ``self.model`` is the
     whole CLIP model, text tower included, as ``clip.load`` returns it. ``jit`` is accepted for
     config compatibility (there is no TorchScript model here). Rows are zeroed with probability
-    ``ucg_rate`` unless ``no_dropout``."""
+    ``ucg_rate`` unless ``no_dropout``. ``arch_overrides`` (ours) resizes the model for tests
+    (:func:`~ldm.modules.encoders.openclip.resized_arch`)."""
 
-    def __init__(self, model: str, jit: bool = False, device=None, antialias: bool = True, ucg_rate: float = 0.0):
+    def __init__(self, model: str, jit: bool = False, device=None, antialias: bool = True, ucg_rate: float = 0.0,
+                 arch_overrides: Optional[Mapping[str, Any]] = None):
         super().__init__()
-        self.model = CLIP(openai_arch(model))
+        self.model = CLIP(resized_arch(openai_arch(model), arch_overrides))
         self.antialias = antialias
         self._register_clip_stats()
         self.ucg_rate = ucg_rate
@@ -77,14 +79,17 @@ class FrozenClipImageEmbedder(ClipImageEmbedder):
 
 class FrozenOpenCLIPImageEmbedder(AbstractEncoder, _CLIPPreprocessing):
     """OpenCLIP image embedding (unCLIP-H: ViT-H-14, 1024-d, pooled and projected). As in the
-    original, the text blocks are deleted but the other text parameters stay in ``self.model``."""
+    original, the text blocks are deleted but the other text parameters stay in ``self.model``.
+    ``arch_overrides`` (ours) resizes the model for tests (see :class:`ClipImageEmbedder`)."""
 
     def __init__(self, arch: str = "ViT-H-14", version: str = "laion2b_s32b_b79k", device=None, max_length: int = 77,
-                 freeze: bool = True, layer: str = "pooled", antialias: bool = True, ucg_rate: float = 0.0):
+                 freeze: bool = True, layer: str = "pooled", antialias: bool = True, ucg_rate: float = 0.0,
+                 arch_overrides: Optional[Mapping[str, Any]] = None):
         super().__init__()
         if layer != "pooled":
             raise NotImplementedError(f"FrozenOpenCLIPImageEmbedder supports layer='pooled' only, got {layer!r}")
-        self.model = create_openclip_model(arch, version, with_visual=True, with_text_transformer=False)
+        self.model = create_openclip_model(arch, version, with_visual=True, with_text_transformer=False,
+                                           arch_overrides=arch_overrides)
         self.device = device
         self.max_length = max_length
         self.layer = layer

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -219,16 +219,19 @@ class FrozenOpenCLIPEmbedder(_PromptEncoder):
 
     ``version`` names the pretrained weights only to pick the activation (``"openai"`` weights use
     QuickGELU, as in open_clip); the weights themselves come from the checkpoint. Set the
-    environment variable ``LDM_NATIVE_CLIP=1`` to use our tower even where open_clip imports."""
+    environment variable ``LDM_NATIVE_CLIP=1`` to use our tower even where open_clip imports.
+    ``arch_overrides`` (ours) resizes the tower for tests (see ``openclip.resized_arch``)."""
 
     LAYERS = ["last", "penultimate"]
 
     def __init__(self, arch: str = "ViT-H-14", version: str = "laion2b_s32b_b79k", device=None,
-                 max_length: int = 77, freeze: bool = True, layer: str = "last", chunk_long_prompts: bool = False):
+                 max_length: int = 77, freeze: bool = True, layer: str = "last", chunk_long_prompts: bool = False,
+                 arch_overrides: Optional[Mapping[str, Any]] = None):
         super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
-        self.model = create_openclip_model(arch, version, with_visual=False, with_text_transformer=True)
+        self.model = create_openclip_model(arch, version, with_visual=False, with_text_transformer=True,
+                                           arch_overrides=arch_overrides)
         _check_max_length(max_length, self.model.positional_embedding.shape[0])
         self.tokenizer = OpenCLIPTokenizer(max_length)
         self.version = version

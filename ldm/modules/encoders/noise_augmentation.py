@@ -50,8 +50,10 @@ class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
         """Back to the CLIP embeddings' statistics."""
         return x * self.data_std + self.data_mean
 
-    def forward(self, x: torch.Tensor, noise_level: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, noise_level: Optional[torch.Tensor] = None,
+                noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(noised embedding, embedding of the level)``; ``noise`` (ours) is the standard normal draw
+        of ``q_sample`` (by default ``randn_like``), so that a caller can take it from its own seeds."""
         if self.missing_stats_path is not None:
             raise FileNotFoundError(f"clip_stats_path {self.missing_stats_path!r} does not exist: the CLIP embedding "
                                     "statistics (mean, std) are needed to noise-augment image embeddings "
@@ -60,5 +62,5 @@ class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
             noise_level = torch.randint(0, self.max_noise_level, (x.shape[0],), device=x.device).long()
         elif not isinstance(noise_level, torch.Tensor):
             raise TypeError(f"noise_level must be a tensor of integer levels, got {type(noise_level).__name__}")
-        z = self.unscale(self.q_sample(self.scale(x), noise_level))
+        z = self.unscale(self.q_sample(self.scale(x), noise_level, noise=noise))
         return z, self.time_embed(noise_level)

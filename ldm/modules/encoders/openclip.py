@@ -12,8 +12,8 @@ import importlib
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,19 @@ def openai_arch(name: str) -> CLIPArch:
     if name not in OPENAI_ARCHS:
         raise ValueError(f"unknown OpenAI CLIP model {name!r}; known: {', '.join(OPENAI_ARCHS)}")
     return OPENAI_ARCHS[name]
+
+
+def resized_arch(arch: CLIPArch, arch_overrides: Optional[Mapping[str, Any]]) -> CLIPArch:
+    """``arch`` with the sizes named in ``arch_overrides`` (:class:`CLIPArch` fields) replaced. The
+    encoders' ``arch_overrides`` param is ours, not the originals': it shrinks an original config's
+    towers to toy size for tests (``tests/tiny_configs.py``) without another architecture name."""
+    if not arch_overrides:
+        return arch
+    known = [field.name for field in fields(CLIPArch)]
+    unknown = sorted(set(arch_overrides) - set(known))
+    if unknown:
+        raise ValueError(f"arch_overrides: unknown CLIP size(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return replace(arch, **{name: arch_overrides[name] for name in arch_overrides})
 
 
 class QuickGELU(nn.Module):
@@ -241,12 +254,13 @@ def use_native_towers() -> bool:
 
 
 def create_openclip_model(arch: str, version: Optional[str], with_visual: bool,
-                          with_text_transformer: bool) -> nn.Module:
+                          with_text_transformer: bool, arch_overrides: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """An OpenCLIP model without pretrained weights (the checkpoint brings them): from ``open_clip``
-    when it imports, else our own :class:`CLIP` with the same names and maths."""
-    model = None if use_native_towers() else _open_clip_model(arch, version)
+    when it imports, else our own :class:`CLIP` with the same names and maths (always ours when
+    ``arch_overrides`` resizes it, see :func:`resized_arch`)."""
+    model = None if use_native_towers() or arch_overrides else _open_clip_model(arch, version)
     if model is None:
-        return CLIP(openclip_arch(arch, version), with_visual, with_text_transformer)
+        return CLIP(resized_arch(openclip_arch(arch, version), arch_overrides), with_visual, with_text_transformer)
     if not with_visual:
         del model.visual
     if not with_text_transformer:

@@ -172,6 +172,8 @@ def test_noise_augmentation_follows_q_sample_in_standardised_space(tmp_path):
     expected = (abar.sqrt() * (x - mean) / std + (1 - abar).sqrt() * noise) * std + mean
     torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(emb, timestep_embedding(level, 8))
+    given, _ = augmentor(x, noise_level=level, noise=noise)  # the same draw handed in by the caller
+    torch.testing.assert_close(given, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_noise_augmentation_reads_its_stats_file_with_the_checkpoint_checks(tmp_path):

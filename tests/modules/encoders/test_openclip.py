@@ -235,3 +235,19 @@ def test_image_preprocessing_maps_minus_one_one_to_clip_normalised_pixels(tiny_a
 def test_image_embedder_rejects_penultimate_layer():
     with pytest.raises(NotImplementedError, match="layer='pooled' only"):
         FrozenOpenCLIPImageEmbedder(layer="penultimate")
+
+
+def test_arch_overrides_shrink_the_original_towers_keeping_their_names(no_network):
+    sizes = {"embed_dim": 16, "vision_width": 32, "vision_layers": 1, "vision_heads": 2, "patch_size": 8,
+             "image_size": 32, "text_width": 32, "text_heads": 2, "text_layers": 2}
+    with torch.device("meta"):
+        full = FrozenOpenCLIPImageEmbedder()
+    small = FrozenOpenCLIPImageEmbedder(arch_overrides=sizes)
+    assert set(small.state_dict()) < set(full.state_dict())  # the same names, fewer blocks
+    assert small.model.visual.proj.shape == (32, 16) and len(small.model.visual.transformer.resblocks) == 1
+    l_small = ClipImageEmbedder(model="ViT-L/14", arch_overrides=sizes)
+    assert l_small(torch.rand(2, 3, 40, 40) * 2 - 1).shape == (2, 16)
+    text = FrozenOpenCLIPEmbedder(layer="penultimate", arch_overrides=sizes)
+    assert text("a red circle").shape == (1, 77, 32)
+    with pytest.raises(ValueError, match="arch_overrides: unknown CLIP size\\(s\\) widht"):
+        ClipImageEmbedder(model="ViT-L/14", arch_overrides={"widht": 3})
