@@ -18,6 +18,15 @@ def tiny_models(tmp_path_factory):
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_unclip_models(tmp_path_factory):
+    """The unCLIP-L and -H inference configs at toy size with random weights, saved as config +
+    checkpoint once per test run (tests/scripts/helpers.py)."""
+    from tests.scripts.helpers import build_tiny_unclip_models
+
+    return build_tiny_unclip_models(tmp_path_factory.mktemp("tiny_unclip_models"))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

@@ -17,9 +17,12 @@ Stable names (other test files rely on them):
     tiny_inpainting_config(**overrides)           LatentInpaintDiffusion (UNet in 9), batch + mask, masked_image
     tiny_depth2img_config(**overrides)            LatentDepth2ImageDiffusion (UNet in 5), batch + depth
     tiny_upscaler_config(**overrides)             LatentUpscaleDiffusion like x4 (UNet in 7, v), batch + lr
+    tiny_unclip_config(variant, *dotlist)         configs/stable-diffusion/v2-1-stable-unclip-{l,h}-inference.yaml
+                                                  shrunk by TINY_UNCLIP_OVERRIDES (whole config, ``model:`` root)
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -129,3 +132,39 @@ def tiny_upscaler_config(**overrides) -> DictConfig:
                         {"low_scale_config": low_scale, "low_scale_key": "lr", "parameterization": "v",
                          "linear_start": 0.0001, "linear_end": 0.02, "scale_factor": 0.08333},
                         overrides, num_classes=1000)
+
+
+# The SD 2.1 unCLIP inference configs at toy size, as OmegaConf dotlist overrides of the original YAML
+# files: every class and param name stays the original's. The CLIP towers (OpenCLIP text, CLIP image
+# embedder) shrink through their ``arch_overrides`` (ours, ldm/modules/encoders/openclip.py:
+# resized_arch); the image embedding is 32 wide, so the UNet's y is 32 + 32 (noise-level embedding).
+TINY_UNCLIP_EMBEDDING = 32
+_TINY_CLIP_SIZES = ("{embed_dim: 32, vision_width: 32, vision_layers: 1, vision_heads: 2, patch_size: 8, "
+                    "image_size: 32, text_width: 32, text_heads: 2, text_layers: 2}")
+TINY_UNCLIP_OVERRIDES = [
+    "model.params.image_size=8",
+    "model.params.unet_config.params.model_channels=32",
+    "model.params.unet_config.params.channel_mult=[1,2]",
+    "model.params.unet_config.params.num_res_blocks=1",
+    "model.params.unet_config.params.attention_resolutions=[2]",
+    "model.params.unet_config.params.num_head_channels=32",
+    "model.params.unet_config.params.context_dim=32",
+    f"model.params.unet_config.params.adm_in_channels={2 * TINY_UNCLIP_EMBEDDING}",
+    "model.params.unet_config.params.use_checkpoint=False",
+    "model.params.first_stage_config.params.ddconfig.ch=32",
+    "model.params.first_stage_config.params.ddconfig.ch_mult=[1,2]",
+    "model.params.first_stage_config.params.ddconfig.num_res_blocks=1",
+    "model.params.first_stage_config.params.ddconfig.resolution=16",
+    f"model.params.cond_stage_config.params.arch_overrides={_TINY_CLIP_SIZES}",
+    f"model.params.embedder_config.params.arch_overrides={_TINY_CLIP_SIZES}",
+    f"model.params.noise_aug_config.params.timestep_dim={TINY_UNCLIP_EMBEDDING}",
+]
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stable-diffusion"
+
+
+def tiny_unclip_config(variant: str, *dotlist: str) -> DictConfig:
+    """The whole unCLIP-``variant`` (``"l"`` or ``"h"``) inference config with TINY_UNCLIP_OVERRIDES
+    and then ``dotlist`` applied (e.g. unCLIP-L's ``model.params.noise_aug_config.params.clip_stats_path=...``,
+    whose statistics must then be TINY_UNCLIP_EMBEDDING wide)."""
+    original = OmegaConf.load(_CONFIGS / f"v2-1-stable-unclip-{variant}-inference.yaml")
+    return OmegaConf.merge(original, OmegaConf.from_dotlist([*TINY_UNCLIP_OVERRIDES, *dotlist]))

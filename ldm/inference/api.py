@@ -12,6 +12,10 @@ Keywords are the scripts' flag names (``steps``, ``scale``, ``seed``, ``negative
 (images per prompt, ``--n_samples``), ``eta`` (``--ddim_eta``) and ``image`` (``--init-img``,
 a path, a PIL image or an array). Defaults are the scripts' defaults. A bad value raises
 :class:`~ldm.inference.errors.UsageError` (a ValueError) with the message the script prints.
+
+unCLIP: ``ldm.load("unclip", ckpt=..., config=...)(image="in.png")`` makes variations of an image;
+given ``prior_config``, ``prior_ckpt``, ``prior_clip`` and ``prior_clip_stats`` instead of an image,
+images of the prompt through the Karlo prior (loaded once for consecutive calls with the same files).
 """
 from __future__ import annotations
 
@@ -236,7 +240,7 @@ class Pipeline:
 def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
          precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
          attention_slicing: Optional[int] = None, vae_tiling: bool = False) -> Pipeline:
-    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale): the shipped
+    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip): the shipped
     shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
     beside it or the original config its layout fits, as the scripts pick it."""
     opt = task_options(task)

@@ -22,9 +22,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 def add_prompt_args(parser: argparse.ArgumentParser, prompt: str, shapes_prompt: str) -> None:
     group = parser.add_argument_group("prompts")
+    default = (f"{shapes_prompt!r} with the shipped shapes model, else {prompt!r}, the original script's"
+               if shapes_prompt != prompt else repr(prompt))
     group.add_argument("--prompt", type=str, nargs="?", default=None,
-                       help=f"the prompt to render (default: {shapes_prompt!r} with the shipped shapes model, "
-                            f"else {prompt!r}, the original script's)")
+                       help=f"the prompt to render (default: {default})")
     group.add_argument("--negative_prompt", "--negative-prompt", type=str, default="",
                        help="what the image should not show; used as the unconditional prompt of "
                             "classifier-free guidance (default: empty)")

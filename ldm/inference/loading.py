@@ -37,6 +37,8 @@ DEFAULT_MODELS: Dict[str, Tuple[str, str]] = {
     "inpaint": ("checkpoints/shapes-inpainting.yaml", "checkpoints/shapes-inpainting.safetensors"),
     "depth2img": ("checkpoints/shapes-depth.yaml", "checkpoints/shapes-depth.safetensors"),
     "upscale": ("checkpoints/shapes-x4-upscaler.yaml", "checkpoints/shapes-x4-upscaler.safetensors"),
+    # No shapes unCLIP model ships: the default is the public SD 2.1 unCLIP-L file, put by the user in checkpoints/.
+    "unclip": (f"{SD_CONFIGS}/v2-1-stable-unclip-l-inference.yaml", "checkpoints/sd21-unclip-l.ckpt"),
 }
 
 # Task model classes by the last part of their config target; anything else is text-to-image.
@@ -49,6 +51,8 @@ _TASK_CLASSES = {
 # Configs that fit a checkpoint, by the UNet's input channels (4 + concatenated conditioning).
 _CONFIG_BY_UNET_INPUT = {9: "v2-inpainting-inference.yaml", 5: "v2-midas-inference.yaml",
                          7: "x4-upscaling.yaml"}
+# unCLIP configs by the width of the image embedding (the embedder's projection, ``embedder.model.visual.proj``).
+_UNCLIP_CONFIG_BY_EMBEDDING = {768: "v2-1-stable-unclip-l-inference.yaml", 1024: "v2-1-stable-unclip-h-inference.yaml"}
 SD2_CONTEXT_DIM = 1024
 SD1_CONTEXT_DIM = 768
 HASH_LENGTH = 10
@@ -119,9 +123,12 @@ def config_for_checkpoint(ckpt: str) -> ModelPaths:
     if not Path(ckpt).is_file():
         raise UsageError(f"--ckpt: file not found: {ckpt}")
     try:
-        in_channels, context_dim = _unet_signature(checkpoint_tensor_shapes(ckpt))
+        shapes = checkpoint_tensor_shapes(ckpt)
     except CheckpointError as err:
         raise UsageError(str(err)) from None
+    in_channels, context_dim = _unet_signature(shapes)
+    if _unclip_config(shapes) is not None:
+        return ModelPaths(f"{SD_CONFIGS}/{_unclip_config(shapes)}", ckpt)
     if in_channels == 4 and context_dim == SD1_CONTEXT_DIM:
         return ModelPaths(f"{SD_CONFIGS}/v1-inference.yaml", ckpt)
     if in_channels == 4 and context_dim == SD2_CONTEXT_DIM:
@@ -221,6 +228,9 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
     ddconfig = section(first_stage, "ddconfig", "model.params.first_stage_config.params")
     low_scale = section(section(params, "low_scale_config", "model.params"), "params",
                         "model.params.low_scale_config")
+    augmentation = "noise_aug_config" if params.get("noise_aug_config") is not None else "low_scale_config"
+    if augmentation == "noise_aug_config":  # unCLIP's noise augmentation of the image embedding
+        low_scale = section(section(params, augmentation, "model.params"), "params", f"model.params.{augmentation}")
     return ModelSpec(
         target=str(config.model.target),
         parameterization=str(params.get("parameterization", "eps")),
@@ -230,7 +240,7 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
         unet_levels=levels(unet, "channel_mult", [1, 2, 4, 8], "unet_config.params"),
         unet_in_channels=number(unet, "in_channels", params.get("channels", 3), "unet_config.params"),
         context_dim=number(unet, "context_dim", None, "unet_config.params"),
-        max_noise_level=number(low_scale, "max_noise_level", 1000, "low_scale_config.params") if low_scale else None,
+        max_noise_level=number(low_scale, "max_noise_level", 1000, f"{augmentation}.params") if low_scale else None,
     )
 
 
@@ -292,9 +302,12 @@ def config_hint(ckpt: str, spec: ModelSpec) -> str:
     """A suggestion of the config that fits ``ckpt``, from its UNet's input channels and
     cross-attention width; empty when nothing can be told."""
     try:
-        in_channels, context_dim = _unet_signature(checkpoint_tensor_shapes(ckpt))
+        shapes = checkpoint_tensor_shapes(ckpt)
     except CheckpointError:
         return ""
+    in_channels, context_dim = _unet_signature(shapes)
+    if _unclip_config(shapes) is not None and spec.kind != "unclip":
+        return f"It is an unCLIP model: use scripts/unclip.py with --config {SD_CONFIGS}/{_unclip_config(shapes)}"
     if in_channels != spec.unet_in_channels and in_channels in _CONFIG_BY_UNET_INPUT:
         config = _CONFIG_BY_UNET_INPUT[in_channels]
         return f"Its UNet takes {in_channels} input channels: try --config {SD_CONFIGS}/{config}"
@@ -315,6 +328,14 @@ def _unet_signature(shapes: Mapping[str, Tuple[int, ...]]) -> Tuple[Optional[int
                         if key.startswith("model.diffusion_model.") and key.endswith("attn2.to_k.weight")),
                        None)
     return in_channels, context_dim
+
+
+def _unclip_config(shapes: Mapping[str, Tuple[int, ...]]) -> Optional[str]:
+    """The unCLIP config (L or H) of a checkpoint with a CLIP image embedder, else None."""
+    projection = shapes.get("embedder.model.visual.proj")
+    if projection is None or len(projection) != 2:
+        return None
+    return _UNCLIP_CONFIG_BY_EMBEDDING.get(int(projection[1]))
 
 
 def warn_if_parameterization_looks_wrong(ckpt: str, config_path: str, spec: ModelSpec) -> None:

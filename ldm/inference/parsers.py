@@ -55,6 +55,30 @@ def _upscale_inputs(parser: argparse.ArgumentParser) -> None:
                              "detail (default: %(default)s)")
 
 
+def _unclip_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init-img", type=str, default=None,
+                        help="the image to make variations of: its CLIP image embedding (the model's own "
+                             "embedder) conditions the model; required unless the --prior-* flags are given")
+    parser.add_argument("--noise_level", "--noise-level", type=int, default=0,
+                        help="noise added to the image embedding, 0 to the model's maximum - 1 (999 for the "
+                             "SD 2.1 unCLIP configs); more noise, freer variations (default: %(default)s)")
+    group = parser.add_argument_group(
+        "Karlo prior", "text to image through the Karlo prior (unCLIP-L): the prompt is made into an image "
+                       "embedding instead of --init-img; give all four files")
+    group.add_argument("--prior-config", type=str, default=None,
+                       help="the prior's config, e.g. configs/karlo/prior_1B_vit_l.yaml")
+    group.add_argument("--prior-ckpt", type=str, default=None,
+                       help="the prior's weights (prior-ckpt-step=01000000-of-01000000.ckpt)")
+    group.add_argument("--prior-clip", type=str, default=None,
+                       help="the OpenAI CLIP ViT-L/14 weights the prior reads the prompt with (ViT-L-14.pt)")
+    group.add_argument("--prior-clip-stats", type=str, default=None,
+                       help="the CLIP image embedding statistics (ViT-L-14_stats.th)")
+    group.add_argument("--prior-steps", type=int, default=25,
+                       help="sampling steps of the prior (default: %(default)s, as Karlo)")
+    group.add_argument("--prior-scale", type=float, default=4.0,
+                       help="classifier-free guidance scale of the prior (default: %(default)s, as Karlo)")
+
+
 @dataclass(frozen=True)
 class ScriptFlags:
     """What one script's command line holds besides the shared groups: its description, default
@@ -82,6 +106,10 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
                              dict(steps=50, scale=9.0, n_iter=1, n_samples=1, sampler_choice=False)),
     "upscale": ScriptFlags("Upscale an image 4x, guided by a prompt.", "a high quality professional photograph",
                            "a red circle", _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
+    # The Stability demo's defaults (scripts/streamlit/stableunclip.py): 20 DDIM steps, scale 10, 2 x 2 images.
+    "unclip": ScriptFlags("Make variations of an image, or images from a prompt through the Karlo prior, with an "
+                          "SD 2.1 unCLIP model.", "", "", _unclip_inputs,
+                          dict(steps=20, scale=10.0, n_iter=2, n_samples=2), image_size=True),
 }
 TASK_NAMES = tuple(_SCRIPTS)
 

@@ -1,10 +1,11 @@
 """What each script does with the shared pipeline: text-to-image, image-to-image, inpainting,
-depth-conditioned image-to-image and x4 upscaling. A task reads and checks its inputs before the
+depth-conditioned image-to-image, x4 upscaling and unCLIP. A task reads and checks its inputs before the
 model is loaded (so bad input fails fast and writes nothing), then makes one batch of images at a
 time."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -30,13 +31,15 @@ from ldm.inference.pipeline import (
     encode_image,
     encode_prompts,
     guided_pair,
+    hybrid_conditioning,
     sample_from_image,
     sample_from_noise,
 )
 from ldm.models.diffusion.seeding import ImageNoise
+from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
 _SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",
-                    "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py"}
+                    "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py", "unclip": "scripts/unclip.py"}
 _KIND_NAMES = {"text": "a text-to-image", "inpaint": "an inpainting", "depth": "a depth-to-image",
                "upscale": "an x4 upscaling", "unclip": "an unCLIP (image variation)"}
 
@@ -353,7 +356,136 @@ class Upscaling(Task):
         return {"Noise level": self.opt.noise_level}
 
 
-TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Inpainting, DepthToImage, Upscaling)}
+PRIOR_FLAGS = {"prior_config": "--prior-config", "prior_ckpt": "--prior-ckpt", "prior_clip": "--prior-clip",
+               "prior_clip_stats": "--prior-clip-stats"}
+
+
+@functools.lru_cache(maxsize=1)
+def _karlo_prior(config: str, ckpt: str, clip: str, clip_stats: str, device: str) -> Any:
+    """The Karlo prior of these files on ``device``, loaded once for consecutive calls."""
+    from ldm.modules.karlo import load_prior
+
+    return load_prior(config, ckpt, clip, clip_stats, device=device)
+
+
+def _embedding_width(model: torch.nn.Module) -> int:
+    """The width of the image embedding an unCLIP model takes: its UNet's ``y`` width
+    (``adm_in_channels``, the input of ``label_emb``) less that of the noise-level embedding."""
+    width = model.model.diffusion_model.label_emb[0][0].in_features
+    augmentor = model.noise_augmentor
+    return width - augmentor.time_embed.dim if augmentor is not None else width
+
+
+class UnCLIP(TextToImage):
+    """SD 2.1 unCLIP (Ramesh et al. 2022, "Hierarchical Text-Conditional Image Generation with CLIP
+    Latents", with a latent decoder): the UNet's ``c_adm`` is a CLIP image embedding, noised to
+    ``--noise_level`` by the model's ``noise_augmentor`` and followed by the embedding of that
+    level, beside an optional prompt. The embedding is that of ``--init-img`` by the model's CLIP
+    image embedder (image variations), or the Karlo prior's sample for the prompt (``--prior-*``,
+    text to image). The unconditional side of guidance is the negative prompt with an all-zero
+    ``c_adm``, as in the Stability demo (``scripts/streamlit/stableunclip.py``). Each image's draws,
+    in order: the noise of the augmentation, then the sampler's start noise; the prior draws from
+    the image's seed too."""
+    name = "unclip"
+    accepted_kinds = ("unclip",)
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        self._check_noise_level()
+        with_prior = any(getattr(opt, name) is not None for name in PRIOR_FLAGS)
+        if with_prior and opt.init_img is not None:
+            raise UsageError("--init-img and the --prior-* flags both given: give --init-img for variations of an "
+                             "image, or the --prior-* flags for images of the prompt")
+        if with_prior and opt.from_file is None and not opt.prompt:
+            raise UsageError("--prompt is required with the Karlo prior (the prior makes the image embedding "
+                             "from it)")
+        self.prior_files = self._prior_files()
+        self.prior = None
+        if self.prior_files is None:
+            self.image = self._inputs(opt.init_img, "--init-img", "the image to make variations of (or the "
+                                      "--prior-* flags, to start from the prompt through the Karlo prior)",
+                                      lambda source: load_image(source, spec.pixel_multiple))
+
+    def _check_noise_level(self) -> None:
+        top, level = self.spec.max_noise_level, self.opt.noise_level
+        if top is None and level != 0:
+            raise UsageError(f"--noise_level {level}: this model has no noise augmentation (no noise_aug_config); "
+                             "leave --noise_level out")
+        if top is not None and not 0 <= level < top:
+            raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {level}")
+
+    def _prior_files(self) -> Optional[Tuple[str, ...]]:
+        """The prior's four files when the --prior-* flags are given (all or none), else None."""
+        given = {name: getattr(self.opt, name) for name in PRIOR_FLAGS if getattr(self.opt, name) is not None}
+        if not given:
+            return None
+        missing = [flag for name, flag in PRIOR_FLAGS.items() if name not in given]
+        if missing:
+            raise UsageError(f"the Karlo prior needs {', '.join(missing)} too (all four --prior-* files)")
+        paths = tuple(in_cwd_or_repository(given[name]) for name in PRIOR_FLAGS)
+        for path, (name, flag) in zip(paths, PRIOR_FLAGS.items()):
+            if not Path(path).is_file():
+                raise UsageError(f"{flag}: file not found: {given[name]}")
+        return paths
+
+    def to_device(self, device):
+        if self.prior_files is None:
+            self.image = self.image.to(device)
+            return
+        try:
+            self.prior = _karlo_prior(*self.prior_files, device=str(device))
+        except (CheckpointError, ValueError, KeyError) as err:
+            raise UsageError(f"the Karlo prior cannot be loaded from {', '.join(self.prior_files)}: "
+                             f"{first_line(err)}") from None
+
+    def _image_embedding(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``[B, D]`` CLIP image embeddings: of the init image, or sampled by the prior for each prompt."""
+        if self.prior is None:
+            embedding = model.embedder(rows_for(self.image, batch))
+            return embedding.expand(len(batch), -1)
+        embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
+                                      guidance_scale=self.opt.prior_scale, seeds=list(batch.seeds))
+        expected = _embedding_width(model)
+        if embedding.shape[-1] != expected:
+            raise UsageError(f"the Karlo prior makes {embedding.shape[-1]}-d image embeddings but --config "
+                             f"{self.opt.config} takes {expected}-d ones; the prior fits unCLIP-L "
+                             "(configs/stable-diffusion/v2-1-stable-unclip-l-inference.yaml)")
+        return embedding.to(model.device)
+
+    def _noise_augmented(self, model: torch.nn.Module, embedding: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+        """``c_adm``: the embedding noised to ``--noise_level`` and the level's embedding, concatenated."""
+        augmentor = model.noise_augmentor
+        if augmentor is None:
+            return embedding
+        if augmentor.missing_stats_path is not None:
+            raise UsageError(f"the model's noise augmentation needs the CLIP embedding statistics at "
+                             f"{augmentor.missing_stats_path} (ViT-L-14_stats.th of Hugging Face "
+                             "kakaobrain/karlo-v1-alpha for unCLIP-L)")
+        level = torch.full((len(embedding),), self.opt.noise_level, device=embedding.device, dtype=torch.long)
+        eps = noise.randn(embedding.shape[1:]).to(embedding.device)
+        noised, level_embedding = augmentor(embedding.float(), noise_level=level, noise=eps)
+        return torch.cat((noised, level_embedding), 1)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        c_adm = self._noise_augmented(model, self._image_embedding(model, batch), noise)
+        cond = hybrid_conditioning(c, c_adm=c_adm)
+        uncond = None if uc is None else hybrid_conditioning(uc, c_adm=torch.zeros_like(c_adm))
+        shape = [self.channels, self.height // self.factor, self.width // self.factor]
+        return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
+
+    def extra_parameters(self):
+        extra: Dict[str, object] = {}
+        if self.spec.max_noise_level is not None:
+            extra["Noise level"] = self.opt.noise_level
+        if self.prior_files is None:
+            return {**extra, "unCLIP": "image variation"}
+        return {**extra, "unCLIP": "Karlo prior", "Prior": Path(self.prior_files[1]).stem,
+                "Prior steps": self.opt.prior_steps, "Prior CFG scale": self.opt.prior_scale}
+
+
+TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Inpainting, DepthToImage, Upscaling,
+                                                      UnCLIP)}
 
 
 def _required(value: Any, flag: str, what: str) -> Any:

@@ -174,3 +174,18 @@ def test_a_checkpoint_of_unknown_layout_asks_for_a_config(tmp_path):
         config_for_checkpoint(ckpt)
     with pytest.raises(UsageError, match="--ckpt: file not found"):
         config_for_checkpoint(str(tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize("variant, embedding", [("l", 768), ("h", 1024)])
+def test_unclip_configs_read_as_unclip_and_their_checkpoints_get_them_alone(tmp_path, variant, embedding):
+    spec = _spec(f"v2-1-stable-unclip-{variant}-inference.yaml")
+    assert (spec.kind, spec.default_pixel_size, spec.max_noise_level) == ("unclip", 768, 1000)
+    ckpt = str(tmp_path / f"sd21-unclip-{variant}.ckpt")
+    save_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+                     "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                         torch.zeros(8, 1024),
+                     "embedder.model.visual.proj": torch.zeros(embedding + 256, embedding)}, ckpt)
+    config = f"{SD}/v2-1-stable-unclip-{variant}-inference.yaml"
+    assert config_for_checkpoint(ckpt) == (config, ckpt, True)
+    assert config_hint(ckpt, _spec("v2-inference.yaml")) == f"It is an unCLIP model: use scripts/unclip.py with " \
+                                                            f"--config {config}"

@@ -20,7 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.util import instantiate_from_config, save_checkpoint
-from tests.tiny_configs import TINY_MIDAS, tiny_latent_diffusion_config, tiny_unet_config
+from tests.tiny_configs import (
+    TINY_MIDAS,
+    TINY_UNCLIP_EMBEDDING,
+    tiny_latent_diffusion_config,
+    tiny_unclip_config,
+    tiny_unet_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_TEXT_WIDTH = 32
@@ -97,6 +103,18 @@ def build_tiny_models(folder: Path) -> Dict[str, TinyModel]:
                                                "max_noise_level": 350}}),
     }
     return {name: _save_model(folder, name, config, seed) for seed, (name, config) in enumerate(configs.items())}
+
+
+def build_tiny_unclip_models(folder: Path) -> Dict[str, TinyModel]:
+    """Config + checkpoint of the unCLIP-L and -H inference configs at toy size (``tiny_unclip_config``);
+    unCLIP-L's noise augmentation reads random CLIP statistics saved beside them (``stats.th``)."""
+    generator = torch.Generator().manual_seed(0)
+    stats = (torch.randn(TINY_UNCLIP_EMBEDDING, generator=generator),
+             torch.rand(TINY_UNCLIP_EMBEDDING, generator=generator) + 0.5)
+    torch.save(stats, folder / "stats.th")
+    configs = {"unclip-l": tiny_unclip_config("l", f"model.params.noise_aug_config.params.clip_stats_path={folder}/stats.th"),
+               "unclip-h": tiny_unclip_config("h")}
+    return {name: _save_model(folder, name, config.model, seed) for seed, (name, config) in enumerate(configs.items())}
 
 @dataclass
 class ScriptRun:

@@ -5,7 +5,7 @@ import pytest
 
 from tests.scripts.helpers import load_script
 
-SCRIPTS = ["txt2img.py", "img2img.py", "inpaint.py", "depth2img.py", "upscale.py"]
+SCRIPTS = ["txt2img.py", "img2img.py", "inpaint.py", "depth2img.py", "upscale.py", "unclip.py"]
 SHARED = ["--prompt", "--negative_prompt", "--from-file", "--repeat", "--outdir", "--skip_grid", "--skip_save",
           "--n_rows", "--steps", "--ddim_steps", "--ddim_eta", "--scale", "--seed", "--fixed_code", "--n_iter",
           "--n_samples", "--config", "--ckpt", "--ema", "--no-ema", "--device", "--precision", "--bf16",
@@ -17,6 +17,8 @@ OWN_FLAGS = {
     "inpaint.py": SAMPLER_FLAGS + ["--init-img", "--mask"],
     "depth2img.py": ["--init-img", "--depth", "--strength", "--save-depth"],
     "upscale.py": SAMPLER_FLAGS + ["--init-img", "--noise_level"],
+    "unclip.py": SAMPLER_FLAGS + ["--H", "--W", "--init-img", "--noise_level", "--prior-config", "--prior-ckpt",
+                                  "--prior-clip", "--prior-clip-stats", "--prior-steps", "--prior-scale"],
 }
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ldm.modules.diffusionmodules.openaimodel import Timestep
 from ldm.modules.diffusionmodules.upscaling import ImageConcatWithNoiseAugmentation
-from ldm.util import CheckpointError, load_tensors
+from ldm.util import CheckpointError, in_cwd_or_repository, load_tensors
 
 
 def _clip_stats(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -26,15 +26,16 @@ def _clip_stats(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
 
 class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
     """``clip_stats_path``: a file holding ``(mean, std)`` of the CLIP embeddings (unCLIP-L's
-    ``ViT-L-14_stats.th``); without it, mean 0 and std 1. The statistics are non-persistent
+    ``ViT-L-14_stats.th``; a relative path is looked up in the current folder, then in the
+    repository); without it, mean 0 and std 1. The statistics are non-persistent
     buffers (not in checkpoints). A configured file that is missing does not stop the model from
     being built or loaded, but using the augmentor then raises with the path to fetch."""
 
     def __init__(self, *args, clip_stats_path: Optional[str] = None, timestep_dim: int = 256, **kwargs):
         super().__init__(*args, **kwargs)
         self.missing_stats_path = None
-        if clip_stats_path is not None and os.path.isfile(clip_stats_path):
-            clip_mean, clip_std = _clip_stats(clip_stats_path)
+        if clip_stats_path is not None and os.path.isfile(in_cwd_or_repository(clip_stats_path)):
+            clip_mean, clip_std = _clip_stats(in_cwd_or_repository(clip_stats_path))
         else:
             self.missing_stats_path = clip_stats_path
             clip_mean, clip_std = torch.zeros(timestep_dim), torch.ones(timestep_dim)
