@@ -70,7 +70,9 @@ def _unclip_inputs(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prior-ckpt", type=str, default=None,
                        help="the prior's weights (prior-ckpt-step=01000000-of-01000000.ckpt)")
     group.add_argument("--prior-clip", type=str, default=None,
-                       help="the OpenAI CLIP ViT-L/14 weights the prior reads the prompt with (ViT-L-14.pt)")
+                       help="the CLIP ViT-L/14 the prior reads the prompt with: a state dict with OpenAI's names "
+                            "or a transformers CLIPModel folder (openai/clip-vit-large-patch14); OpenAI's "
+                            "TorchScript ViT-L-14.pt is refused, as it cannot be read safely")
     group.add_argument("--prior-clip-stats", type=str, default=None,
                        help="the CLIP image embedding statistics (ViT-L-14_stats.th)")
     group.add_argument("--prior-steps", type=int, default=25,

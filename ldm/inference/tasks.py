@@ -376,6 +376,13 @@ def _embedding_width(model: torch.nn.Module) -> int:
     return width - augmentor.time_embed.dim if augmentor is not None else width
 
 
+def _prior_seeds(noise: ImageNoise) -> List[int]:
+    """A seed for each image's prior sample, drawn from the image's own generator: the prior's noise
+    then follows the image's seed, yet is not the image's own stream (seeded alike, the prior's start
+    noise would equal the image's augmentation noise)."""
+    return [int(torch.randint(0, 2 ** 63, (1,), generator=generator)) for generator in noise.generators]
+
+
 class UnCLIP(TextToImage):
     """SD 2.1 unCLIP (Ramesh et al. 2022, "Hierarchical Text-Conditional Image Generation with CLIP
     Latents", with a latent decoder): the UNet's ``c_adm`` is a CLIP image embedding, noised to
@@ -383,9 +390,9 @@ class UnCLIP(TextToImage):
     level, beside an optional prompt. The embedding is that of ``--init-img`` by the model's CLIP
     image embedder (image variations), or the Karlo prior's sample for the prompt (``--prior-*``,
     text to image). The unconditional side of guidance is the negative prompt with an all-zero
-    ``c_adm``, as in the Stability demo (``scripts/streamlit/stableunclip.py``). Each image's draws,
-    in order: the noise of the augmentation, then the sampler's start noise; the prior draws from
-    the image's seed too."""
+    ``c_adm``, as in the Stability demo (``scripts/streamlit/stableunclip.py``). Each image's draws
+    from its generator, in order: the seed of its prior sample (with the prior), the noise of the
+    augmentation, then the sampler's start noise."""
     name = "unclip"
     accepted_kinds = ("unclip",)
 
@@ -424,7 +431,8 @@ class UnCLIP(TextToImage):
             raise UsageError(f"the Karlo prior needs {', '.join(missing)} too (all four --prior-* files)")
         paths = tuple(in_cwd_or_repository(given[name]) for name in PRIOR_FLAGS)
         for path, (name, flag) in zip(paths, PRIOR_FLAGS.items()):
-            if not Path(path).is_file():
+            found = Path(path).exists() if name == "prior_clip" else Path(path).is_file()  # CLIP: file or folder
+            if not found:
                 raise UsageError(f"{flag}: file not found: {given[name]}")
         return paths
 
@@ -438,13 +446,16 @@ class UnCLIP(TextToImage):
             raise UsageError(f"the Karlo prior cannot be loaded from {', '.join(self.prior_files)}: "
                              f"{first_line(err)}") from None
 
-    def _image_embedding(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    def _image_embedding(self, model: torch.nn.Module, batch: Batch, noise: ImageNoise) -> torch.Tensor:
         """``[B, D]`` CLIP image embeddings: of the init image, or sampled by the prior for each prompt."""
         if self.prior is None:
             embedding = model.embedder(rows_for(self.image, batch))
             return embedding.expand(len(batch), -1)
-        embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
-                                      guidance_scale=self.opt.prior_scale, seeds=list(batch.seeds))
+        try:
+            embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
+                                          guidance_scale=self.opt.prior_scale, seeds=_prior_seeds(noise))
+        except ValueError as err:
+            raise UsageError(f"the Karlo prior: {first_line(err)}") from None
         expected = _embedding_width(model)
         if embedding.shape[-1] != expected:
             raise UsageError(f"the Karlo prior makes {embedding.shape[-1]}-d image embeddings but --config "
@@ -468,7 +479,7 @@ class UnCLIP(TextToImage):
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
-        c_adm = self._noise_augmented(model, self._image_embedding(model, batch), noise)
+        c_adm = self._noise_augmented(model, self._image_embedding(model, batch, noise), noise)
         cond = hybrid_conditioning(c, c_adm=c_adm)
         uncond = None if uc is None else hybrid_conditioning(uc, c_adm=torch.zeros_like(c_adm))
         shape = [self.channels, self.height // self.factor, self.width // self.factor]
