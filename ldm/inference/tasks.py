@@ -380,7 +380,7 @@ def _prior_seeds(noise: ImageNoise) -> List[int]:
     """A seed for each image's prior sample, drawn from the image's own generator: the prior's noise
     then follows the image's seed, yet is not the image's own stream (seeded alike, the prior's start
     noise would equal the image's augmentation noise)."""
-    return [int(torch.randint(0, 2 ** 63, (1,), generator=generator)) for generator in noise.generators]
+    return [int(torch.randint(0, 2 ** 63 - 1, (1,), generator=generator)) for generator in noise.generators]
 
 
 class UnCLIP(TextToImage):
@@ -451,9 +451,10 @@ class UnCLIP(TextToImage):
         if self.prior is None:
             embedding = model.embedder(rows_for(self.image, batch))
             return embedding.expand(len(batch), -1)
+        seeds = _prior_seeds(noise)
         try:
             embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
-                                          guidance_scale=self.opt.prior_scale, seeds=_prior_seeds(noise))
+                                          guidance_scale=self.opt.prior_scale, seeds=seeds)
         except ValueError as err:
             raise UsageError(f"the Karlo prior: {first_line(err)}") from None
         expected = _embedding_width(model)

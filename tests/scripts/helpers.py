@@ -105,15 +105,22 @@ def build_tiny_models(folder: Path) -> Dict[str, TinyModel]:
     return {name: _save_model(folder, name, config, seed) for seed, (name, config) in enumerate(configs.items())}
 
 
+TINY_UNCLIP_H_EMBEDDING = 2 * TINY_UNCLIP_EMBEDDING  # wider than L's, as ViT-H's 1024 is than ViT-L's 768
+
+
 def build_tiny_unclip_models(folder: Path) -> Dict[str, TinyModel]:
     """Config + checkpoint of the unCLIP-L and -H inference configs at toy size (``tiny_unclip_config``);
-    unCLIP-L's noise augmentation reads random CLIP statistics saved beside them (``stats.th``)."""
+    unCLIP-L's noise augmentation reads random CLIP statistics saved beside them (``stats.th``), and
+    unCLIP-H's image embedding is twice as wide as L's (as for the real models, the Karlo prior fits L only)."""
     generator = torch.Generator().manual_seed(0)
     stats = (torch.randn(TINY_UNCLIP_EMBEDDING, generator=generator),
              torch.rand(TINY_UNCLIP_EMBEDDING, generator=generator) + 0.5)
     torch.save(stats, folder / "stats.th")
+    width = TINY_UNCLIP_H_EMBEDDING
     configs = {"unclip-l": tiny_unclip_config("l", f"model.params.noise_aug_config.params.clip_stats_path={folder}/stats.th"),
-               "unclip-h": tiny_unclip_config("h")}
+               "unclip-h": tiny_unclip_config("h", f"model.params.embedder_config.params.arch_overrides.embed_dim={width}",
+                                              f"model.params.noise_aug_config.params.timestep_dim={width}",
+                                              f"model.params.unet_config.params.adm_in_channels={2 * width}")}
     return {name: _save_model(folder, name, config.model, seed) for seed, (name, config) in enumerate(configs.items())}
 
 @dataclass
