@@ -129,3 +129,19 @@ def tiny_upscaler_config(**overrides) -> DictConfig:
                         {"low_scale_config": low_scale, "low_scale_key": "lr", "parameterization": "v",
                          "linear_start": 0.0001, "linear_end": 0.02, "scale_factor": 0.08333},
                         overrides, num_classes=1000)
+
+
+# Karlo's unCLIP prior (configs/karlo/prior_1B_vit_l.yaml, 1.0 B parameters) shrunk by dotlist
+# overrides: the original transformer layout at width 64, 2 blocks of 2 heads, over 32-d CLIP
+# features (the tiny CLIP's text width and embedding size). The diffusion section is unchanged.
+KARLO_PRIOR_CONFIG = "configs/karlo/prior_1B_vit_l.yaml"
+TINY_KARLO_PRIOR = ["model.hparams.xf_width=64", "model.hparams.xf_layers=2", "model.hparams.xf_heads=2",
+                    "model.hparams.clip_dim=32"]
+
+
+def tiny_karlo_prior_config() -> DictConfig:
+    """The Karlo prior config with :data:`TINY_KARLO_PRIOR` applied."""
+    from pathlib import Path
+
+    config = OmegaConf.load(Path(__file__).resolve().parent.parent / KARLO_PRIOR_CONFIG)
+    return OmegaConf.merge(config, OmegaConf.from_dotlist(TINY_KARLO_PRIOR))
