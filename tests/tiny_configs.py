@@ -168,3 +168,19 @@ def tiny_unclip_config(variant: str, *dotlist: str) -> DictConfig:
     whose statistics must then be TINY_UNCLIP_EMBEDDING wide)."""
     original = OmegaConf.load(_CONFIGS / f"v2-1-stable-unclip-{variant}-inference.yaml")
     return OmegaConf.merge(original, OmegaConf.from_dotlist([*TINY_UNCLIP_OVERRIDES, *dotlist]))
+
+
+# Karlo's unCLIP prior (configs/karlo/prior_1B_vit_l.yaml, 1.0 B parameters) shrunk by dotlist
+# overrides: the original transformer layout at width 64, 2 blocks of 2 heads, over 32-d CLIP
+# features (the tiny CLIP's text width and embedding size). The diffusion section is unchanged.
+KARLO_PRIOR_CONFIG = "configs/karlo/prior_1B_vit_l.yaml"
+TINY_KARLO_PRIOR = ["model.hparams.xf_width=64", "model.hparams.xf_layers=2", "model.hparams.xf_heads=2",
+                    "model.hparams.clip_dim=32"]
+
+
+def tiny_karlo_prior_config() -> DictConfig:
+    """The Karlo prior config with :data:`TINY_KARLO_PRIOR` applied."""
+    from pathlib import Path
+
+    config = OmegaConf.load(Path(__file__).resolve().parent.parent / KARLO_PRIOR_CONFIG)
+    return OmegaConf.merge(config, OmegaConf.from_dotlist(TINY_KARLO_PRIOR))

@@ -1,0 +1,1 @@
+"""Gaussian diffusion (guided-diffusion's formulation) and timestep respacing for Karlo."""
