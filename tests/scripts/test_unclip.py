@@ -1,6 +1,7 @@
 """scripts/unclip.py end to end on the SD 2.1 unCLIP-L and -H inference configs at toy size
 (``tiny_unclip_config``): image variations, the Python API's same pixels, and one-line errors."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,43 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_unclip_models, ima
         assert re.search(message, lines[-1]), (argv, lines[-1])
         assert lines[-1].startswith(f"{script}: error: ")
         assert files_under(outdir) == []
+
+
+@pytest.fixture(scope="module")
+def karlo_flags(tmp_path_factory):
+    """--prior-* flags of a tiny Karlo prior (32-d, the tiny unCLIP-L's embedding width), random weights."""
+    from tests.modules.karlo.tiny import write_tiny_karlo_files
+
+    files = write_tiny_karlo_files(tmp_path_factory.mktemp("karlo"))
+    return ["--prior-config", files["config"], "--prior-ckpt", files["ckpt"], "--prior-clip", files["clip"],
+            "--prior-clip-stats", files["clip_stats"]]
+
+
+def test_unclip_l_makes_images_of_a_prompt_through_the_karlo_prior(tiny_unclip_models, karlo_flags, tmp_path, capsys):
+    model = tiny_unclip_models["unclip-l"]
+    common = [*model.flags(), *karlo_flags, "--prompt", "a red fox", "--steps", "2", "--prior-steps", "3",
+              "--n_samples", "2", "--n_iter", "1", "--seed", "4", "--noise_level", "10", "--skip_grid"]
+    for name, extra in {"a": [], "b": ["--prior-scale", "1.5"]}.items():
+        argv = [*common, *extra, "--outdir", str(tmp_path / name)]
+        assert main_exit_code("unclip.py", argv) == 0, capsys.readouterr().err
+    sample = tmp_path / "a" / "samples" / "00001.png"
+    parsed = png_parameters(sample)
+    assert (parsed["Prompt"], parsed["Seed"], parsed["unCLIP"], parsed["Prior steps"], parsed["Prior CFG scale"]) == \
+        ("a red fox", "5", "Karlo prior", "3", "4.0")
+    assert parsed["Prior"] == Path(karlo_flags[3]).stem
+    # only the prior's guidance differs: the prior's embedding conditions the images
+    assert np.abs(_pixels(sample) - _pixels(tmp_path / "b" / "samples" / "00001.png")).mean() > 0.5
+    keywords = dict(zip((flag[2:].replace("-", "_") for flag in karlo_flags[::2]), karlo_flags[1::2]))
+    pipe = ldm.load("unclip", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    alone = pipe("a red fox", steps=2, prior_steps=3, seed=5, n=1, noise_level=10, **keywords)[0]
+    assert np.abs(np.asarray(alone, dtype=int) - _pixels(sample)).max() <= 1  # image 2 made alone from its seed
+
+
+def test_the_karlo_prior_with_unclip_h_is_one_line_naming_unclip_l(tiny_unclip_models, karlo_flags, tmp_path, capsys):
+    argv = [*tiny_unclip_models["unclip-h"].flags(), *karlo_flags, "--prompt", "a red fox", "--steps", "2",
+            "--prior-steps", "2", "--outdir", str(tmp_path)]
+    assert main_exit_code("unclip.py", argv) == 2
+    error = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()][-1]
+    assert re.search(r"the Karlo prior makes 32-d image embeddings but --config .*unclip-h\.yaml takes 64-d ones; "
+                     r"the prior fits unCLIP-L", error)
+    assert files_under(tmp_path) == []
