@@ -472,7 +472,7 @@ class UnCLIP(TextToImage):
         if augmentor.missing_stats_path is not None:
             raise UsageError(f"the model's noise augmentation needs the CLIP embedding statistics at "
                              f"{augmentor.missing_stats_path} (for unCLIP-L: ViT-L-14_stats.th of Kakao Brain's Karlo "
-                             "v1.0.alpha release; see README.md, unclip)")
+                             "v1.0.alpha release; see docs/KARLO.md)")
         level = torch.full((len(embedding),), self.opt.noise_level, device=embedding.device, dtype=torch.long)
         eps = noise.randn(embedding.shape[1:]).to(embedding.device)
         noised, level_embedding = augmentor(embedding.float(), noise_level=level, noise=eps)
