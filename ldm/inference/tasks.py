@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -406,6 +407,10 @@ class UnCLIP(TextToImage):
         if with_prior and opt.from_file is None and not opt.prompt:
             raise UsageError("--prompt is required with the Karlo prior (the prior makes the image embedding "
                              "from it)")
+        if with_prior and self.opt.prior_steps < 1:
+            raise UsageError(f"--prior-steps must be at least 1, got {self.opt.prior_steps}")
+        if with_prior and not (math.isfinite(self.opt.prior_scale) and self.opt.prior_scale > 0):
+            raise UsageError(f"--prior-scale must be a number > 0, got {self.opt.prior_scale}")
         self.prior_files = self._prior_files()
         self.prior = None
         if self.prior_files is None:
@@ -443,20 +448,18 @@ class UnCLIP(TextToImage):
         try:
             self.prior = _karlo_prior(*self.prior_files, device=str(device))
         except (CheckpointError, ValueError, KeyError) as err:
-            raise UsageError(f"the Karlo prior cannot be loaded from {', '.join(self.prior_files)}: "
-                             f"{first_line(err)}") from None
+            raise UsageError(f"the Karlo prior cannot be loaded: {first_line(err)}") from None
 
     def _image_embedding(self, model: torch.nn.Module, batch: Batch, noise: ImageNoise) -> torch.Tensor:
         """``[B, D]`` CLIP image embeddings: of the init image, or sampled by the prior for each prompt."""
         if self.prior is None:
             embedding = model.embedder(rows_for(self.image, batch))
             return embedding.expand(len(batch), -1)
-        seeds = _prior_seeds(noise)
-        try:
-            embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
-                                          guidance_scale=self.opt.prior_scale, seeds=seeds)
-        except ValueError as err:
-            raise UsageError(f"the Karlo prior: {first_line(err)}") from None
+        if self.opt.prior_steps > self.prior.num_timesteps:
+            raise UsageError(f"--prior-steps must be at most {self.prior.num_timesteps} (the prior's diffusion steps), "
+                             f"got {self.opt.prior_steps}")
+        embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
+                                      guidance_scale=self.opt.prior_scale, seeds=_prior_seeds(noise))
         expected = _embedding_width(model)
         if embedding.shape[-1] != expected:
             raise UsageError(f"the Karlo prior makes {embedding.shape[-1]}-d image embeddings but --config "

@@ -85,6 +85,8 @@ def _error_cases(models, image):
         ("unclip.py", [*unclip_l, *prior, "--prompt", "a cat", "--init-img", image],
          r"--init-img and the --prior-\* flags both given"),
         ("unclip.py", [*unclip_l, *prior], r"--prompt is required with the Karlo prior"),
+        ("unclip.py", [*unclip_l, *prior, "--prompt", "a cat", "--prior-steps", "0"],
+         r"--prior-steps must be at least 1, got 0"),
         ("unclip.py", [*unclip_l, *prior, "--prompt", "a cat"], r"--prior-config: file not found: p\.yaml"),
         ("unclip.py", [*unclip_l, "--init-img", image, "--noise_level", "1000"],
          r"--noise_level must be in \[0, 999\] for this model, got 1000"),
@@ -138,11 +140,16 @@ def test_unclip_l_makes_images_of_a_prompt_through_the_karlo_prior(tiny_unclip_m
     assert np.abs(np.asarray(alone, dtype=int) - _pixels(sample)).max() <= 1  # image 2 made alone from its seed
 
 
-def test_the_karlo_prior_with_unclip_h_is_one_line_naming_unclip_l(tiny_unclip_models, karlo_flags, tmp_path, capsys):
-    argv = [*tiny_unclip_models["unclip-h"].flags(), *karlo_flags, "--prompt", "a red fox", "--steps", "2",
-            "--prior-steps", "2", "--outdir", str(tmp_path)]
+@pytest.mark.parametrize("model, extra, message", [
+    ("unclip-h", ["--prior-steps", "2"],
+     r"the Karlo prior makes 32-d image embeddings but --config .*unclip-h\.yaml takes 64-d ones; the prior fits unCLIP-L"),
+    ("unclip-l", ["--prior-steps", "5000"], r"--prior-steps must be at most 1000 \(the prior's diffusion steps\)"),
+])
+def test_what_the_loaded_prior_refuses_is_one_line(tiny_unclip_models, karlo_flags, tmp_path, capsys, model, extra,
+                                                   message):
+    argv = [*tiny_unclip_models[model].flags(), *karlo_flags, "--prompt", "a red fox", "--steps", "2", *extra,
+            "--outdir", str(tmp_path)]
     assert main_exit_code("unclip.py", argv) == 2
     error = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()][-1]
-    assert re.search(r"the Karlo prior makes 32-d image embeddings but --config .*unclip-h\.yaml takes 64-d ones; "
-                     r"the prior fits unCLIP-L", error)
+    assert re.search(message, error), error
     assert files_under(tmp_path) == []
