@@ -400,17 +400,6 @@ class UnCLIP(TextToImage):
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
         self._check_noise_level()
-        with_prior = any(getattr(opt, name) is not None for name in PRIOR_FLAGS)
-        if with_prior and opt.init_img is not None:
-            raise UsageError("--init-img and the --prior-* flags both given: give --init-img for variations of an "
-                             "image, or the --prior-* flags for images of the prompt")
-        if with_prior and opt.from_file is None and not opt.prompt:
-            raise UsageError("--prompt is required with the Karlo prior (the prior makes the image embedding "
-                             "from it)")
-        if with_prior and self.opt.prior_steps < 1:
-            raise UsageError(f"--prior-steps must be at least 1, got {self.opt.prior_steps}")
-        if with_prior and not (math.isfinite(self.opt.prior_scale) and self.opt.prior_scale > 0):
-            raise UsageError(f"--prior-scale must be a number > 0, got {self.opt.prior_scale}")
         self.prior_files = self._prior_files()
         self.prior = None
         if self.prior_files is None:
@@ -427,10 +416,22 @@ class UnCLIP(TextToImage):
             raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {level}")
 
     def _prior_files(self) -> Optional[Tuple[str, ...]]:
-        """The prior's four files when the --prior-* flags are given (all or none), else None."""
-        given = {name: getattr(self.opt, name) for name in PRIOR_FLAGS if getattr(self.opt, name) is not None}
+        """The prior's four files when the --prior-* flags are given (all or none; then with a prompt,
+        without --init-img), else None."""
+        opt = self.opt
+        given = {name: getattr(opt, name) for name in PRIOR_FLAGS if getattr(opt, name) is not None}
         if not given:
             return None
+        if opt.init_img is not None:
+            raise UsageError("--init-img and the --prior-* flags both given: give --init-img for variations of an "
+                             "image, or the --prior-* flags for images of the prompt")
+        if opt.from_file is None and not opt.prompt:
+            raise UsageError("--prompt is required with the Karlo prior (the prior makes the image embedding "
+                             "from it)")
+        if opt.prior_steps < 1:
+            raise UsageError(f"--prior-steps must be at least 1, got {opt.prior_steps}")
+        if not (math.isfinite(opt.prior_scale) and opt.prior_scale > 0):
+            raise UsageError(f"--prior-scale must be a number > 0, got {opt.prior_scale}")
         missing = [flag for name, flag in PRIOR_FLAGS.items() if name not in given]
         if missing:
             raise UsageError(f"the Karlo prior needs {', '.join(missing)} too (all four --prior-* files)")
@@ -449,15 +450,15 @@ class UnCLIP(TextToImage):
             self.prior = _karlo_prior(*self.prior_files, device=str(device))
         except (CheckpointError, ValueError, KeyError) as err:
             raise UsageError(f"the Karlo prior cannot be loaded: {first_line(err)}") from None
+        if self.opt.prior_steps > self.prior.num_timesteps:
+            raise UsageError(f"--prior-steps must be at most {self.prior.num_timesteps} (the prior's diffusion steps), "
+                             f"got {self.opt.prior_steps}")
 
     def _image_embedding(self, model: torch.nn.Module, batch: Batch, noise: ImageNoise) -> torch.Tensor:
         """``[B, D]`` CLIP image embeddings: of the init image, or sampled by the prior for each prompt."""
         if self.prior is None:
             embedding = model.embedder(rows_for(self.image, batch))
             return embedding.expand(len(batch), -1)
-        if self.opt.prior_steps > self.prior.num_timesteps:
-            raise UsageError(f"--prior-steps must be at most {self.prior.num_timesteps} (the prior's diffusion steps), "
-                             f"got {self.opt.prior_steps}")
         embedding = self.prior.sample(list(batch.prompts), steps=self.opt.prior_steps,
                                       guidance_scale=self.opt.prior_scale, seeds=_prior_seeds(noise))
         expected = _embedding_width(model)
