@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from ldm.modules.lora.files import LoraError, read_lora_file
 from ldm.modules.lora.formats import LoraLayer, parse_lora
-from ldm.modules.lora.naming import LoraTarget, lora_targets, underscored
+from ldm.modules.lora.naming import COMPONENT_NAMES, LoraTarget, lora_targets, underscored
 
 _EXAMPLES = 3
 
@@ -56,7 +56,7 @@ class LoraHandle:
 
     def report(self) -> List[str]:
         """What was applied and what the file holds that the model does not use, in plain words."""
-        parts = ", ".join(f"{component.replace('_', ' ')} {count}" for component, count in self.counts.items())
+        parts = ", ".join(f"{COMPONENT_NAMES[component]} {count}" for component, count in self.counts.items())
         lines = [f"LoRA {self.path}: {len(self.layers)} layers ({parts}) at weight {self.weight:g}"]
         if self.unused_keys:
             lines.append(f"LoRA {self.path}: {len(self.unused_keys)} tensors not used by the model "
@@ -193,8 +193,8 @@ def fit_to_target(layer: LoraLayer, target: LoraTarget) -> Union[Tuple[torch.Ten
     spatial = kernel not in ((), (1, 1))
     down = layer.down if spatial else _as_matrix(layer.down)
     up = _as_matrix(layer.up)
-    fits = (up.dim() == 2 and down.dim() == (4 if spatial else 2) and tuple(down.shape[2:]) == (kernel if spatial
-                                                                                                 else ())
+    down_kernel = kernel if spatial else ()
+    fits = (up.dim() == 2 and tuple(down.shape[2:]) == down_kernel and down.dim() == 2 + len(down_kernel)
             and down.shape[1] == in_features and up.shape[0] == out_features and up.shape[1] == down.shape[0])
     if kernel:
         fits = fits and target.module.groups == 1 and target.module.padding_mode == "zeros"
@@ -246,18 +246,15 @@ def apply_lora(model: nn.Module, path: str, weight: float = 1.0, verbose: bool =
         raise LoraError(f"{path} does not fit the model: {len(mismatched)} LoRA layers of the wrong shape "
                         f"(e.g. {mismatched[0]}); is it made for another base model (SD 1.x vs 2.x)?")
     if not matched:
-        parts = " and ".join(c.replace("_", " ") for c in tables) or "no UNet or text encoder"
+        parts = " and ".join(COMPONENT_NAMES[c] for c in tables) or "no UNet or text encoder"
         examples = ", ".join(list(lora.state_dict)[:_EXAMPLES])
         raise LoraError(f"{path} matches no layer of the model ({parts}): none of its {len(lora.state_dict)} "
                         f"tensors names one (e.g. {examples})")
-    counts = {component: 0 for component in tables}
-    for target, layer, _ in matched:
-        counts[layer.component] += 1
-    scales = {id(layer): scale for layer, scale in zip(parsed.layers, parsed.scales)}
+    counts = {component: sum(layer.component == component for _, layer, _ in matched) for component in tables}
     handle = LoraHandle(path, weight, [target.path for target, _, _ in matched],
                         parsed.unknown_keys + unused, {c: n for c, n in counts.items() if n})
     for target, layer, (down, up) in matched:
-        handle._undo.append(_attach(handle, target, _LoraBranch(handle, down, up, scales[id(layer)])))
+        handle._undo.append(_attach(handle, target, _LoraBranch(handle, down, up, layer.scale)))
     if verbose:
         for line in handle.report():
             print(line)

@@ -52,6 +52,7 @@ class LoraLayer:
     up: Optional[torch.Tensor] = None
     alpha: Optional[float] = None
     keys: List[str] = field(default_factory=list)
+    scale: float = 1.0
 
     @property
     def rank(self) -> int:
@@ -64,10 +65,9 @@ class LoraLayer:
 
 @dataclass
 class ParsedLora:
-    """The layers of a file with their scales (``alpha / rank``, weight 1), and the keys of no
-    LoRA layer format (LyCORIS LoHa/LoKr, DoRA magnitudes, a second text encoder, ...)."""
+    """The complete layers of a file, each with its ``scale`` (``alpha / rank``) set, and the keys
+    of no LoRA layer format (LyCORIS LoHa/LoKr, DoRA magnitudes, a second text encoder, ...)."""
     layers: List[LoraLayer]
-    scales: List[float]
     unknown_keys: List[str]
 
 
@@ -147,11 +147,14 @@ def layer_scale(layer: LoraLayer, metadata: Mapping[str, Any]) -> float:
 
 
 def parse_lora(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> ParsedLora:
-    """The complete layers of a LoRA file with their scales. Keys of an incomplete layer (a down
-    without its up, an alpha alone) count as unknown."""
+    """The complete layers of a LoRA file with their scales. The keys of an incomplete layer (a
+    down without its up, an alpha alone) count as unknown."""
     layers, unknown = group_layers(state_dict)
-    complete = [layer for layer in layers if layer.complete]
+    complete = []
     for layer in layers:
-        if not layer.complete:
+        if layer.complete:
+            layer.scale = layer_scale(layer, metadata)
+            complete.append(layer)
+        else:
             unknown.extend(layer.keys)
-    return ParsedLora(complete, [layer_scale(layer, metadata) for layer in complete], unknown)
+    return ParsedLora(complete, unknown)

@@ -26,6 +26,7 @@ from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbed
 from ldm.modules.lora.files import LoraError
 
 UNET, TEXT_ENCODER = "unet", "text_encoder"
+COMPONENT_NAMES = {UNET: "UNet", TEXT_ENCODER: "text encoder"}
 
 # Inside a res block: ldm child -> diffusers ResnetBlock2D child.
 _RESNET_PARTS = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -157,7 +158,7 @@ def find_lora_components(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
             found[TEXT_ENCODER].append((path, module))
     for component, hits in found.items():
         if len(hits) > 1:
-            raise LoraError(f"the model holds {len(hits)} {component.replace('_', ' ')}s "
+            raise LoraError(f"the model holds {len(hits)} {COMPONENT_NAMES[component]}s "
                             f"({', '.join(p or 'the model' for p, _ in hits)}); apply the LoRA to one of them")
     return {component: hits[0] for component, hits in found.items() if hits}
 

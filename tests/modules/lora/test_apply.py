@@ -310,7 +310,7 @@ def test_unused_tensors_are_reported_by_number_with_examples(tmp_path, capsys):
     handle = apply_lora(unet, str(tmp_path / "extra.safetensors"))
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(handle.unused_keys) == 3
-    assert lines[0].startswith(f"LoRA {tmp_path / 'extra.safetensors'}: {len(handle.layers)} layers (unet ")
+    assert lines[0].startswith(f"LoRA {tmp_path / 'extra.safetensors'}: {len(handle.layers)} layers (UNet ")
     assert lines[1].endswith("3 tensors not used by the model (e.g. " + ", ".join(handle.unused_keys) + ")")
     handle.remove()
 
@@ -325,16 +325,16 @@ def test_a_file_that_matches_nothing_is_a_one_line_error(tmp_path):
         apply_lora(tiny_unet(SD1_LIKE), str(tmp_path / "te-only.safetensors"))
     message = str(info.value)
     assert "\n" not in message
-    assert "matches no layer of the model (unet)" in message and "none of its 2 tensors" in message
+    assert "matches no layer of the model (UNet)" in message and "none of its 2 tensors" in message
 
 
 def test_layers_of_the_wrong_shape_are_refused_and_nothing_is_applied(tmp_path):
     sd2_unet = tiny_unet(SD2_LIKE)
     path = write_kohya_lora(tmp_path / "sd2.safetensors", lora_layers_of(_diffusers_unet(SD2_LIKE, sd2_unet)), {})
     unet = tiny_unet(SD1_LIKE)
-    with pytest.raises(LoraError, match=r"does not fit the model: \d+ LoRA layers of the wrong shape \(e\.g\. "
-                                        r"\S*attn2_to_k: down 4x48, up (\d+)x4 vs \S*attn2\.to_k \1x32\); is it made for another base "
-                                        r"model \(SD 1\.x vs 2\.x\)\?$"):
+    shape_error = (r"does not fit the model: \d+ LoRA layers of the wrong shape \(e\.g\. \S*attn2_to_k: down 4x48, "
+                   r"up (\d+)x4 vs \S*attn2\.to_k \1x32\); is it made for another base model \(SD 1\.x vs 2\.x\)\?$")
+    with pytest.raises(LoraError, match=shape_error):
         apply_lora(unet, path)
     assert not any(m._forward_hooks for m in unet.modules())
 
@@ -342,5 +342,5 @@ def test_layers_of_the_wrong_shape_are_refused_and_nothing_is_applied(tmp_path):
 def test_a_model_with_two_unets_is_refused(tmp_path):
     pair = nn.ModuleDict({"a": tiny_unet(SD1_LIKE), "b": tiny_unet(SD1_LIKE)})
     path = _kohya_for(pair["a"], tmp_path)
-    with pytest.raises(LoraError, match="the model holds 2 unets"):
+    with pytest.raises(LoraError, match="the model holds 2 UNets"):
         apply_lora(pair, path)

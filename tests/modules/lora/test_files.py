@@ -22,7 +22,7 @@ def test_lora_spec_is_a_file_and_an_optional_weight_after_the_last_colon(spec, e
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("style.safetensors:strong", "--lora style.safetensors:strong: the weight after ':' must be a number, got 'strong'"),
+    ("x.safetensors:strong", "--lora x.safetensors:strong: the weight after ':' must be a number, got 'strong'"),
     ("style.safetensors:", "--lora style.safetensors:: the weight after ':' must be a number, got ''"),
     ("style.safetensors:nan", "--lora style.safetensors:nan: the weight after ':' must be a finite number, got nan"),
     (":0.5", "--lora :0.5: give a LoRA file, as FILE or FILE:WEIGHT"),

@@ -14,7 +14,7 @@ def _pair(stem, rank=4, n_in=8, n_out=6, down=".lora_down.weight", up=".lora_up.
 
 def _layers(state_dict, metadata=None):
     parsed = parse_lora(state_dict, metadata or {})
-    return {(layer.component, layer.name): scale for layer, scale in zip(parsed.layers, parsed.scales)}, parsed
+    return {(layer.component, layer.name): layer.scale for layer in parsed.layers}, parsed
 
 
 @pytest.mark.parametrize("alpha, scale", [(None, 1.0), (0.0, 1.0), (8.0, 2.0), (1.0, 0.25)])

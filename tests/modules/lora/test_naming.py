@@ -13,8 +13,15 @@ from ldm.modules.lora.naming import find_lora_components, underscored
 from ldm.util import instantiate_from_config
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT
 from tests.modules.encoders.clip_reference import save_tiny_clip_text_model
-from tests.modules.lora.lora_fixtures import (SD1_LIKE, SD2_LIKE, TINY_OPENCLIP, UNET_PREFIX, diffusers_unet_config,
-                                              tiny_unet, unet_inputs)
+from tests.modules.lora.lora_fixtures import (
+    SD1_LIKE,
+    SD2_LIKE,
+    TINY_OPENCLIP,
+    UNET_PREFIX,
+    diffusers_unet_config,
+    tiny_unet,
+    unet_inputs,
+)
 from tests.tiny_configs import tiny_latent_diffusion_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -99,7 +106,8 @@ def test_openclip_q_k_v_are_row_blocks_of_the_packed_projection(monkeypatch):
     width = TINY_OPENCLIP.text_width
     for n, name in enumerate(("q_proj", "k_proj", "v_proj")):
         target = table[f"text_model.encoder.layers.2.self_attn.{name}"]
-        assert (target.module, target.tensor, target.rows) == (block.attn, "in_proj_weight", (n * width, (n + 1) * width))
+        rows = (n * width, (n + 1) * width)
+        assert (target.module, target.tensor, target.rows) == (block.attn, "in_proj_weight", rows)
         assert target.weight_shape == (width, width)
     assert table["encoder.layers.2.mlp.fc1"].module is block.mlp.c_fc
     assert table["encoder.layers.2.self_attn.out_proj"].tensor == "weight"
@@ -109,5 +117,5 @@ def test_components_of_a_latent_diffusion_model_and_two_unets_refused():
     model = instantiate_from_config(tiny_latent_diffusion_config())
     found = find_lora_components(model)
     assert list(found) == ["unet"] and found["unet"][0] == "model.diffusion_model"
-    with pytest.raises(LoraError, match=r"^the model holds 2 unets \(a, b\); apply the LoRA to one of them$"):
+    with pytest.raises(LoraError, match=r"^the model holds 2 UNets \(a, b\); apply the LoRA to one of them$"):
         find_lora_components(nn.ModuleDict({"a": model.model.diffusion_model, "b": tiny_unet(SD1_LIKE)}))
