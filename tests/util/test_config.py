@@ -28,7 +28,7 @@ def test_an_untrusted_config_may_name_the_loss_alias_but_not_a_data_alias():
     with only_model_targets("downloaded/config.yaml"):
         assert get_obj_from_str("taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator") is \
             VQLPIPSWithDiscriminator
-        with pytest.raises(UntrustedConfigError, match="names taming.data.faceshq.FFHQTrain, which is not a model class"):
+        with pytest.raises(UntrustedConfigError, match="names taming.data.faceshq.FFHQTrain, which is not a model"):
             get_obj_from_str("taming.data.faceshq.FFHQTrain")
 
 
