@@ -344,3 +344,32 @@ def test_a_model_with_two_unets_is_refused(tmp_path):
     path = _kohya_for(pair["a"], tmp_path)
     with pytest.raises(LoraError, match="the model holds 2 UNets"):
         apply_lora(pair, path)
+
+
+def test_weight_deltas_reach_torch_multihead_attention_as_open_clip_builds_it():
+    """With open_clip installed the SD 2.x text tower uses nn.MultiheadAttention, which reads
+    in_proj_weight and out_proj.weight without calling out_proj: both get their rows changed."""
+    from ldm.modules.lora.apply import LoraHandle, _attach, _LoraBranch
+    from ldm.modules.lora.naming import LoraTarget
+
+    attention = nn.MultiheadAttention(32, 4).eval()
+    x = torch.randn(5, 2, 32)
+    down_k, up_k, down_o, up_o = torch.randn(4, 32), torch.randn(32, 4), torch.randn(4, 32), torch.randn(32, 4)
+    expected_in = attention.in_proj_weight.detach().clone()
+    expected_in[32:64] += 0.5 * up_k @ down_k
+    expected_out = attention.out_proj.weight.detach() + 0.5 * up_o @ down_o
+    handle = LoraHandle("test", 1.0, [], [], {})
+    with torch.no_grad():
+        base = attention(x, x, x, need_weights=False)[0]
+        handle._undo.append(_attach(handle, LoraTarget("k", attention, "in_proj_weight", (32, 64)),
+                                    _LoraBranch(handle, down_k, up_k, 0.5)))
+        handle._undo.append(_attach(handle, LoraTarget("out", attention.out_proj, "weight"),
+                                    _LoraBranch(handle, down_o, up_o, 0.5)))
+        changed = attention(x, x, x, need_weights=False)[0]
+        expected = nn.functional.multi_head_attention_forward(
+            x, x, x, 32, 4, expected_in, attention.in_proj_bias, None, None, False, 0.0, expected_out,
+            attention.out_proj.bias, training=False, need_weights=False)[0]
+        handle.remove()
+        restored = attention(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(changed, expected, **TOLERANCE)
+    assert (changed - base).abs().max() > 0.1 and torch.equal(restored, base)
