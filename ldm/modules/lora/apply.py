@@ -95,24 +95,22 @@ class _LoraBranch:
         return self._weights[key]
 
 
-def _linear_hook(branch: _LoraBranch):
+def _linear_term(module: nn.Linear, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.linear(F.linear(x, down), up)
+
+
+def _conv_term(module: nn.Conv2d, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.conv2d(x, down, None, module.stride, module.padding, module.dilation), up)
+
+
+def _output_hook(branch: _LoraBranch, term: Callable):
+    """A forward hook adding ``factor * term(module, x, down, up)`` to the module's output."""
     def add_lora(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         factor = branch.factor()
         if factor == 0:
             return output
         down, up = branch.weights_like(inputs[0])
-        return output + factor * F.linear(F.linear(inputs[0], down), up)
-    return add_lora
-
-
-def _conv_hook(branch: _LoraBranch):
-    def add_lora(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        factor = branch.factor()
-        if factor == 0:
-            return output
-        down, up = branch.weights_like(inputs[0])
-        hidden = F.conv2d(inputs[0], down, None, module.stride, module.padding, module.dilation)
-        return output + factor * F.conv2d(hidden, up)
+        return output + factor * term(module, inputs[0], down, up)
     return add_lora
 
 
@@ -162,8 +160,8 @@ def _remove_weight_deltas(module: nn.Module, tensor: str, deltas: _WeightDeltas)
 def _attach(handle: LoraHandle, target: LoraTarget, branch: _LoraBranch) -> Callable[[], None]:
     """Hook ``branch`` onto ``target``; returns the function that takes it off."""
     if target.tensor is None:
-        hook = _conv_hook(branch) if isinstance(target.module, nn.Conv2d) else _linear_hook(branch)
-        return target.module.register_forward_hook(hook).remove
+        term = _conv_term if isinstance(target.module, nn.Conv2d) else _linear_term
+        return target.module.register_forward_hook(_output_hook(branch, term)).remove
     module, tensor = target.module, target.tensor
     deltas = _weight_deltas(module, tensor)
     entry = (branch, target.rows)
