@@ -5,7 +5,8 @@ nothing), then makes one batch of images at a time."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, Optional, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -292,7 +293,8 @@ class Upscaling(Task):
     that of the low-resolution image (output: the autoencoder's factor larger, 4x). With the SD x4
     upscaler the image is first noised to ``--noise_level`` and the prompt guides; the
     latent-diffusion BSR model (``kind`` superres) takes the clean image in [-1, 1] and no text, as
-    its notebook (``get_cond`` / ``make_convolutional_sample``)."""
+    its notebook (``get_cond`` / ``make_convolutional_sample``), in the notebook's patches when it
+    is large (``NOTEBOOK_SPLIT_INPUT_PARAMS``)."""
     name = "upscale"
     accepted_kinds = ("upscale", "superres")
 
@@ -305,7 +307,17 @@ class Upscaling(Task):
             if not 0 <= opt.noise_level < top:
                 raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {opt.noise_level}")
         self.low_res = self._inputs(opt.init_img, "--init-img", "the low-resolution image to upscale",
-                                    lambda source: load_image(source, spec.latent_multiple))
+                                    self._read_low_res)
+
+    def _read_low_res(self, source: Any) -> torch.Tensor:
+        """The image in [-1, 1], resized down to multiples of the UNet's factor (8), or of the
+        patch stride (64) when the LDM BSR model will sample it in patches."""
+        if not self.is_ldm_superres:
+            return load_image(source, self.spec.latent_multiple)
+        image = read_source(source, "--init-img")
+        width, height = source_size(image)
+        in_patches = min(width, height) >= PATCH_SIZE
+        return load_image(image, PATCH_STRIDE if in_patches else self.spec.latent_multiple)
 
     @property
     def is_ldm_superres(self) -> bool:
@@ -323,7 +335,8 @@ class Upscaling(Task):
         shape = [self.spec.channels, *low_res.shape[-2:]]
         if self.is_ldm_superres:
             cond = model.get_learned_conditioning(low_res)  # torch.nn.Identity: the image itself
-            return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, None, noise))
+            with _patchwise_when_large(model, low_res.shape[-2:], self.spec.vae_factor):
+                return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, None, noise))
         c, uc = self._text(model, batch)
         level = torch.full((count,), self.opt.noise_level, device=self.low_res.device, dtype=torch.long)
         augmented = model.low_scale_model.q_sample(low_res, level, noise=noise.randn(low_res.shape[1:]))
@@ -332,6 +345,31 @@ class Upscaling(Task):
 
     def extra_parameters(self):
         return {} if self.is_ldm_superres else {"Noise level": self.opt.noise_level}
+
+
+# The original notebook's patch-wise sampling of large inputs (notebook_helpers.run): UNet and
+# decoder on overlapping 128x128-latent patches every 64 latent pixels, blended by distance to the
+# patch border. Used when both sides of the low-resolution image (= the latent) hold a patch.
+PATCH_SIZE, PATCH_STRIDE = 128, 64
+NOTEBOOK_SPLIT_INPUT_PARAMS = {"ks": (PATCH_SIZE, PATCH_SIZE), "stride": (PATCH_STRIDE, PATCH_STRIDE),
+                               "patch_distributed_vq": True, "tie_braker": False, "clip_max_weight": 0.5,
+                               "clip_min_weight": 0.01, "clip_max_tie_weight": 0.5, "clip_min_tie_weight": 0.01}
+
+
+@contextlib.contextmanager
+def _patchwise_when_large(model: torch.nn.Module, latent_hw: Sequence[int], vae_factor: int) -> Iterator[None]:
+    """Set the model's ``split_input_params`` to the notebook's while sampling a latent of at
+    least one patch each way; the model is left without them afterwards, as the notebook leaves
+    it for small inputs."""
+    if min(latent_hw) >= PATCH_SIZE:
+        model.split_input_params = dict(NOTEBOOK_SPLIT_INPUT_PARAMS, vqf=vae_factor)
+    elif hasattr(model, "split_input_params"):
+        del model.split_input_params
+    try:
+        yield
+    finally:
+        if hasattr(model, "split_input_params"):
+            del model.split_input_params
 
 
 def _refuse_text_and_noise_level(opt: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ldm
@@ -102,3 +103,21 @@ def test_given_values_are_kept_whatever_the_model():
     opt.steps, opt.ddim_eta, opt.scale = 7, 0.5, 3.0
     complete_model_defaults("upscale", opt, "superres", sampler_takes_eta("ddim"))
     assert (opt.steps, opt.ddim_eta, opt.scale) == (7, 0.5, 3.0)
+
+
+def test_the_ldm_bsr_model_samples_inputs_of_128_pixels_and_more_in_the_notebooks_patches(ldm_sr, tmp_path,
+                                                                                         monkeypatch):
+    pipe = ldm.load("upscale", ckpt=str(ldm_sr.ckpt), config=str(ldm_sr.config), device="cpu")
+    seen = []
+    denoise_in_patches = pipe.model.apply_model_in_patches
+    monkeypatch.setattr(pipe.model, "apply_model_in_patches",
+                        lambda *args: seen.append(dict(pipe.model.split_input_params)) or denoise_in_patches(*args))
+    # the VQ decoder's attention over a 128x128 patch takes seconds on a CPU: a 4x nearest upsampler instead
+    monkeypatch.setattr(pipe.model.first_stage_model, "decode",
+                        lambda h, force_not_quantize=False: torch.nn.functional.interpolate(h, scale_factor=4))
+    small = pipe(image=str(write_test_image(tmp_path / "small.png", size=(40, 24))), steps=2)[0]
+    assert small.size == (160, 96) and seen == []
+    large = pipe(image=str(write_test_image(tmp_path / "large.png", size=(130, 140))), steps=2)[0]
+    assert large.size == (512, 512)  # sides resized down to multiples of the 64-pixel stride
+    assert len(seen) == 2 and seen[0]["ks"] == (128, 128) and seen[0]["stride"] == (64, 64) and seen[0]["vqf"] == 4
+    assert not hasattr(pipe.model, "split_input_params")
