@@ -19,6 +19,7 @@ Stable names (other test files rely on them):
     tiny_upscaler_config(**overrides)             LatentUpscaleDiffusion like x4 (UNet in 7, v), batch + lr
     tiny_unclip_config(variant, *dotlist)         configs/stable-diffusion/v2-1-stable-unclip-{l,h}-inference.yaml
                                                   shrunk by TINY_UNCLIP_OVERRIDES (whole config, ``model:`` root)
+    tiny_ldm_superres_config(*dotlist)            the original bsr_sr.yaml shrunk by LDM_SR_TINY_OVERRIDES
 """
 from __future__ import annotations
 
@@ -180,7 +181,26 @@ TINY_KARLO_PRIOR = ["model.hparams.xf_width=64", "model.hparams.xf_layers=2", "m
 
 def tiny_karlo_prior_config() -> DictConfig:
     """The Karlo prior config with :data:`TINY_KARLO_PRIOR` applied."""
-    from pathlib import Path
-
     config = OmegaConf.load(Path(__file__).resolve().parent.parent / KARLO_PRIOR_CONFIG)
     return OmegaConf.merge(config, OmegaConf.from_dotlist(TINY_KARLO_PRIOR))
+
+
+# The latent-diffusion BSR super-resolution model (concat conditioning on the low-resolution image,
+# VQ-f4 first stage) as the original config has it, shrunk by these dotlist overrides only: every
+# class, key and the x4 factor stay; widths, depths and the codebook shrink.
+LDM_SR_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "latent-diffusion" / "bsr_sr.yaml"
+LDM_SR_TINY_OVERRIDES = (
+    "model.params.unet_config.params.model_channels=32",         # 160: levels of 32, 64, 64, 128
+    "model.params.unet_config.params.num_res_blocks=1",          # 2
+    "model.params.first_stage_config.params.ddconfig.ch=32",     # 128: levels of 32, 64, 128 (f = 4)
+    "model.params.first_stage_config.params.ddconfig.num_res_blocks=1",  # 2
+    "model.params.first_stage_config.params.n_embed=64",         # 8192 codebook entries
+)
+
+
+def tiny_ldm_superres_config(*dotlist: str) -> DictConfig:
+    """The whole original ``configs/latent-diffusion/bsr_sr.yaml`` (model and data sections) with
+    ``LDM_SR_TINY_OVERRIDES`` and then ``dotlist`` applied. Its model takes a low-resolution image
+    with sides multiples of 8 (4 UNet levels at latent = image size) and makes one 4x larger."""
+    config = OmegaConf.load(LDM_SR_CONFIG)
+    return OmegaConf.merge(config, OmegaConf.from_dotlist([*LDM_SR_TINY_OVERRIDES, *dotlist]))

@@ -1,9 +1,12 @@
 """Base classes the original configs and ``main.worker_init_fn`` rely on."""
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from typing import Optional, Sequence
 
+import numpy as np
+import torch
 from torch.utils.data import IterableDataset
 
 
@@ -30,3 +33,18 @@ class Txt2ImgIterableBaseDataset(IterableDataset):
     @abstractmethod
     def __iter__(self):
         ...
+
+
+class PRNGMixin:
+    """A ``prng`` property: a numpy RandomState of this process and dataloader worker, seeded from
+    torch's seed for it (so each worker draws differently and a seeded run repeats), made anew
+    in each new worker process."""
+
+    @property
+    def prng(self) -> np.random.RandomState:
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), None if info is None else info.id)
+        if getattr(self, "_prng_owner", None) != owner:
+            self._prng = np.random.RandomState(torch.initial_seed() % 2 ** 32)
+            self._prng_owner = owner
+        return self._prng

@@ -46,7 +46,13 @@ from ldm.inference.loading import (
 )
 from ldm.inference.optimizations import apply_runtime_options, check_runtime_options
 from ldm.inference.parameters import GenerationParameters
-from ldm.inference.parsers import TASK_NAMES, check_option_type, default_options, default_prompt
+from ldm.inference.parsers import (
+    TASK_NAMES,
+    check_option_type,
+    complete_model_defaults,
+    default_options,
+    default_prompt,
+)
 from ldm.inference.pipeline import (
     Batch,
     check_sampling_numbers,
@@ -57,7 +63,7 @@ from ldm.inference.pipeline import (
     resolve_seed,
 )
 from ldm.inference.precision import autocast_dtype, precision_scope
-from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler
+from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler, sampler_takes_eta
 from ldm.inference.tasks import TASKS, Task
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import pick_device
@@ -115,11 +121,12 @@ def check_counts_and_numbers(opt: argparse.Namespace) -> None:
 def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
     """Check every option and read every input of a request, before any sampling (and, for the
     scripts, before the model is loaded, so that bad input fails fast and writes nothing)."""
+    sampler = chosen_sampler(opt, TASKS[task_name].needs_partial_denoising)
+    complete_model_defaults(task_name, opt, spec.kind, sampler_takes_eta(sampler))
     check_counts_and_numbers(opt)
     if opt.prompt is None and opt.from_file is None:
         opt.prompt = default_prompt(task_name, opt.ckpt)
     task = TASKS[task_name](opt, spec)
-    sampler = chosen_sampler(opt, task.needs_partial_denoising)
     check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
     prompts = read_prompts(opt)
     sources = prompt_sources(opt, len(prompts))

@@ -53,6 +53,10 @@ _CONFIG_BY_UNET_INPUT = {9: "v2-inpainting-inference.yaml", 5: "v2-midas-inferen
                          7: "x4-upscaling.yaml"}
 # unCLIP configs by the width of the image embedding (the embedder's projection, ``embedder.model.visual.proj``).
 _UNCLIP_CONFIG_BY_EMBEDDING = {768: "v2-1-stable-unclip-l-inference.yaml", 1024: "v2-1-stable-unclip-h-inference.yaml"}
+# The latent-diffusion BSR super-resolution model: 3 latent + 3 low-resolution image channels, no
+# cross-attention (a checkpoint given alone with that UNet gets this config).
+LDM_SR_CONFIG = "configs/latent-diffusion/bsr_sr.yaml"
+LDM_SR_UNET_INPUT = 6
 SD2_CONTEXT_DIM = 1024
 SD1_CONTEXT_DIM = 768
 HASH_LENGTH = 10
@@ -136,6 +140,8 @@ def config_for_checkpoint(ckpt: str) -> ModelPaths:
         return ModelPaths(f"{SD_CONFIGS}/v2-inference{'-v' if v_model else ''}.yaml", ckpt)
     if in_channels in _CONFIG_BY_UNET_INPUT and (in_channels != 9 or context_dim == SD2_CONTEXT_DIM):
         return ModelPaths(f"{SD_CONFIGS}/{_CONFIG_BY_UNET_INPUT[in_channels]}", ckpt)
+    if in_channels == LDM_SR_UNET_INPUT and context_dim is None:
+        return ModelPaths(LDM_SR_CONFIG, ckpt)
     raise UsageError(f"cannot tell which config fits {ckpt}: pass --config (see configs/)")
 
 
@@ -157,11 +163,17 @@ class ModelSpec:
     unet_in_channels: int
     context_dim: Optional[int]
     max_noise_level: Optional[int]
+    conditioning_key: Optional[str] = None
+    cond_stage_key: str = "image"
 
     @property
     def kind(self) -> str:
-        """``text``, ``inpaint``, ``depth``, ``upscale`` or ``unclip``."""
-        return _TASK_CLASSES.get(self.target.rsplit(".", 1)[-1], "text")
+        """``text``, ``inpaint``, ``depth``, ``upscale``, ``unclip`` or ``superres`` (a plain
+        ``LatentDiffusion`` that concatenates a low-resolution image, the latent-diffusion BSR model)."""
+        kind = _TASK_CLASSES.get(self.target.rsplit(".", 1)[-1], "text")
+        if kind == "text" and self.conditioning_key == "concat" and self.cond_stage_key == "LR_image":
+            return "superres"
+        return kind
 
     @property
     def latent_multiple(self) -> int:
@@ -241,7 +253,21 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
         unet_in_channels=number(unet, "in_channels", params.get("channels", 3), "unet_config.params"),
         context_dim=number(unet, "context_dim", None, "unet_config.params"),
         max_noise_level=number(low_scale, "max_noise_level", 1000, f"{augmentation}.params") if low_scale else None,
+        conditioning_key=_conditioning_key(params),
+        cond_stage_key=str(params.get("cond_stage_key", "image")),
     )
+
+
+def _conditioning_key(params: Any) -> Optional[str]:
+    """How ``LatentDiffusion`` feeds the conditioning to its UNet: ``conditioning_key``, or, when a
+    config leaves it out, ``concat`` or ``crossattn`` after ``concat_mode`` (True by default);
+    None for an unconditional model."""
+    if params.get("cond_stage_config") == "__is_unconditional__":
+        return None
+    key = params.get("conditioning_key")
+    if key is not None:
+        return str(key)
+    return "concat" if params.get("concat_mode", True) else "crossattn"
 
 
 def inference_config(config: DictConfig, fp16_unet: bool, ema: Optional[bool]) -> DictConfig:
@@ -311,6 +337,8 @@ def config_hint(ckpt: str, spec: ModelSpec) -> str:
     if in_channels != spec.unet_in_channels and in_channels in _CONFIG_BY_UNET_INPUT:
         config = _CONFIG_BY_UNET_INPUT[in_channels]
         return f"Its UNet takes {in_channels} input channels: try --config {SD_CONFIGS}/{config}"
+    if in_channels != spec.unet_in_channels and in_channels == LDM_SR_UNET_INPUT and context_dim is None:
+        return f"It looks like the latent-diffusion super-resolution model: try --config {LDM_SR_CONFIG}"
     if context_dim == SD1_CONTEXT_DIM and spec.context_dim != SD1_CONTEXT_DIM:
         return f"It looks like an SD 1.x model: try --config {SD_CONFIGS}/v1-inference.yaml"
     if context_dim == SD2_CONTEXT_DIM and spec.context_dim != SD2_CONTEXT_DIM:

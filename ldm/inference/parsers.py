@@ -7,7 +7,7 @@ import argparse
 import copy
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ldm.inference import cli
@@ -49,7 +49,7 @@ def _depth_inputs(parser: argparse.ArgumentParser) -> None:
 def _upscale_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-img", type=str, default=None,
                         help="the low-resolution image; resized down to multiples of 8 (required)")
-    parser.add_argument("--noise_level", "--noise-level", type=int, default=20,
+    parser.add_argument("--noise_level", "--noise-level", type=int, default=None,
                         help="noise added to the low-resolution image, 0 to the model's maximum "
                              "(349 for x4-upscaling.yaml); more noise lets the model invent more "
                              "detail (default: %(default)s)")
@@ -81,6 +81,15 @@ def _unclip_inputs(parser: argparse.ArgumentParser) -> None:
                        help="classifier-free guidance scale of the prior (default: %(default)s, as Karlo)")
 
 
+# Flags of the upscale script whose default depends on the model, by model kind: the SD x4
+# upscaler's are the SAI demo's; the latent-diffusion BSR model's are its notebook's (100 DDIM steps
+# at eta 1, no guidance), with no prompt (it has no text encoder) and no noise level (it sees the
+# clean low-resolution image).
+_UPSCALE_MODEL_DEFAULTS = {"upscale": dict(steps=50, ddim_eta=0.0, scale=9.0, noise_level=20),
+                           "superres": dict(steps=100, ddim_eta=1.0, scale=1.0, noise_level=None, prompt="")}
+_MODEL_KIND_NAMES = {"upscale": "the SD x4 upscaler", "superres": "the LDM BSR super-resolution model"}
+
+
 @dataclass(frozen=True)
 class ScriptFlags:
     """What one script's command line holds besides the shared groups: its description, default
@@ -91,6 +100,7 @@ class ScriptFlags:
     inputs: Optional[Callable[[argparse.ArgumentParser], None]]
     sampling: Dict[str, Any]
     image_size: bool = False
+    model_defaults: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 _SCRIPTS: Dict[str, ScriptFlags] = {
@@ -106,8 +116,11 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
     "depth2img": ScriptFlags("Redraw an image following a prompt, keeping its depth layout.",
                              "a professional photograph", "a green star", _depth_inputs,
                              dict(steps=50, scale=9.0, n_iter=1, n_samples=1, sampler_choice=False)),
-    "upscale": ScriptFlags("Upscale an image 4x, guided by a prompt.", "a high quality professional photograph",
-                           "a red circle", _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
+    "upscale": ScriptFlags("Upscale an image 4x: with the SD x4 upscaler guided by a prompt, or with the "
+                           "latent-diffusion BSR super-resolution model (no prompt).",
+                           "a high quality professional photograph", "a red circle", _upscale_inputs,
+                           dict(steps=None, scale=None, n_iter=1, n_samples=1),
+                           model_defaults=_UPSCALE_MODEL_DEFAULTS),
     # The Stability demo's defaults (scripts/streamlit/stableunclip.py): 20 DDIM steps, scale 10, 2 x 2 images.
     "unclip": ScriptFlags("Make variations of an image, or images from a prompt through the Karlo prior, with an "
                           "SD 2.1 unCLIP model.", "", "", _unclip_inputs,
@@ -130,7 +143,35 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         cli.add_size_args(parser)
     cli.add_model_args(parser, *default_model_paths(task))
     cli.add_performance_args(parser)
+    _defaults_named_by_model(parser, flags.model_defaults)
     return parser
+
+
+def _defaults_named_by_model(parser: argparse.ArgumentParser, by_kind: Dict[str, Dict[str, Any]]) -> None:
+    """Flags whose default depends on the model: None in the parser (filled in by
+    :func:`complete_model_defaults` once the config is read), each model's value in the help."""
+    for action in parser._actions:
+        values = {kind: defaults[action.dest] for kind, defaults in by_kind.items() if action.dest in defaults}
+        if not values:
+            continue
+        action.default = None
+        text = "; ".join(f"{'not used' if value is None else value} with {_MODEL_KIND_NAMES[kind]}"
+                         for kind, value in values.items())
+        action.help = action.help.replace("%(default)s", text.replace("%", "%%"))
+
+
+def complete_model_defaults(task: str, opt: argparse.Namespace, kind: str, sampler_takes_eta: bool) -> None:
+    """Give the flags left unset whose default depends on the model (see
+    :func:`_defaults_named_by_model`) the default of a model of ``kind`` (the script's first model
+    kind for another, which the task then refuses). A default eta applies only to a sampler that
+    takes one (DDIM); the others get 0."""
+    by_kind = _SCRIPTS[task].model_defaults
+    if not by_kind:
+        return
+    defaults = by_kind.get(kind) or next(iter(by_kind.values()))
+    for name, value in defaults.items():
+        if getattr(opt, name, None) is None:
+            setattr(opt, name, 0.0 if name == "ddim_eta" and not sampler_takes_eta else value)
 
 
 def default_prompt(task: str, ckpt: Optional[str]) -> str:

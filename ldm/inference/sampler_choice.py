@@ -31,6 +31,11 @@ def chosen_sampler(opt: argparse.Namespace, needs_partial_denoising: bool) -> st
         raise UsageError(str(err)) from None
 
 
+def sampler_takes_eta(name: str) -> bool:
+    """Whether the sampler honours ``--ddim_eta`` (DDIM does)."""
+    return registry.sampler_capabilities(name).supports("eta")
+
+
 def check_sampler_options(name: str, eta: float, blends_known_region: bool) -> None:
     """Refuse, before any model is loaded, an option the sampler would not honour (the sampler
     contract of :mod:`ldm.models.diffusion.samplers`), naming the flag."""

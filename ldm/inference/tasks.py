@@ -1,14 +1,15 @@
 """What each script does with the shared pipeline: text-to-image, image-to-image, inpainting,
-depth-conditioned image-to-image, x4 upscaling and unCLIP. A task reads and checks its inputs before the
-model is loaded (so bad input fails fast and writes nothing), then makes one batch of images at a
-time."""
+depth-conditioned image-to-image, x4 upscaling (SD x4 upscaler or LDM super-resolution) and unCLIP.
+A task reads and checks its inputs before the model is loaded (so bad input fails fast and writes
+nothing), then makes one batch of images at a time."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,11 @@ from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
 _SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",
-                    "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py", "unclip": "scripts/unclip.py"}
+                    "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py",
+                    "superres": "scripts/upscale.py", "unclip": "scripts/unclip.py"}
 _KIND_NAMES = {"text": "a text-to-image", "inpaint": "an inpainting", "depth": "a depth-to-image",
-               "upscale": "an x4 upscaling", "unclip": "an unCLIP (image variation)"}
+               "upscale": "an x4 upscaling", "unclip": "an unCLIP (image variation)",
+               "superres": "an LDM super-resolution"}
 
 
 class Task:
@@ -324,18 +327,39 @@ class DepthToImage(ImageToImage):
 
 
 class Upscaling(Task):
-    """x4 super-resolution: the low-resolution image, noised to ``--noise_level``, is concatenated
-    to the latent, whose size is that of the low-resolution image (output 4x)."""
+    """x4 super-resolution: the low-resolution image is concatenated to the latent, whose size is
+    that of the low-resolution image (output: the autoencoder's factor larger, 4x). With the SD x4
+    upscaler the image is first noised to ``--noise_level`` and the prompt guides; the
+    latent-diffusion BSR model (``kind`` superres) takes the clean image in [-1, 1] and no text, as
+    its notebook (``get_cond`` / ``make_convolutional_sample``), in the notebook's patches when it
+    is large (``NOTEBOOK_SPLIT_INPUT_PARAMS``)."""
     name = "upscale"
-    accepted_kinds = ("upscale",)
+    accepted_kinds = ("upscale", "superres")
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
-        top = spec.max_noise_level
-        if not 0 <= opt.noise_level < top:
-            raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {opt.noise_level}")
+        if self.is_ldm_superres:
+            _refuse_text_and_noise_level(opt)
+        else:
+            top = spec.max_noise_level
+            if not 0 <= opt.noise_level < top:
+                raise UsageError(f"--noise_level must be in [0, {top - 1}] for this model, got {opt.noise_level}")
         self.low_res = self._inputs(opt.init_img, "--init-img", "the low-resolution image to upscale",
-                                    lambda source: load_image(source, spec.latent_multiple))
+                                    self._read_low_res)
+
+    def _read_low_res(self, source: Any) -> torch.Tensor:
+        """The image in [-1, 1], resized down to multiples of the UNet's factor (8), or of the
+        patch stride (64) when the LDM BSR model will sample it in patches."""
+        if not self.is_ldm_superres:
+            return load_image(source, self.spec.latent_multiple)
+        image = read_source(source, "--init-img")
+        width, height = source_size(image)
+        in_patches = min(width, height) >= PATCH_SIZE
+        return load_image(image, PATCH_STRIDE if in_patches else self.spec.latent_multiple)
+
+    @property
+    def is_ldm_superres(self) -> bool:
+        return self.spec.kind == "superres"
 
     def output_size(self):
         return self.low_res.shape[-1] * self.spec.vae_factor, self.low_res.shape[-2] * self.spec.vae_factor
@@ -344,17 +368,61 @@ class Upscaling(Task):
         self.low_res = self.low_res.to(device)
 
     def generate(self, model, sampler, batch, noise):
-        c, uc = self._text(model, batch)
         count = len(batch)
-        level = torch.full((count,), self.opt.noise_level, device=self.low_res.device, dtype=torch.long)
         low_res = rows_for(self.low_res, batch).expand(count, -1, -1, -1)
+        shape = [self.spec.channels, *low_res.shape[-2:]]
+        if self.is_ldm_superres:
+            cond = model.get_learned_conditioning(low_res)  # torch.nn.Identity: the image itself
+            with _patchwise_when_large(model, low_res.shape[-2:], self.spec.vae_factor):
+                return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, None, noise))
+        c, uc = self._text(model, batch)
+        level = torch.full((count,), self.opt.noise_level, device=self.low_res.device, dtype=torch.long)
         augmented = model.low_scale_model.q_sample(low_res, level, noise=noise.randn(low_res.shape[1:]))
         cond, uncond = guided_pair(c, uc, c_concat=augmented, c_adm=level)
-        shape = [self.spec.channels, *low_res.shape[-2:]]
         return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
 
     def extra_parameters(self):
-        return {"Noise level": self.opt.noise_level}
+        return {} if self.is_ldm_superres else {"Noise level": self.opt.noise_level}
+
+
+# The original notebook's patch-wise sampling of large inputs (notebook_helpers.run): UNet and
+# decoder on overlapping 128x128-latent patches every 64 latent pixels, blended by distance to the
+# patch border. Used when both sides of the low-resolution image (= the latent) hold a patch.
+PATCH_SIZE, PATCH_STRIDE = 128, 64
+NOTEBOOK_SPLIT_INPUT_PARAMS = {"ks": (PATCH_SIZE, PATCH_SIZE), "stride": (PATCH_STRIDE, PATCH_STRIDE),
+                               "patch_distributed_vq": True, "tie_braker": False, "clip_max_weight": 0.5,
+                               "clip_min_weight": 0.01, "clip_max_tie_weight": 0.5, "clip_min_tie_weight": 0.01}
+
+
+@contextlib.contextmanager
+def _patchwise_when_large(model: torch.nn.Module, latent_hw: Sequence[int], vae_factor: int) -> Iterator[None]:
+    """Set the model's ``split_input_params`` to the notebook's while sampling a latent of at
+    least one patch each way; the model is left without them afterwards, as the notebook leaves
+    it for small inputs."""
+    if min(latent_hw) >= PATCH_SIZE:
+        model.split_input_params = dict(NOTEBOOK_SPLIT_INPUT_PARAMS, vqf=vae_factor)
+    elif hasattr(model, "split_input_params"):
+        del model.split_input_params
+    try:
+        yield
+    finally:
+        if hasattr(model, "split_input_params"):
+            del model.split_input_params
+
+
+def _refuse_text_and_noise_level(opt: argparse.Namespace) -> None:
+    """The LDM super-resolution model sees only the clean low-resolution image: a prompt, a
+    negative prompt, guidance or a noise level cannot change its output, so they are refused."""
+    what = "the LDM super-resolution model is conditioned on the low-resolution image only"
+    if opt.noise_level is not None:
+        raise UsageError(f"--noise_level: {what} (no noise augmentation); leave --noise_level out")
+    prompts = opt.prompt if isinstance(opt.prompt, (list, tuple)) else [opt.prompt]
+    if opt.from_file is not None or any(prompts):
+        raise UsageError(f"--prompt: {what} (no text); leave --prompt and --from-file out")
+    if opt.negative_prompt:
+        raise UsageError(f"--negative_prompt: {what} (no text); leave --negative_prompt out")
+    if opt.scale != 1.0:
+        raise UsageError(f"--scale: {what}, so there is no classifier-free guidance; leave --scale out")
 
 
 PRIOR_FLAGS = {"prior_config": "--prior-config", "prior_ckpt": "--prior-ckpt", "prior_clip": "--prior-clip",

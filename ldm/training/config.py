@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ldm.util import first_line
+from ldm.util.config import resolve_target_alias
 
 
 class ConfigError(Exception):
@@ -86,8 +87,9 @@ def iter_targets(node, path: str = "") -> Iterator[Tuple[str, str]]:
 
 def check_target(target: str, where: str) -> None:
     """Raise a ConfigError when ``target`` names no importable class or function. A module that
-    exists but fails to import for another reason is a bug, not a config error: it propagates."""
-    module_name, _, attr = target.rpartition(".")
+    exists but fails to import for another reason is a bug, not a config error: it propagates.
+    A third-party path the original configs name is checked as the ldm class standing in for it."""
+    module_name, _, attr = resolve_target_alias(target).rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"unknown target {target!r} in {where}: expected a dotted path like package.module.Class")
     try:

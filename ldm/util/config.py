@@ -6,6 +6,11 @@ A config the user did not name (one found beside a downloaded checkpoint) is unt
 anything else (``subprocess.run``, ``os.system``, a function of ours that writes files) is refused
 before it is imported. A config the user names (``--config``, ``main.py --base``) is their own code,
 as in the original (docs/SECURITY.md).
+
+Original configs also name classes of packages ldm does not ship (taming-transformers'
+``taming.data.faceshq.*`` and ``VQLPIPSWithDiscriminator``, torchvision's transforms):
+:data:`ORIGINAL_TARGET_ALIASES` maps each such path to the ldm class that stands in for it, and
+every lookup of a target goes through that table first (:func:`resolve_target_alias`).
 """
 from __future__ import annotations
 
@@ -24,6 +29,16 @@ TORCH_BUILDING_BLOCKS = frozenset({
     "torch.nn.Dropout", "torch.nn.SiLU", "torch.nn.GELU",
 })
 
+# Third-party class paths the original configs name -> the ldm class that implements them.
+ORIGINAL_TARGET_ALIASES = {
+    **{f"taming.data.faceshq.{name}": f"ldm.data.faceshq.{name}" for name in (
+        "CelebAHQTrain", "CelebAHQValidation", "FFHQTrain", "FFHQValidation", "FacesHQTrain", "FacesHQValidation")},
+    "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator":
+        "ldm.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+    **{f"torchvision.transforms.{name}": f"ldm.data.transforms.{name}" for name in (
+        "Resize", "RandomCrop", "CenterCrop")},
+}
+
 # Bounds on a config file the user did not name, before OmegaConf reads it.
 MAX_UNTRUSTED_YAML_BYTES = 1 << 20
 MAX_UNTRUSTED_YAML_NODES = 100_000
@@ -32,8 +47,14 @@ MAX_UNTRUSTED_YAML_NODES = 100_000
 _UNTRUSTED_SOURCE: ContextVar[Optional[str]] = ContextVar("untrusted_config_source", default=None)
 
 
+def resolve_target_alias(target: Any) -> Any:
+    """The ldm class path that stands in for ``target`` (itself when it is not an alias)."""
+    return ORIGINAL_TARGET_ALIASES.get(target, target) if isinstance(target, str) else target
+
+
 def is_model_target(target: Any) -> bool:
     """Whether an untrusted config may name ``target`` (judged from the string, before import)."""
+    target = resolve_target_alias(target)
     return isinstance(target, str) and (target in TORCH_BUILDING_BLOCKS or (
         target.startswith(MODEL_PACKAGES) and all(part.isidentifier() for part in target.split("."))))
 
@@ -81,10 +102,12 @@ def _refuse(source: str, target: str) -> UntrustedConfigError:
 
 def get_obj_from_str(string: str, reload: bool = False):
     """Import ``package.module.Name`` and return ``Name`` (inside :func:`only_model_targets`: a model
-    class only, checked before anything is imported)."""
+    class only, checked before anything is imported). An alias of :data:`ORIGINAL_TARGET_ALIASES`
+    gives the ldm class it stands for."""
     source = _UNTRUSTED_SOURCE.get()
     if source is not None and (reload or not is_model_target(string)):
         raise _refuse(source, string)
+    string = resolve_target_alias(string)
     module, cls = string.rsplit(".", 1)
     if reload:
         importlib.reload(importlib.import_module(module))

@@ -38,3 +38,17 @@ def test_worker_init_fn_seeds_numpy_from_the_worker_torch_seed(monkeypatch):
         worker_init_fn(0)
         draws.append(np.random.rand())
     assert draws[0] == draws[2] != draws[1]
+
+
+def test_prng_is_one_generator_per_process_seeded_from_torch():
+    from ldm.data.base import PRNGMixin
+
+    class Draws(PRNGMixin):
+        pass
+
+    torch.manual_seed(5)
+    first = Draws()
+    assert first.prng is first.prng
+    values = first.prng.rand(3)
+    torch.manual_seed(5)
+    assert np.array_equal(Draws().prng.rand(3), values)

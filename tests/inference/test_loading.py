@@ -189,3 +189,34 @@ def test_unclip_configs_read_as_unclip_and_their_checkpoints_get_them_alone(tmp_
     assert config_for_checkpoint(ckpt) == (config, ckpt, True)
     assert config_hint(ckpt, _spec("v2-inference.yaml")) == f"It is an unCLIP model: use scripts/unclip.py with " \
                                                             f"--config {config}"
+
+
+LDM_SR = "configs/latent-diffusion/bsr_sr.yaml"
+
+
+def test_the_ldm_bsr_config_is_a_super_resolution_model_of_64_pixel_low_res_crops():
+    spec = read_model_spec(read_config(LDM_SR))
+    assert (spec.kind, spec.conditioning_key, spec.cond_stage_key) == ("superres", "concat", "LR_image")
+    assert (spec.vae_factor, spec.latent_multiple, spec.channels, spec.default_pixel_size) == (4, 8, 3, 256)
+
+
+@pytest.mark.parametrize("name", ["celebahq-ldm-vq-4.yaml", "cin-ldm-vq-f8.yaml", "txt2img-1p4B-eval.yaml"])
+def test_other_latent_diffusion_configs_are_not_super_resolution(name):
+    assert read_model_spec(read_config(f"configs/latent-diffusion/{name}")).kind != "superres"
+
+
+def test_concat_conditioning_on_low_res_images_is_super_resolution_by_concat_mode_or_conditioning_key():
+    config = read_config(LDM_SR)
+    del config.model.params["concat_mode"]  # LatentDiffusion's concat_mode defaults to True
+    assert read_model_spec(config).kind == "superres"
+    config.model.params.concat_mode = False
+    assert read_model_spec(config).kind == "text"
+    config.model.params.conditioning_key = "concat"
+    assert read_model_spec(config).kind == "superres"
+
+
+def test_a_six_channel_checkpoint_without_cross_attention_alone_gets_the_ldm_bsr_config(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    save_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 6, 3, 3)}, path)
+    assert config_for_checkpoint(path) == (LDM_SR, path, True)
+    assert LDM_SR in config_hint(path, _spec("x4-upscaling.yaml"))

@@ -130,6 +130,6 @@ def test_overrides_that_fit_pass(item):
 
 
 def test_an_original_data_module_ldm_lacks_is_named_with_the_data_it_reads():
-    with pytest.raises(ConfigError, match=r"^data.params.train: ldm.data.lsun.LSUNChurchesTrain reads LSUN \(bedrooms, "
-                                          r"churches\), and ldm has no module ldm.data.lsun yet; train on your own"):
-        check_target("ldm.data.lsun.LSUNChurchesTrain", "data.params.train")
+    with pytest.raises(ConfigError, match=r"^data.params.train: ldm.data.landscapes.RFWTrain reads the RFW landscapes, "
+                                          r"and ldm has no module ldm.data.landscapes yet; train on your own"):
+        check_target("ldm.data.landscapes.RFWTrain", "data.params.train")

@@ -75,7 +75,7 @@ def test_the_training_examples_run_as_written_on_a_fresh_clone(clone):
 def test_commands_that_need_data_say_what_in_one_line_then_train_on_the_documented_layout(clone, capsys):
     image_folder, original = readme_commands(2)
     for command, needs in ((image_folder, "image folder not found: data/images"),
-                           (original, r"ldm.data.imagenet.ImageNetSRTrain reads ImageNet \(ILSVRC2012\)")):
+                           (original, r"ImageNet train images not found: expected data/imagenet/train/<synset>/")):
         assert main(argv_of(command, clone)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("main.py: error: ") and re.search(needs, err[0]), err

@@ -319,9 +319,9 @@ def test_resume_without_t_tests_the_checkpoint_weights(tmp_path, images):
                                           r"number there \(4\), not a list"),
     (["key=abc"], "override key=...: the config has no section 'key'"),
     (["data.params.num_workers=-1"], "data.params.num_workers must be a whole number >= 0, got -1"),
-    (["data.params.train.target=ldm.data.imagenet.ImageNetTrain"],
-     r"data.params.train: ldm.data.imagenet.ImageNetTrain reads ImageNet \(ILSVRC2012\), and ldm has no module "
-     "ldm.data.imagenet yet"),
+    (["data.params.train.target=ldm.data.landscapes.RFWTrain"],
+     r"data.params.train: ldm.data.landscapes.RFWTrain reads the RFW landscapes, and ldm has no module "
+     "ldm.data.landscapes yet"),
     (["data.params.train.params.size=-3"], r"size must be a whole number of pixels >= 1 \(or null\), got -3"),
 ])
 def test_values_of_the_wrong_kind_are_one_line_before_anything_is_built(tmp_path, images, capsys, extra, message):

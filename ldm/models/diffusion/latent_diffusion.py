@@ -4,6 +4,7 @@ the path the original configs name."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import List, Mapping, Optional, Tuple
 
@@ -14,15 +15,18 @@ from omegaconf import ListConfig
 from ldm.models.diffusion.ddpm import DDPM, RAW_CONDITIONING_KEYS
 from ldm.models.diffusion.image_logging import CLASS_CONDITIONING_KEYS, LatentImageLogging
 from ldm.models.diffusion.latent_sampling import LatentAncestralSampling
+from ldm.models.diffusion.patchwise import PatchwiseProcessing
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.freezing import freeze_module
 from ldm.util import default, instantiate_from_config
 
 
-class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, DDPM):
+class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, PatchwiseProcessing, DDPM):
     """Diffusion in the latent space of a frozen autoencoder (``first_stage_model``), conditioned
     through ``cond_stage_model`` (Rombach et al. 2022). Latents are ``scale_factor`` times the
-    autoencoder's posterior samples."""
+    autoencoder's posterior samples. Setting ``split_input_params`` (as the original notebooks do)
+    makes ``apply_model`` and ``decode_first_stage`` work in overlapping patches
+    (:mod:`~ldm.models.diffusion.patchwise`)."""
 
     def __init__(self, first_stage_config, cond_stage_config, num_timesteps_cond=None,
                  cond_stage_key="image", cond_stage_trainable=False, concat_mode=True,
@@ -129,7 +133,9 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, DDPM):
         z = 1.0 / self.scale_factor * z
         decode = self.first_stage_model.decode
         if "force_not_quantize" in inspect.signature(decode).parameters:  # VQ first stages
-            return decode(z, force_not_quantize=predict_cids or force_not_quantize)
+            decode = functools.partial(decode, force_not_quantize=predict_cids or force_not_quantize)
+        if getattr(self, "split_input_params", {}).get("patch_distributed_vq"):
+            return self.decode_in_patches(z, decode)
         return decode(z)
 
     @torch.no_grad()
@@ -246,6 +252,10 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, DDPM):
             cond = cond if isinstance(cond, list) else [cond]
             key = "c_concat" if self.model.conditioning_key == "concat" else "c_crossattn"
             cond = {key: cond}
+        if hasattr(self, "split_input_params"):
+            if return_ids:
+                raise NotImplementedError("split_input_params: return_ids is not supported patch-wise")
+            return self.apply_model_in_patches(x_noisy, t, cond)
         x_recon = self.model(x_noisy, t, **cond)
         if isinstance(x_recon, tuple) and not return_ids:
             return x_recon[0]

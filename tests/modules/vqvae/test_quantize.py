@@ -94,3 +94,14 @@ def test_remap_reports_indices_in_the_used_subset(tmp_path):
 def test_gumbel_only_arguments_are_refused():
     with pytest.raises(ValueError, match="Gumbel"):
         _quantizer()(torch.randn(1, 4, 2, 2), temp=0.5)
+
+
+def test_codes_are_chosen_in_float32_under_autocast():
+    """The LDM-VQ-4 codebook (8192 x 3) has many near-ties; half precision would flip them."""
+    vq = _quantizer(n_e=8192, e_dim=3)
+    z = torch.randn(2, 3, 16, 16) * 2
+    with torch.no_grad():
+        full = vq(z)[2][2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, _, (_, _, autocast) = vq(z)
+    assert torch.equal(autocast, full)
