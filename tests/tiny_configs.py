@@ -17,6 +17,7 @@ Stable names (other test files rely on them):
     tiny_inpainting_config(**overrides)           LatentInpaintDiffusion (UNet in 9), batch + mask, masked_image
     tiny_depth2img_config(**overrides)            LatentDepth2ImageDiffusion (UNet in 5), batch + depth
     tiny_upscaler_config(**overrides)             LatentUpscaleDiffusion like x4 (UNet in 7, v), batch + lr
+    tiny_ddpm_config(**overrides)                 pixel-space DDPM (no first stage, no conditioning), 3 x 16 x 16
 """
 from __future__ import annotations
 
@@ -129,3 +130,15 @@ def tiny_upscaler_config(**overrides) -> DictConfig:
                         {"low_scale_config": low_scale, "low_scale_key": "lr", "parameterization": "v",
                          "linear_start": 0.0001, "linear_end": 0.02, "scale_factor": 0.08333},
                         overrides, num_classes=1000)
+
+
+def tiny_ddpm_config(**overrides) -> DictConfig:
+    """A pixel-space DDPM (Ho et al. 2020; no autoencoder, no conditioning) on 3 x 16 x 16 images in
+    [-1, 1] under the batch key ``image``: the tiny UNet without cross-attention (self-attention at
+    ds 2), the linear schedule of 1000 steps, eps prediction, EMA off. Override e.g.
+    ``parameterization="v"`` or ``timesteps=20``."""
+    unet = tiny_unet_config(image_size=TINY_IMAGE_SIZE, in_channels=3, out_channels=3, use_spatial_transformer=False,
+                            context_dim=None)
+    params = dict(unet_config=unet, timesteps=1000, beta_schedule="linear", image_size=TINY_IMAGE_SIZE, channels=3,
+                  first_stage_key="image", use_ema=False, log_every_t=200, monitor="val/loss_simple_ema")
+    return _config("ldm.models.diffusion.ddpm.DDPM", params, overrides)
