@@ -37,6 +37,8 @@ DEFAULT_MODELS: Dict[str, Tuple[str, str]] = {
     "inpaint": ("checkpoints/shapes-inpainting.yaml", "checkpoints/shapes-inpainting.safetensors"),
     "depth2img": ("checkpoints/shapes-depth.yaml", "checkpoints/shapes-depth.safetensors"),
     "upscale": ("checkpoints/shapes-x4-upscaler.yaml", "checkpoints/shapes-x4-upscaler.safetensors"),
+    "unconditional": ("checkpoints/shapes-pixel-ddpm.yaml", "checkpoints/shapes-pixel-ddpm.safetensors"),
+    "class": ("checkpoints/shapes-class-conditional.yaml", "checkpoints/shapes-class-conditional.safetensors"),
 }
 
 # Task model classes by the last part of their config target; anything else is text-to-image.
@@ -46,6 +48,10 @@ _TASK_CLASSES = {
     "LatentUpscaleDiffusion": "upscale",
     "ImageEmbeddingConditionedLatentDiffusion": "unclip",
 }
+# Models without a text encoder, by their conditioning stage (the pixel-space DDPM has none).
+_UNCONDITIONAL_STAGE = "__is_unconditional__"
+_CLASS_STAGE = "ClassEmbedder"
+CLASS_EMBEDDER_DEFAULT_CLASSES = 1000  # ClassEmbedder's n_classes default
 # Configs that fit a checkpoint, by the UNet's input channels (4 + concatenated conditioning).
 _CONFIG_BY_UNET_INPUT = {9: "v2-inpainting-inference.yaml", 5: "v2-midas-inference.yaml",
                          7: "x4-upscaling.yaml"}
@@ -150,11 +156,23 @@ class ModelSpec:
     unet_in_channels: int
     context_dim: Optional[int]
     max_noise_level: Optional[int]
+    cond_stage_target: Optional[str] = None
+    timesteps: int = 1000
+    n_classes: Optional[int] = None
 
     @property
     def kind(self) -> str:
-        """``text``, ``inpaint``, ``depth``, ``upscale`` or ``unclip``."""
-        return _TASK_CLASSES.get(self.target.rsplit(".", 1)[-1], "text")
+        """``text``, ``inpaint``, ``depth``, ``upscale``, ``unclip``, ``unconditional`` (a
+        pixel-space DDPM, or a latent model whose cond stage is ``__is_unconditional__``) or
+        ``class`` (a ClassEmbedder cond stage)."""
+        model_class = self.target.rsplit(".", 1)[-1]
+        if model_class in _TASK_CLASSES:
+            return _TASK_CLASSES[model_class]
+        if model_class == "DDPM" or self.cond_stage_target == _UNCONDITIONAL_STAGE:
+            return "unconditional"
+        if (self.cond_stage_target or "").rsplit(".", 1)[-1] == _CLASS_STAGE:
+            return "class"
+        return "text"
 
     @property
     def latent_multiple(self) -> int:
@@ -221,6 +239,14 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
     ddconfig = section(first_stage, "ddconfig", "model.params.first_stage_config.params")
     low_scale = section(section(params, "low_scale_config", "model.params"), "params",
                         "model.params.low_scale_config")
+    cond_stage = params.get("cond_stage_config")
+    cond_stage_target = cond_stage if isinstance(cond_stage, str) else None
+    if isinstance(cond_stage, (DictConfig, dict)):
+        cond_stage_target = str(cond_stage.get("target"))
+    n_classes = None
+    if cond_stage_target is not None and cond_stage_target.rsplit(".", 1)[-1] == _CLASS_STAGE:
+        n_classes = number(section(cond_stage, "params", "model.params.cond_stage_config"), "n_classes",
+                           CLASS_EMBEDDER_DEFAULT_CLASSES, "model.params.cond_stage_config.params")
     return ModelSpec(
         target=str(config.model.target),
         parameterization=str(params.get("parameterization", "eps")),
@@ -231,6 +257,9 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
         unet_in_channels=number(unet, "in_channels", params.get("channels", 3), "unet_config.params"),
         context_dim=number(unet, "context_dim", None, "unet_config.params"),
         max_noise_level=number(low_scale, "max_noise_level", 1000, "low_scale_config.params") if low_scale else None,
+        cond_stage_target=cond_stage_target,
+        timesteps=number(params, "timesteps", 1000, "model.params"),
+        n_classes=n_classes,
     )
 
 

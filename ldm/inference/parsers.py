@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ldm.inference import cli
+from ldm.inference import cli, sampling_parsers
 from ldm.inference.errors import UsageError
 from ldm.inference.loading import default_model_paths
 from ldm.util import in_cwd_or_repository
@@ -79,12 +79,15 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
     "upscale": ScriptFlags("Upscale an image 4x, guided by a prompt.", "a high quality professional photograph",
                            "a red circle", _upscale_inputs, dict(steps=50, scale=9.0, n_iter=1, n_samples=1)),
 }
-TASK_NAMES = tuple(_SCRIPTS)
+TASK_NAMES = tuple(_SCRIPTS) + tuple(sampling_parsers.PARSERS)
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
     """The full command line of ``scripts/<task>.py``: prompts, the task's inputs, outputs,
-    sampling, then the model and the precision/memory flags every script shares."""
+    sampling, then the model and the precision/memory flags every script shares (the scripts of
+    models without a prompt: :mod:`ldm.inference.sampling_parsers`)."""
+    if task in sampling_parsers.PARSERS:
+        return sampling_parsers.PARSERS[task]()
     flags = _SCRIPTS[task]
     parser = argparse.ArgumentParser(prog=f"{task}.py", description=flags.description)
     cli.add_prompt_args(parser, prompt=flags.prompt, shapes_prompt=flags.shapes_prompt)
@@ -99,9 +102,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     return parser
 
 
-def default_prompt(task: str, ckpt: Optional[str]) -> str:
+def default_prompt(task: str, ckpt: Optional[str]) -> Optional[str]:
     """The prompt when none is given: one the shipped shapes model understands when it is the
-    model (no --ckpt), else the original script's default."""
+    model (no --ckpt), else the original script's default; None for tasks without prompts."""
+    if task not in _SCRIPTS:
+        return None
     flags = _SCRIPTS[task]
     shipped = in_cwd_or_repository(default_model_paths(task)[1])
     if ckpt is None or os.path.realpath(in_cwd_or_repository(ckpt)) == os.path.realpath(shipped):
