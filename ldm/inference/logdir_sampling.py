@@ -244,7 +244,8 @@ def run_unconditional(opt: argparse.Namespace) -> SampleFolder:
     folder = SampleFolder(samples_logdir(resumed.logdir, opt.logdir), step)
     check_output_folder(folder.root)
     pipeline = Pipeline.from_options(TASK, opt, resumed.paths)
-    print(f"{run.image_count} samples with {run.sampler} ({opt.steps} steps, eta {opt.ddim_eta}), "
+    eta = f", eta {opt.ddim_eta}" if opt.ddim_eta else ""
+    print(f"{run.image_count} samples with {run.sampler} ({opt.steps} steps{eta}), "
           f"batches of {run.task.batch_size}, from {opt.ckpt} (global step {step})")
     folder.start(_recorded_options(opt, run.sampler, step))
     batches = tqdm(pipeline.generate(run), desc="batches", total=len(run.batches), disable=len(run.batches) < 2)

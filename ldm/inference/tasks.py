@@ -42,6 +42,7 @@ class Task:
     """Base of the tasks: model check, sampling settings and what goes into every image's
     parameters. Subclasses read their inputs in ``__init__`` and implement ``generate``."""
     name = ""
+    title = ""  # how messages name the task, when not by ``name``
     accepted_kinds: Tuple[str, ...] = ("text",)
     needs_partial_denoising = False
     blends_known_region = False
@@ -62,7 +63,7 @@ class Task:
         wanted = " or ".join(_KIND_NAMES[kind] for kind in cls.accepted_kinds)
         use = _SCRIPT_FOR_KIND.get(spec.kind)
         advice = f"; use {use}" if use else ""
-        raise UsageError(f"{cls.name} needs {wanted} model, but --config {config} is "
+        raise UsageError(f"{cls.title or cls.name} needs {wanted} model, but --config {config} is "
                          f"{_KIND_NAMES[spec.kind]} model{advice}")
 
     @property
@@ -342,6 +343,7 @@ TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage
 class _SamplingWithoutPrompt(Task):
     """What the tasks of models without a text prompt share: no prompt options, images of the
     model's own size, ``--batch_size`` images per sampler call, eta in the parameters."""
+    instead_of_prompts = ""  # what to give instead, for the message refusing a prompt
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
@@ -349,11 +351,9 @@ class _SamplingWithoutPrompt(Task):
         for what, value in (("prompt", opt.prompt), ("negative prompt", opt.negative_prompt),
                             ("prompt file", opt.from_file)):
             if value:
-                raise UsageError(f"{self.name}: {kind} model takes no {what} (got {value!r}){self.instead_of_prompts}")
+                raise UsageError(f"{self.title}: {kind} model takes no {what} (got {value!r}){self.instead_of_prompts}")
         if opt.batch_size is not None and opt.batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1, got {opt.batch_size}")
-
-    instead_of_prompts = ""
 
     def output_size(self) -> Tuple[int, int]:
         return self.spec.default_pixel_size, self.spec.default_pixel_size
@@ -376,6 +376,7 @@ class UnconditionalSampling(_SamplingWithoutPrompt):
     (``scripts/sample_diffusion.py``): ``--n_samples`` images in all. ``--vanilla_sample`` is the
     ddpm sampler on every timestep of the model; eta defaults to 1 with DDIM, as the original."""
     name = "unconditional"
+    title = "unconditional sampling"
     accepted_kinds = ("unconditional",)
     DEFAULT_DDIM_ETA = 1.0
 
@@ -407,6 +408,7 @@ class ClassConditionalSampling(_SamplingWithoutPrompt):
     ``--n_samples`` images of each of ``--classes`` (numbers, or names: :mod:`~ldm.inference.class_names`),
     guided against the model's "no class" label ``n_classes - 1``."""
     name = "class"
+    title = "class sampling"
     accepted_kinds = ("class",)
     instead_of_prompts = "; give --classes (classes= from Python)"
 

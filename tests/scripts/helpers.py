@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.util import instantiate_from_config, save_checkpoint
-from tests.tiny_configs import TINY_MIDAS, tiny_latent_diffusion_config, tiny_unet_config
+from tests.tiny_configs import TINY_MIDAS, tiny_ddpm_config, tiny_latent_diffusion_config, tiny_unet_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_TEXT_WIDTH = 32
@@ -97,6 +97,25 @@ def build_tiny_models(folder: Path) -> Dict[str, TinyModel]:
                                                "max_noise_level": 350}}),
     }
     return {name: _save_model(folder, name, config, seed) for seed, (name, config) in enumerate(configs.items())}
+
+TINY_CLASSES = 5  # four classes and the "no class" label of classifier-free guidance
+
+
+def build_tiny_sampling_models(folder: Path) -> Dict[str, TinyModel]:
+    """Config + checkpoint of a tiny pixel-space DDPM (eps, 3 x 16 x 16), an unconditional latent
+    model and a class-conditional one (ClassEmbedder, ``TINY_CLASSES`` classes, key class_label),
+    saved under ``folder``."""
+    no_context = tiny_unet_config(use_spatial_transformer=False, context_dim=None)
+    class_stage = {"target": "ldm.modules.encoders.modules.ClassEmbedder",
+                   "params": {"embed_dim": 32, "n_classes": TINY_CLASSES, "key": "class_label"}}
+    configs = {
+        "ddpm": tiny_ddpm_config(),
+        "unconditional_ldm": tiny_latent_diffusion_config(cond_stage_config="__is_unconditional__",
+                                                          unet_config=no_context),
+        "class": tiny_latent_diffusion_config(cond_stage_config=class_stage, cond_stage_key="class_label"),
+    }
+    return {name: _save_model(folder, name, config, seed) for seed, (name, config) in enumerate(configs.items())}
+
 
 @dataclass
 class ScriptRun:
