@@ -234,7 +234,8 @@ class Pipeline:
 def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
          precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
          attention_slicing: Optional[int] = None, vae_tiling: bool = False) -> Pipeline:
-    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale): the shipped
+    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale as the scripts are
+    named; unconditional for sample_diffusion.py, class for sample_class.py): the shipped
     shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
     beside it or the original config its layout fits, as the scripts pick it."""
     opt = task_options(task)
