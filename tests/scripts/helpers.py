@@ -159,6 +159,25 @@ def main_exit_code(script: str, argv: List[str]) -> int:
     return 0
 
 
+def bad_input_failures(script: str, cases, output_flag: str, folder: Path, capsys) -> List[str]:
+    """Run ``script`` in-process on each ``(argv, pattern)`` of ``cases`` with ``output_flag`` set to a
+    fresh folder under ``folder``; what went wrong: an exit code other than 2, a last stderr line
+    other than ``<script>: error: <matching pattern>``, or anything written."""
+    import re
+
+    failures = []
+    for index, (argv, pattern) in enumerate(cases):
+        out = folder / f"out{index}"
+        code = main_exit_code(script, [*argv, output_flag, str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        message = lines[-1] if lines else ""
+        if code != 2 or not message.startswith(f"{script}: error: ") or not re.search(pattern, message):
+            failures.append(f"{argv[-2:]}: exit {code}, {message!r} (wanted {pattern!r})")
+        if out.exists():
+            failures.append(f"{argv[-2:]}: wrote {files_under(out)}")
+    return failures
+
+
 def files_under(folder: Path) -> List[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).exists() else []
 

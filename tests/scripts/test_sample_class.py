@@ -1,14 +1,13 @@
 """scripts/sample_class.py on a tiny class-conditional model: txt2img's output conventions (numbered
 PNGs with parameters, a grid with one row per class), classes by number or name, one-line errors
 that write nothing."""
-import re
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.scripts.helpers import TINY_CLASSES, files_under, main_exit_code, png_parameters
+from tests.scripts.helpers import TINY_CLASSES, bad_input_failures, files_under, main_exit_code, png_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SCRIPT = "sample_class.py"
@@ -72,15 +71,7 @@ def _bad_inputs(models, named_model, tmp_path):
 
 
 def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_sampling_models, named_model, tmp_path, capsys):
-    failures = []
-    for index, (argv, pattern) in enumerate(_bad_inputs(tiny_sampling_models, named_model, tmp_path)):
-        outdir = tmp_path / f"out{index}"
-        code = main_exit_code(SCRIPT, [*argv, "--steps", "4", "--outdir", str(outdir)] if "--steps" not in argv
-                              else [*argv, "--outdir", str(outdir)])
-        lines = capsys.readouterr().err.strip().splitlines()
-        message = lines[-1] if lines else ""
-        if code != 2 or not message.startswith(f"{SCRIPT}: error: ") or not re.search(pattern, message):
-            failures.append(f"{argv[-2:]}: exit {code}, {message!r} (wanted {pattern!r})")
-        if outdir.exists():
-            failures.append(f"{argv[-2:]}: wrote {files_under(outdir)}")
+    cases = [(argv if "--steps" in argv else [*argv, "--steps", "4"], pattern)
+             for argv, pattern in _bad_inputs(tiny_sampling_models, named_model, tmp_path)]
+    failures = bad_input_failures(SCRIPT, cases, "--outdir", tmp_path, capsys)
     assert not failures, "\n".join(failures)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.inference import tasks
-from tests.scripts.helpers import files_under, main_exit_code, png_parameters
+from tests.scripts.helpers import bad_input_failures, files_under, main_exit_code, png_parameters
 from tests.tiny_configs import tiny_ddpm_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -121,16 +121,7 @@ def _bad_inputs(models, tmp_path):
 
 
 def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_sampling_models, tmp_path, capsys):
-    failures = []
-    for index, (argv, pattern) in enumerate(_bad_inputs(tiny_sampling_models, tmp_path)):
-        logdir = tmp_path / f"out{index}"
-        code = main_exit_code(SCRIPT, [*argv, "-l", str(logdir)])
-        lines = capsys.readouterr().err.strip().splitlines()
-        message = lines[-1] if lines else ""
-        if code != 2 or not message.startswith(f"{SCRIPT}: error: ") or not re.search(pattern, message):
-            failures.append(f"{argv[-2:]}: exit {code}, {message!r} (wanted {pattern!r})")
-        if logdir.exists():
-            failures.append(f"{argv[-2:]}: wrote {files_under(logdir)}")
+    failures = bad_input_failures(SCRIPT, _bad_inputs(tiny_sampling_models, tmp_path), "-l", tmp_path, capsys)
     assert not failures, "\n".join(failures)
 
 
