@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from ldm.inference import cli
 from ldm.inference.api import Pipeline, prepare_run
 from ldm.inference.errors import RunInterrupted, UsageError
-from ldm.inference.images import check_output_folder, save_png, to_uint8
+from ldm.inference.images import check_output_folder, place_without_replacing, save_png, to_uint8
 from ldm.inference.loading import (
     ModelPaths,
     config_for_checkpoint,
@@ -155,8 +154,8 @@ class NpzStream:
             raise ValueError(f"{self.rows} of {self.shape[0]} rows written")
         self._member.close()
         self._zip.close()
-        os.link(self.partial, self.path)  # fails rather than replace a file of that name
-        os.unlink(self.partial)
+        place_without_replacing(str(self.partial), self.path)
+        self.partial.unlink(missing_ok=True)
         return self.path
 
     def discard(self) -> None:
@@ -217,7 +216,8 @@ class SampleFolder:
                              f"image(s) saved") from None
 
     def finish(self) -> Path:
-        return self._npz.close()
+        with self._failing_in_one_line():
+            return self._npz.close()
 
     def discard_npz(self) -> None:
         if self._npz is not None:
