@@ -27,6 +27,15 @@ def tiny_unclip_models(tmp_path_factory):
     return build_tiny_unclip_models(tmp_path_factory.mktemp("tiny_unclip_models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sampling_models(tmp_path_factory):
+    """Tiny random-weight models without a prompt (pixel DDPM, unconditional LDM, class-conditional
+    LDM) saved as config + checkpoint, built once per test run (tests/scripts/helpers.py)."""
+    from tests.scripts.helpers import build_tiny_sampling_models
+
+    return build_tiny_sampling_models(tmp_path_factory.mktemp("tiny_sampling_models"))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

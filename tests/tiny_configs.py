@@ -20,6 +20,7 @@ Stable names (other test files rely on them):
     tiny_unclip_config(variant, *dotlist)         configs/stable-diffusion/v2-1-stable-unclip-{l,h}-inference.yaml
                                                   shrunk by TINY_UNCLIP_OVERRIDES (whole config, ``model:`` root)
     tiny_ldm_superres_config(*dotlist)            the original bsr_sr.yaml shrunk by LDM_SR_TINY_OVERRIDES
+    tiny_ddpm_config(**overrides)                 pixel-space DDPM (no first stage, no conditioning), 3 x 16 x 16
 """
 from __future__ import annotations
 
@@ -204,3 +205,15 @@ def tiny_ldm_superres_config(*dotlist: str) -> DictConfig:
     with sides multiples of 8 (4 UNet levels at latent = image size) and makes one 4x larger."""
     config = OmegaConf.load(LDM_SR_CONFIG)
     return OmegaConf.merge(config, OmegaConf.from_dotlist([*LDM_SR_TINY_OVERRIDES, *dotlist]))
+
+
+def tiny_ddpm_config(**overrides) -> DictConfig:
+    """A pixel-space DDPM (Ho et al. 2020; no autoencoder, no conditioning) on 3 x 16 x 16 images in
+    [-1, 1] under the batch key ``image``: the tiny UNet without cross-attention (self-attention at
+    ds 2), the linear schedule of 1000 steps, eps prediction, EMA off. Override e.g.
+    ``parameterization="v"`` or ``timesteps=20``."""
+    unet = tiny_unet_config(image_size=TINY_IMAGE_SIZE, in_channels=3, out_channels=3, use_spatial_transformer=False,
+                            context_dim=None)
+    params = dict(unet_config=unet, timesteps=1000, beta_schedule="linear", image_size=TINY_IMAGE_SIZE, channels=3,
+                  first_stage_key="image", use_ema=False, log_every_t=200, monitor="val/loss_simple_ema")
+    return _config("ldm.models.diffusion.ddpm.DDPM", params, overrides)

@@ -58,8 +58,6 @@ from ldm.inference.pipeline import (
     check_sampling_numbers,
     check_seed_room,
     plan_batches,
-    prompt_sources,
-    read_prompts,
     resolve_seed,
 )
 from ldm.inference.precision import autocast_dtype, precision_scope
@@ -72,7 +70,8 @@ from ldm.util import pick_device
 LOAD_SETTINGS = ("config", "ckpt", "device", "precision", "bf16", "ema", "compile", "attention_slicing",
                  "vae_tiling")
 # Flags of the scripts' output and batching that a call expresses otherwise (n, batch_size, a return value).
-_SCRIPT_ONLY = ("outdir", "skip_save", "skip_grid", "n_rows", "from_file", "n_iter", "n_samples", "repeat")
+_SCRIPT_ONLY = ("outdir", "skip_save", "skip_grid", "n_rows", "from_file", "n_iter", "n_samples", "repeat",
+                "resume", "logdir")
 # Short keyword -> the flag's destination.
 KEYWORD_FLAGS = {"n": "n_samples", "eta": "ddim_eta", "image": "init_img"}
 
@@ -115,7 +114,7 @@ def check_counts_and_numbers(opt: argparse.Namespace) -> None:
     if opt.repeat != 1 and opt.from_file is None and not isinstance(opt.prompt, (list, tuple)):
         warnings.warn(f"--repeat {opt.repeat} applies to the prompts of --from-file only; ignored", UserWarning,
                       stacklevel=3)
-    check_sampling_numbers(opt.scale, opt.ddim_eta)
+    check_sampling_numbers(opt.scale, 0.0 if opt.ddim_eta is None else opt.ddim_eta)  # None: the task's default
 
 
 def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
@@ -128,10 +127,9 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
         opt.prompt = default_prompt(task_name, opt.ckpt)
     task = TASKS[task_name](opt, spec)
     check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
-    prompts = read_prompts(opt)
-    sources = prompt_sources(opt, len(prompts))
+    prompts, sources = task.requests()
     opt.seed = resolve_seed(opt.seed)
-    batches = list(plan_batches(prompts, opt.n_samples, opt.n_iter, opt.seed, opt.fixed_code, sources))
+    batches = list(plan_batches(prompts, task.batch_size, opt.n_iter, opt.seed, opt.fixed_code, sources))
     check_seed_room(opt.seed, batches)
     return Run(opt=opt, task=task, sampler=sampler, batches=batches)
 
@@ -178,7 +176,7 @@ class Pipeline:
         opt = task_options(self.task)
         for name in LOAD_SETTINGS:
             setattr(opt, name, getattr(self.settings, name))
-        batch_size = keywords.pop("batch_size", None)
+        batch_size = keywords.pop("batch_size", None) if "batch_size" not in vars(opt) else None
         for keyword, value in keywords.items():
             name = KEYWORD_FLAGS.get(keyword, keyword)
             if name not in vars(opt) or name in LOAD_SETTINGS or (name in _SCRIPT_ONLY and keyword != "n"):
@@ -247,7 +245,8 @@ class Pipeline:
 def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
          precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
          attention_slicing: Optional[int] = None, vae_tiling: bool = False) -> Pipeline:
-    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip): the shipped
+    """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip as the scripts
+    are named; unconditional for sample_diffusion.py, class for sample_class.py): the shipped
     shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
     beside it or the original config its layout fits, as the scripts pick it."""
     opt = task_options(task)

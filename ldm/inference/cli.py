@@ -57,12 +57,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, steps: int, scale: float,
     group.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=steps,
                        help="number of sampling steps (default: %(default)s)")
     if sampler_choice:
-        group.add_argument("--sampler", type=str, default=None, metavar="NAME",
-                           help="sampler by name (default: ddim); the names are listed below")
-        group.add_argument("--plms", action="store_true", help="use the PLMS sampler (= --sampler plms)")
-        group.add_argument("--dpm", "--dpm_solver", dest="dpm", action="store_true",
-                           help="use DPM-Solver++ (multistep, order 2) as the originals (= --sampler dpm)")
-        _list_samplers(parser)
+        add_sampler_choice(parser, group)
     group.add_argument("--ddim_eta", type=float, default=0.0,
                        help="DDIM eta: 0 is deterministic DDIM, 1 is as stochastic as DDPM "
                             "(default: %(default)s)")
@@ -79,6 +74,17 @@ def add_sampling_args(parser: argparse.ArgumentParser, steps: int, scale: float,
                        help="how many times to sample each batch (default: %(default)s)")
     group.add_argument("--n_samples", type=int, default=n_samples,
                        help="images per batch, i.e. the batch size (default: %(default)s)")
+
+
+def add_sampler_choice(parser: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
+    """``--sampler NAME`` and the originals' ``--plms`` / ``--dpm`` switches, with the samplers
+    listed after the flags."""
+    group.add_argument("--sampler", type=str, default=None, metavar="NAME",
+                       help="sampler by name (default: ddim); the names are listed below")
+    group.add_argument("--plms", action="store_true", help="use the PLMS sampler (= --sampler plms)")
+    group.add_argument("--dpm", "--dpm_solver", dest="dpm", action="store_true",
+                       help="use DPM-Solver++ (multistep, order 2) as the originals (= --sampler dpm)")
+    _list_samplers(parser)
 
 
 def _list_samplers(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +117,10 @@ def add_model_args(parser: argparse.ArgumentParser, config: str, ckpt: str) -> N
     group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                        help="--ema loads the checkpoint's EMA weights into the UNet, --no-ema its "
                             "plain weights (default: as the config says, use_ema)")
+    add_device_arg(group)
+
+
+def add_device_arg(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--device", type=str, default="auto",
                        help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, "
                             "then CPU)")

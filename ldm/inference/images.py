@@ -182,13 +182,13 @@ def save_png(array: np.ndarray, path: Path, parameters: Optional[str] = None) ->
             image.save(stream, format="PNG", pnginfo=info)
             stream.flush()
             os.fsync(stream.fileno())
-        _place_without_replacing(temporary, path)
+        place_without_replacing(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
 
 
-def _place_without_replacing(temporary: str, path: Path) -> None:
+def place_without_replacing(temporary: str, path: Path) -> None:
     """Give the finished ``temporary`` file the name ``path`` unless that name is taken."""
     try:
         os.link(temporary, path)  # atomic, and fails with FileExistsError when the name is taken

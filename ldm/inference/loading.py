@@ -39,6 +39,8 @@ DEFAULT_MODELS: Dict[str, Tuple[str, str]] = {
     "upscale": ("checkpoints/shapes-x4-upscaler.yaml", "checkpoints/shapes-x4-upscaler.safetensors"),
     # No shapes unCLIP model ships: the default is the public SD 2.1 unCLIP-L file, put by the user in checkpoints/.
     "unclip": (f"{SD_CONFIGS}/v2-1-stable-unclip-l-inference.yaml", "checkpoints/sd21-unclip-l.ckpt"),
+    "unconditional": ("checkpoints/shapes-pixel-ddpm.yaml", "checkpoints/shapes-pixel-ddpm.safetensors"),
+    "class": ("checkpoints/shapes-class-conditional.yaml", "checkpoints/shapes-class-conditional.safetensors"),
 }
 
 # Task model classes by the last part of their config target; anything else is text-to-image.
@@ -48,6 +50,10 @@ _TASK_CLASSES = {
     "LatentUpscaleDiffusion": "upscale",
     "ImageEmbeddingConditionedLatentDiffusion": "unclip",
 }
+# Models without a text encoder, by their conditioning stage (the pixel-space DDPM has none).
+_UNCONDITIONAL_STAGE = "__is_unconditional__"
+_CLASS_STAGE = "ClassEmbedder"
+CLASS_EMBEDDER_DEFAULT_CLASSES = 1000  # ClassEmbedder's n_classes default
 # Configs that fit a checkpoint, by the UNet's input channels (4 + concatenated conditioning).
 _CONFIG_BY_UNET_INPUT = {9: "v2-inpainting-inference.yaml", 5: "v2-midas-inference.yaml",
                          7: "x4-upscaling.yaml"}
@@ -165,15 +171,26 @@ class ModelSpec:
     max_noise_level: Optional[int]
     conditioning_key: Optional[str] = None
     cond_stage_key: str = "image"
+    cond_stage_target: Optional[str] = None
+    timesteps: int = 1000
+    n_classes: Optional[int] = None
 
     @property
     def kind(self) -> str:
-        """``text``, ``inpaint``, ``depth``, ``upscale``, ``unclip`` or ``superres`` (a plain
-        ``LatentDiffusion`` that concatenates a low-resolution image, the latent-diffusion BSR model)."""
-        kind = _TASK_CLASSES.get(self.target.rsplit(".", 1)[-1], "text")
-        if kind == "text" and self.conditioning_key == "concat" and self.cond_stage_key == "LR_image":
+        """``text``, ``inpaint``, ``depth``, ``upscale``, ``unclip``, ``superres`` (a plain
+        ``LatentDiffusion`` that concatenates a low-resolution image, the latent-diffusion BSR
+        model), ``unconditional`` (a pixel-space DDPM, or a latent model whose cond stage is
+        ``__is_unconditional__``) or ``class`` (a ClassEmbedder cond stage)."""
+        model_class = self.target.rsplit(".", 1)[-1]
+        if model_class in _TASK_CLASSES:
+            return _TASK_CLASSES[model_class]
+        if model_class == "DDPM" or self.cond_stage_target == _UNCONDITIONAL_STAGE:
+            return "unconditional"
+        if (self.cond_stage_target or "").rsplit(".", 1)[-1] == _CLASS_STAGE:
+            return "class"
+        if self.conditioning_key == "concat" and self.cond_stage_key == "LR_image":
             return "superres"
-        return kind
+        return "text"
 
     @property
     def latent_multiple(self) -> int:
@@ -243,6 +260,14 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
     augmentation = "noise_aug_config" if params.get("noise_aug_config") is not None else "low_scale_config"
     if augmentation == "noise_aug_config":  # unCLIP's noise augmentation of the image embedding
         low_scale = section(section(params, augmentation, "model.params"), "params", f"model.params.{augmentation}")
+    cond_stage = params.get("cond_stage_config")
+    cond_stage_target = cond_stage if isinstance(cond_stage, str) else None
+    if isinstance(cond_stage, (DictConfig, dict)):
+        cond_stage_target = str(cond_stage.get("target"))
+    n_classes = None
+    if cond_stage_target is not None and cond_stage_target.rsplit(".", 1)[-1] == _CLASS_STAGE:
+        n_classes = number(section(cond_stage, "params", "model.params.cond_stage_config"), "n_classes",
+                           CLASS_EMBEDDER_DEFAULT_CLASSES, "model.params.cond_stage_config.params")
     return ModelSpec(
         target=str(config.model.target),
         parameterization=str(params.get("parameterization", "eps")),
@@ -255,6 +280,9 @@ def read_model_spec(config: DictConfig, path: str = "the config") -> ModelSpec:
         max_noise_level=number(low_scale, "max_noise_level", 1000, f"{augmentation}.params") if low_scale else None,
         conditioning_key=_conditioning_key(params),
         cond_stage_key=str(params.get("cond_stage_key", "image")),
+        cond_stage_target=cond_stage_target,
+        timesteps=number(params, "timesteps", 1000, "model.params"),
+        n_classes=n_classes,
     )
 
 

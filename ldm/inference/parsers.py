@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ldm.inference import cli
+from ldm.inference import cli, sampling_parsers
 from ldm.inference.errors import UsageError
 from ldm.inference.loading import default_model_paths
 from ldm.util import in_cwd_or_repository
@@ -126,12 +126,15 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
                           "SD 2.1 unCLIP model.", "", "", _unclip_inputs,
                           dict(steps=20, scale=10.0, n_iter=2, n_samples=2), image_size=True),
 }
-TASK_NAMES = tuple(_SCRIPTS)
+TASK_NAMES = tuple(_SCRIPTS) + tuple(sampling_parsers.PARSERS)
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
     """The full command line of ``scripts/<task>.py``: prompts, the task's inputs, outputs,
-    sampling, then the model and the precision/memory flags every script shares."""
+    sampling, then the model and the precision/memory flags every script shares (the scripts of
+    models without a prompt: :mod:`ldm.inference.sampling_parsers`)."""
+    if task in sampling_parsers.PARSERS:
+        return sampling_parsers.PARSERS[task]()
     flags = _SCRIPTS[task]
     parser = argparse.ArgumentParser(prog=f"{task}.py", description=flags.description)
     cli.add_prompt_args(parser, prompt=flags.prompt, shapes_prompt=flags.shapes_prompt)
@@ -174,9 +177,11 @@ def complete_model_defaults(task: str, opt: argparse.Namespace, kind: str, sampl
             setattr(opt, name, 0.0 if name == "ddim_eta" and not sampler_takes_eta else value)
 
 
-def default_prompt(task: str, ckpt: Optional[str]) -> str:
+def default_prompt(task: str, ckpt: Optional[str]) -> Optional[str]:
     """The prompt when none is given: one the shipped shapes model understands when it is the
-    model (no --ckpt), else the original script's default."""
+    model (no --ckpt), else the original script's default; None for tasks without prompts."""
+    if task not in _SCRIPTS:
+        return None
     flags = _SCRIPTS[task]
     shipped = in_cwd_or_repository(default_model_paths(task)[1])
     if ckpt is None or os.path.realpath(in_cwd_or_repository(ckpt)) == os.path.realpath(shipped):

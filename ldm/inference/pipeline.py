@@ -165,8 +165,9 @@ def encode_image(model: torch.nn.Module, image: torch.Tensor, noise: ImageNoise)
 
 
 def decode_latents(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``."""
-    x = model.decode_first_stage(z)
+    """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``; a
+    pixel-space DDPM (no first stage) samples the images themselves."""
+    x = model.decode_first_stage(z) if hasattr(model, "decode_first_stage") else z
     return torch.clamp((x.float() + 1.0) / 2.0, min=0.0, max=1.0)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 import torch
 import torch.nn.functional as F
 
+from ldm.inference.class_names import class_names_of, class_text, default_classes, parse_classes
 from ldm.inference.errors import UsageError
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import (
@@ -34,24 +35,30 @@ from ldm.inference.pipeline import (
     encode_prompts,
     guided_pair,
     hybrid_conditioning,
+    prompt_sources,
+    read_prompts,
     sample_from_image,
     sample_from_noise,
 )
+from ldm.inference.sampler_choice import chosen_sampler
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
 _SCRIPT_FOR_KIND = {"text": "scripts/txt2img.py or scripts/img2img.py", "inpaint": "scripts/inpaint.py",
                     "depth": "scripts/depth2img.py", "upscale": "scripts/upscale.py",
-                    "superres": "scripts/upscale.py", "unclip": "scripts/unclip.py"}
+                    "superres": "scripts/upscale.py", "unclip": "scripts/unclip.py",
+                    "unconditional": "scripts/sample_diffusion.py", "class": "scripts/sample_class.py"}
 _KIND_NAMES = {"text": "a text-to-image", "inpaint": "an inpainting", "depth": "a depth-to-image",
                "upscale": "an x4 upscaling", "unclip": "an unCLIP (image variation)",
-               "superres": "an LDM super-resolution"}
+               "superres": "an LDM super-resolution", "unconditional": "an unconditional",
+               "class": "a class-conditional"}
 
 
 class Task:
     """Base of the tasks: model check, sampling settings and what goes into every image's
     parameters. Subclasses read their inputs in ``__init__`` and implement ``generate``."""
     name = ""
+    title = ""  # how messages name the task, when not by ``name``
     accepted_kinds: Tuple[str, ...] = ("text",)
     needs_partial_denoising = False
     blends_known_region = False
@@ -72,7 +79,7 @@ class Task:
         wanted = " or ".join(_KIND_NAMES[kind] for kind in cls.accepted_kinds)
         use = _SCRIPT_FOR_KIND.get(spec.kind)
         advice = f"; use {use}" if use else ""
-        raise UsageError(f"{cls.name} needs {wanted} model, but --config {config} is "
+        raise UsageError(f"{cls.title or cls.name} needs {wanted} model, but --config {config} is "
                          f"{_KIND_NAMES[spec.kind]} model{advice}")
 
     @property
@@ -98,6 +105,17 @@ class Task:
     def side_outputs(self) -> List[Path]:
         """Files the task wrote besides the images (depth2img's ``--save-depth``)."""
         return []
+
+    def requests(self) -> Tuple[List[str], List[int]]:
+        """The prompts to make images of (one prompt fills every batch) and, for each, which
+        per-prompt input it takes: ``--prompt`` or ``--from-file``, repeated as asked."""
+        prompts = read_prompts(self.opt)
+        return prompts, prompt_sources(self.opt, len(prompts))
+
+    @property
+    def batch_size(self) -> int:
+        """Images per sampler call: ``--n_samples``, as the originals."""
+        return self.opt.n_samples
 
     @staticmethod
     def _decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -568,8 +586,109 @@ class UnCLIP(TextToImage):
                 "Prior steps": self.opt.prior_steps, "Prior CFG scale": self.opt.prior_scale}
 
 
+class _SamplingWithoutPrompt(Task):
+    """What the tasks of models without a text prompt share: no prompt options, images of the
+    model's own size, ``--batch_size`` images per sampler call, eta in the parameters."""
+    instead_of_prompts = ""  # what to give instead, for the message refusing a prompt
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        kind = _KIND_NAMES[self.accepted_kinds[0]]
+        for what, value in (("prompt", opt.prompt), ("negative prompt", opt.negative_prompt),
+                            ("prompt file", opt.from_file)):
+            if value:
+                raise UsageError(f"{self.title}: {kind} model takes no {what} (got {value!r}){self.instead_of_prompts}")
+        if opt.batch_size is not None and opt.batch_size < 1:
+            raise UsageError(f"--batch_size must be at least 1, got {opt.batch_size}")
+
+    def output_size(self) -> Tuple[int, int]:
+        return self.spec.default_pixel_size, self.spec.default_pixel_size
+
+    def extra_parameters(self) -> Dict[str, object]:
+        return {"Eta": self.opt.ddim_eta} if self.opt.ddim_eta else {}
+
+    def _requested_batch(self, images: int) -> int:
+        """``--batch_size`` (default ``--n_samples``), at most the run's ``images``."""
+        return min(self.opt.batch_size or self.opt.n_samples, images)
+
+    def _sample(self, model: torch.nn.Module, sampler: Any, noise: ImageNoise, cond: Any = None,
+                uncond: Any = None) -> torch.Tensor:
+        shape = [self.spec.channels, self.spec.image_size, self.spec.image_size]
+        return self._decode(model, sample_from_noise(sampler, self.settings, shape, cond, uncond, noise))
+
+
+class UnconditionalSampling(_SamplingWithoutPrompt):
+    """Samples of an unconditional model, a pixel-space DDPM or an unconditional latent model
+    (``scripts/sample_diffusion.py``): ``--n_samples`` images in all. ``--vanilla_sample`` is the
+    ddpm sampler on every timestep of the model; eta defaults to 1 with DDIM, as the original."""
+    name = "unconditional"
+    title = "unconditional sampling"
+    accepted_kinds = ("unconditional",)
+    DEFAULT_DDIM_ETA = 1.0
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        if opt.scale != 1.0:
+            raise UsageError(f"--scale {opt.scale}: an unconditional model has no classifier-free guidance")
+        if opt.vanilla_sample:
+            if opt.sampler not in (None, "ddpm") or opt.plms or opt.dpm:
+                raise UsageError("-v/--vanilla_sample is the ddpm sampler on every timestep; leave out --sampler, "
+                                 "--plms and --dpm")
+            opt.sampler, opt.steps = "ddpm", spec.timesteps
+        if opt.ddim_eta is None:
+            opt.ddim_eta = self.DEFAULT_DDIM_ETA if chosen_sampler(opt, False) == "ddim" else 0.0
+
+    def requests(self) -> Tuple[List[str], List[int]]:
+        return [""] * self.opt.n_samples, [0] * self.opt.n_samples
+
+    @property
+    def batch_size(self) -> int:
+        return self._requested_batch(self.opt.n_samples)
+
+    def generate(self, model, sampler, batch, noise):
+        return self._sample(model, sampler, noise)
+
+
+class ClassConditionalSampling(_SamplingWithoutPrompt):
+    """Samples of a class-conditional model (a ``ClassEmbedder`` cond stage, ``scripts/sample_class.py``):
+    ``--n_samples`` images of each of ``--classes`` (numbers, or names: :mod:`~ldm.inference.class_names`),
+    guided against the model's "no class" label ``n_classes - 1``."""
+    name = "class"
+    title = "class sampling"
+    accepted_kinds = ("class",)
+    instead_of_prompts = "; give --classes (classes= from Python)"
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        self.names = class_names_of(opt.ckpt, opt.class_names, spec.n_classes)
+        self.labels = (default_classes(spec.n_classes) if opt.classes is None
+                       else parse_classes(opt.classes, self.names, spec.n_classes))
+        self.device = torch.device("cpu")
+
+    def requests(self) -> Tuple[List[str], List[int]]:
+        count = self.opt.n_samples
+        prompts = [class_text(label, self.names) for label in self.labels for _ in range(count)]
+        return prompts, [index for index in range(len(self.labels)) for _ in range(count)]
+
+    @property
+    def batch_size(self) -> int:
+        return self._requested_batch(len(self.labels) * self.opt.n_samples)
+
+    def to_device(self, device):
+        self.device = device
+
+    def generate(self, model, sampler, batch, noise):
+        embedder = model.cond_stage_model
+        labels = torch.tensor([self.labels[source] for source in batch.sources], device=self.device)
+        c = model.get_learned_conditioning({embedder.key: labels})
+        uc = None
+        if self.opt.scale != 1.0:
+            uc = model.get_learned_conditioning(embedder.get_unconditional_conditioning(len(batch), device=self.device))
+        return self._sample(model, sampler, noise, c, uc)
+
+
 TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Inpainting, DepthToImage, Upscaling,
-                                                      UnCLIP)}
+                                                      UnCLIP, UnconditionalSampling, ClassConditionalSampling)}
 
 
 def _required(value: Any, flag: str, what: str) -> Any:

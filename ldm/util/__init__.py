@@ -16,14 +16,20 @@ lives in its own module:
   checkpoint's format by content, its structure and pickle checked before torch reads it
   (docs/SECURITY.md)
 * :mod:`ldm.util.checkpoints`: ``load_checkpoint``, ``save_checkpoint``, ``checkpoint_tensor_shapes``,
-  ``load_tensors`` (tensors in plain containers, e.g. unCLIP's CLIP statistics)
+  ``checkpoint_metadata``, ``load_tensors`` (tensors in plain containers, e.g. unCLIP's CLIP statistics)
 * :mod:`ldm.util.state_dicts`: ``compare_state_dict``, ``fit_state_dict``, ``load_state_dict_checked``,
   ``select_ema_weights``
 * :mod:`ldm.util.devices`: ``pick_device``
 * :mod:`ldm.util.model_loading`: ``load_model_from_config``
 """
 from ldm.util.atomic_write import write_atomically
-from ldm.util.checkpoints import checkpoint_tensor_shapes, load_checkpoint, load_tensors, save_checkpoint
+from ldm.util.checkpoints import (
+    checkpoint_metadata,
+    checkpoint_tensor_shapes,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+)
 from ldm.util.config import (
     check_untrusted_yaml,
     get_obj_from_str,
@@ -54,5 +60,5 @@ __all__ = [
     "checkpoint_tensor_shapes", "StateDictReport", "compare_state_dict", "upgrade_legacy_keys",
     "select_ema_weights", "load_state_dict_checked", "pick_device", "load_model_from_config",
     "UntrustedConfigError", "fit_state_dict", "is_model_target", "non_model_targets", "only_model_targets",
-    "check_untrusted_yaml", "load_tensors",
+    "check_untrusted_yaml", "load_tensors", "checkpoint_metadata",
 ]

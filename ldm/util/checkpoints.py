@@ -187,6 +187,16 @@ def checkpoint_tensor_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in tensors.items()}
 
 
+def checkpoint_metadata(path: str) -> Dict[str, Any]:
+    """What :func:`load_checkpoint` returns besides the tensors (``global_step``, ``epoch`` or the
+    safetensors metadata), read without loading the tensors where the format allows."""
+    path = _readable_checkpoint_path(path)
+    kind = sniff_format(path)
+    if kind == SAFETENSORS:
+        return _load_safetensors(path, shapes_only=True)[1]
+    return _load_torch(path, kind, mmap=True)[1]
+
+
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str,
                     metadata: Optional[Mapping[str, Any]] = None) -> None:
     """Write a state dict as ``.safetensors`` (by extension) or as a ``.ckpt`` with the original

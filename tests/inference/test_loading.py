@@ -220,3 +220,24 @@ def test_a_six_channel_checkpoint_without_cross_attention_alone_gets_the_ldm_bsr
     save_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 6, 3, 3)}, path)
     assert config_for_checkpoint(path) == (LDM_SR, path, True)
     assert LDM_SR in config_hint(path, _spec("x4-upscaling.yaml"))
+
+
+@pytest.mark.parametrize("config, kind, n_classes, size", [
+    ("configs/latent-diffusion/celebahq-ldm-vq-4.yaml", "unconditional", None, 256),
+    ("configs/latent-diffusion/lsun_churches-ldm-kl-8.yaml", "unconditional", None, 256),
+    ("configs/shapes/pixel-ddpm.yaml", "unconditional", None, 32),
+    ("configs/latent-diffusion/cin256-v2.yaml", "class", 1001, 256),
+    ("configs/latent-diffusion/cin-ldm-vq-f8.yaml", "class", 1000, 256),
+    ("configs/shapes/class-conditional.yaml", "class", 25, 64),
+    ("configs/latent-diffusion/txt2img-1p4B-eval.yaml", "text", None, 256),
+])
+def test_spec_tells_unconditional_and_class_conditional_models_from_text_models(config, kind, n_classes, size):
+    spec = read_model_spec(read_config(config))
+    assert (spec.kind, spec.n_classes, spec.default_pixel_size, spec.timesteps) == (kind, n_classes, size, 1000)
+
+
+def test_the_sampling_tasks_default_to_the_shipped_shapes_models():
+    assert default_model_paths("unconditional") == ("checkpoints/shapes-pixel-ddpm.yaml",
+                                                    "checkpoints/shapes-pixel-ddpm.safetensors")
+    assert default_model_paths("class") == ("checkpoints/shapes-class-conditional.yaml",
+                                            "checkpoints/shapes-class-conditional.safetensors")

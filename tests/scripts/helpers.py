@@ -23,6 +23,7 @@ from ldm.util import instantiate_from_config, save_checkpoint
 from tests.tiny_configs import (
     TINY_MIDAS,
     TINY_UNCLIP_EMBEDDING,
+    tiny_ddpm_config,
     tiny_latent_diffusion_config,
     tiny_unclip_config,
     tiny_unet_config,
@@ -123,6 +124,26 @@ def build_tiny_unclip_models(folder: Path) -> Dict[str, TinyModel]:
                                               f"model.params.unet_config.params.adm_in_channels={2 * width}")}
     return {name: _save_model(folder, name, config.model, seed) for seed, (name, config) in enumerate(configs.items())}
 
+
+TINY_CLASSES = 5  # four classes and the "no class" label of classifier-free guidance
+
+
+def build_tiny_sampling_models(folder: Path) -> Dict[str, TinyModel]:
+    """Config + checkpoint of a tiny pixel-space DDPM (eps, 3 x 16 x 16), an unconditional latent
+    model and a class-conditional one (ClassEmbedder, ``TINY_CLASSES`` classes, key class_label),
+    saved under ``folder``."""
+    no_context = tiny_unet_config(use_spatial_transformer=False, context_dim=None)
+    class_stage = {"target": "ldm.modules.encoders.modules.ClassEmbedder",
+                   "params": {"embed_dim": 32, "n_classes": TINY_CLASSES, "key": "class_label"}}
+    configs = {
+        "ddpm": tiny_ddpm_config(),
+        "unconditional_ldm": tiny_latent_diffusion_config(cond_stage_config="__is_unconditional__",
+                                                          unet_config=no_context),
+        "class": tiny_latent_diffusion_config(cond_stage_config=class_stage, cond_stage_key="class_label"),
+    }
+    return {name: _save_model(folder, name, config, seed) for seed, (name, config) in enumerate(configs.items())}
+
+
 @dataclass
 class ScriptRun:
     returncode: int
@@ -163,6 +184,25 @@ def main_exit_code(script: str, argv: List[str]) -> int:
     except SystemExit as stop:
         return stop.code
     return 0
+
+
+def bad_input_failures(script: str, cases, output_flag: str, folder: Path, capsys) -> List[str]:
+    """Run ``script`` in-process on each ``(argv, pattern)`` of ``cases`` with ``output_flag`` set to a
+    fresh folder under ``folder``; what went wrong: an exit code other than 2, a last stderr line
+    other than ``<script>: error: <matching pattern>``, or anything written."""
+    import re
+
+    failures = []
+    for index, (argv, pattern) in enumerate(cases):
+        out = folder / f"out{index}"
+        code = main_exit_code(script, [*argv, output_flag, str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        message = lines[-1] if lines else ""
+        if code != 2 or not message.startswith(f"{script}: error: ") or not re.search(pattern, message):
+            failures.append(f"{argv[-2:]}: exit {code}, {message!r} (wanted {pattern!r})")
+        if out.exists():
+            failures.append(f"{argv[-2:]}: wrote {files_under(out)}")
+    return failures
 
 
 def files_under(folder: Path) -> List[Path]:

@@ -47,3 +47,28 @@ def test_txt2img_help_lists_the_samplers(capsys):
     text = _help_text("txt2img.py", capsys)
     for name in ("ddim", "plms", "dpm", "euler_a", "dpmpp_2m_karras", "unipc"):
         assert f"\n  {name}: " in text
+
+
+SAMPLING_SCRIPT_FLAGS = {
+    "sample_diffusion.py": ["-r", "--resume", "-n", "--n_samples", "-e", "--eta", "-c", "--custom_steps",
+                            "--batch_size", "-l", "--logdir", "-v", "--vanilla_sample", "--sampler", "--seed",
+                            "--config", "--device", "--precision"],
+    "sample_class.py": ["--classes", "--class_names", "--scale", "--n_samples", "--batch_size", "--steps",
+                        "--sampler", "--eta", "--seed", "--outdir", "--skip_grid", "--ckpt", "--config", "--device"],
+}
+
+
+@pytest.mark.parametrize("script", list(SAMPLING_SCRIPT_FLAGS))
+def test_sampling_scripts_document_their_flags_and_keep_the_originals_defaults(script, capsys):
+    text = _help_text(script, capsys)
+    parser = load_script(script).build_parser()
+    for action in parser._actions:
+        if not isinstance(action, argparse._HelpAction):
+            assert action.help and len(action.help) > 10, f"{action.option_strings} has no help text"
+    for flag in SAMPLING_SCRIPT_FLAGS[script]:
+        assert flag in parser._option_string_actions and flag in text, f"{script} lacks {flag}"
+    assert "\n  ddpm: " in text
+    if script == "sample_diffusion.py":  # the CompVis script's defaults
+        defaults = parser.parse_args([])
+        assert (defaults.n_samples, defaults.steps, defaults.batch_size, defaults.logdir) == (50000, 50, 10, "none")
+        assert defaults.resume is None and defaults.vanilla_sample is False

@@ -324,6 +324,16 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
         return x_start
 
     # -- ancestral sampling ---------------------------------------------------------------
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """The network's output for ``x_noisy`` at ``t``: the call every sampler makes, as on
+        LatentDiffusion, so that DDIM, PLMS, DPM-Solver and the sigma samplers run on pixel-space
+        models too (the original DDPM has no ``apply_model``: only ``p_sample_loop`` sampled it).
+        A DDPM is unconditional: ``cond`` must be None."""
+        if cond is not None:
+            raise ValueError("a pixel-space DDPM is unconditional: apply_model takes cond=None, "
+                             f"got {type(cond).__name__}")
+        return self.model(x_noisy, t)
+
     def p_mean_variance(self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool):
         """Mean and variance of p(x_{t-1} | x_t): the posterior around the predicted x_0."""
         x_recon = self._start_from_model_output(x, t, self.model(x, t))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional
 
+from ldm.models.diffusion.ancestral import DDPMSampler
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
 from ldm.models.diffusion.k_diffusion import SIGMA_SAMPLERS, KDiffusionSampler, sigma_sampler_capabilities
@@ -40,6 +41,8 @@ _INFO = {
     "plms": ("PLMS", "PLMS (Liu et al. 2022), the originals' --plms"),
     "dpm": ("DPM-Solver++ 2M", "DPM-Solver++(2M) as the originals' --dpm runs it "
             "(time-uniform steps)"),
+    "ddpm": ("DDPM", "DDPM ancestral sampling (Ho et al. 2020, Alg. 2); --steps = the model's timesteps "
+             "(1000) is the originals' vanilla sampler, fewer respace it (Nichol & Dhariwal 2021)"),
     "euler": ("Euler", "Euler (Karras et al. 2022, Alg. 1 without the correction)"),
     "euler_a": ("Euler a", "Euler ancestral (stochastic)"),
     "heun": ("Heun", "Heun (Karras et al. 2022, Alg. 1); two model evaluations per step"),
@@ -48,7 +51,8 @@ _INFO = {
     "unipc": ("UniPC", "UniPC-2 with corrector, bh2 (Zhao et al. 2023)"),
 }
 
-SAMPLERS: Dict[str, Callable] = {"ddim": DDIMSampler, "plms": PLMSSampler, "dpm": DPMSolverSampler}
+SAMPLERS: Dict[str, Callable] = {"ddim": DDIMSampler, "plms": PLMSSampler, "dpm": DPMSolverSampler,
+                                 "ddpm": DDPMSampler}
 CAPABILITIES: Dict[str, SamplerCapabilities] = {
     name: sampler.capabilities for name, sampler in SAMPLERS.items()}
 for _algorithm in SIGMA_SAMPLERS:

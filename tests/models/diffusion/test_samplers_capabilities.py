@@ -93,14 +93,14 @@ def test_every_sampler_and_alias_has_capabilities_known_without_a_model():
 def test_the_capability_table_is_the_documented_one():
     takers = {option: samplers.samplers_supporting(option)
               for option in [*OPTION_DEFAULTS, "partial_denoising"]}
-    sigma = [n for n in NAMES if n not in ("ddim", "plms", "dpm")]
+    sigma = [n for n in NAMES if n not in ("ddim", "plms", "dpm", "ddpm")]
     assert takers["eta"] == ["ddim"]
     assert takers["partial_denoising"] == ["ddim"]
     assert takers["temperature"] == takers["noise_dropout"] == ["ddim"]
     assert takers["score_corrector"] == takers["ucg_schedule"] == takers["quantize_x0"] == [
         "ddim", "plms"]
-    assert takers["mask"] == takers["img_callback"] == takers["log_every_t"] == ["ddim", "plms",
-                                                                                 *sigma]
+    assert takers["mask"] == ["ddim", "plms", *sigma]
+    assert takers["img_callback"] == takers["log_every_t"] == ["ddim", "plms", "ddpm", *sigma]
     assert takers["dynamic_threshold"] == ["ddim", "plms", *sigma]
     assert takers["callback"] == takers["generator"] == NAMES
     assert takers["normals_sequence"] == []
