@@ -22,7 +22,8 @@ setup(
         "safetensors>=0.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "diffusers>=0.30", "scipy", "ruff~=0.17.0"],
+        # peft: diffusers loads LoRA files only through it (tests/modules/lora compare with diffusers)
+        "test": ["pytest>=7", "pytest-timeout", "diffusers>=0.30", "peft", "scipy", "ruff~=0.17.0"],
         "openclip": ["open-clip-torch>=2.7"],
         "bench": ["diffusers>=0.30"],
     },

@@ -12,7 +12,8 @@ __all__ = ["load"]
 
 
 def load(task: str = "txt2img", *args: Any, **kwargs: Any) -> "Pipeline":
-    """``ldm.load(task, ckpt=None, config=None, device="auto", precision="autocast", ema=None)``:
+    """``ldm.load(task, ckpt=None, config=None, device="auto", precision="autocast", ema=None, lora=None,
+    embeddings=None)``:
     the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip) ready to make images;
     see :func:`ldm.inference.api.load`."""
     from ldm.inference.api import load as load_pipeline

@@ -16,6 +16,10 @@ a path, a PIL image or an array). Defaults are the scripts' defaults. A bad valu
 unCLIP: ``ldm.load("unclip", ckpt=..., config=...)(image="in.png")`` makes variations of an image;
 given ``prior_config``, ``prior_ckpt``, ``prior_clip`` and ``prior_clip_stats`` instead of an image,
 images of the prompt through the Karlo prior (loaded once for consecutive calls with the same files).
+
+LoRA files and textual-inversion embeddings: ``ldm.load(..., lora=["style.safetensors:0.7"],
+embeddings=["easyneg.pt"])``; ``pipe.loras`` / ``pipe.embeddings`` hold their handles (``weight``,
+``remove()``; docs/LORA.md).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequ
 import torch
 from PIL import Image
 
+from ldm.inference.adapters import apply_adapters, check_adapter_options, embedding_parameters, lora_parameters
 from ldm.inference.cli import check_positive
 from ldm.inference.errors import UsageError
 from ldm.inference.images import PARAMETERS_KEY, to_uint8
@@ -64,11 +69,13 @@ from ldm.inference.precision import autocast_dtype, precision_scope
 from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler, sampler_takes_eta
 from ldm.inference.tasks import TASKS, Task
 from ldm.models.diffusion.seeding import ImageNoise
+from ldm.modules.encoders.textual_inversion import EmbeddingHandle
+from ldm.modules.lora import LoraHandle
 from ldm.util import pick_device
 
 # Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
 LOAD_SETTINGS = ("config", "ckpt", "device", "precision", "bf16", "ema", "compile", "attention_slicing",
-                 "vae_tiling")
+                 "vae_tiling", "lora", "embedding")
 # Flags of the scripts' output and batching that a call expresses otherwise (n, batch_size, a return value).
 _SCRIPT_ONLY = ("outdir", "skip_save", "skip_grid", "n_rows", "from_file", "n_iter", "n_samples", "repeat",
                 "resume", "logdir")
@@ -139,13 +146,16 @@ class Pipeline:
     """A model loaded for one task. ``pipe(prompt, **options)`` returns PIL images, each with its
     generation parameters in ``image.info["parameters"]``; :meth:`generate` yields the raw batches
     (the scripts write them as they come). ``settings`` holds the load options (config, ckpt,
-    device, precision, ...); ``dtype`` is the autocast dtype (None: float32)."""
+    device, precision, ...); ``dtype`` is the autocast dtype (None: float32); ``loras`` and
+    ``embeddings`` the handles of the LoRA files and embeddings put on the model."""
     task: str
     model: torch.nn.Module
     spec: ModelSpec
     settings: argparse.Namespace
     device: torch.device
     dtype: Optional[torch.dtype]
+    loras: List[LoraHandle] = field(default_factory=list)
+    embeddings: List[EmbeddingHandle] = field(default_factory=list)
     _model_hash: Optional[str] = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -154,6 +164,7 @@ class Pipeline:
         are None; ``paths`` when the caller has chosen them already) with the load settings of ``opt``."""
         settings = copy.copy(opt)
         check_runtime_options(settings)
+        check_adapter_options(settings)
         paths = paths or choose_model_paths(task, opt.config, opt.ckpt)
         settings.config, settings.ckpt = paths.config, paths.ckpt
         config = read_config(settings.config)
@@ -163,8 +174,9 @@ class Pipeline:
         dtype = autocast_dtype(device, settings.precision, settings.bf16)
         config = inference_config(config, fp16_unet=dtype is not None and device.type != "cpu", ema=settings.ema)
         model = load_model(config, paths, device, settings.ema)
+        loras, embeddings = apply_adapters(model, settings)
         apply_runtime_options(model, settings)
-        return cls(task, model, spec, settings, device, dtype)
+        return cls(task, model, spec, settings, device, dtype, loras, embeddings)
 
     # -- calling ---------------------------------------------------------------------------------
     def options(self, prompt: Union[None, str, Sequence[str]] = None, **keywords: Any) -> argparse.Namespace:
@@ -233,8 +245,13 @@ class Pipeline:
         ckpt = self.settings.ckpt
         common = dict(negative_prompt=opt.negative_prompt, steps=opt.steps, sampler=sampler_name,
                       cfg_scale=opt.scale, width=width, height=height, model_hash=self.model_hash,
-                      model_name=model_name(ckpt) if ckpt else None, extra=run.task.extra_parameters())
-        return lambda prompt, seed: GenerationParameters(prompt=prompt, seed=seed, **common).to_text()
+                      model_name=model_name(ckpt) if ckpt else None)
+        extra = {**run.task.extra_parameters(), **lora_parameters(self.loras)}
+
+        def describe(prompt: str, seed: int) -> str:
+            used = embedding_parameters(self.embeddings, prompt, opt.negative_prompt)
+            return GenerationParameters(prompt=prompt, seed=seed, extra={**extra, **used}, **common).to_text()
+        return describe
 
     def _weights_scope(self) -> ContextManager:
         """Sample with the EMA weights when the model keeps them (a config with ``use_ema`` and no
@@ -244,15 +261,19 @@ class Pipeline:
 
 def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
          precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
-         attention_slicing: Optional[int] = None, vae_tiling: bool = False) -> Pipeline:
+         attention_slicing: Optional[int] = None, vae_tiling: bool = False,
+         lora: Union[None, str, Sequence[str]] = None, embeddings: Union[None, str, Sequence[str]] = None) -> Pipeline:
     """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip as the scripts
     are named; unconditional for sample_diffusion.py, class for sample_class.py): the shipped
     shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
-    beside it or the original config its layout fits, as the scripts pick it."""
+    beside it or the original config its layout fits, as the scripts pick it. ``lora``: LoRA files
+    as ``"FILE[:WEIGHT]"`` (``--lora``); ``embeddings``: textual-inversion embeddings as
+    ``"FILE[:TOKEN]"`` (``--embedding``); one string or a list."""
     opt = task_options(task)
     if precision not in ("autocast", "full"):
         raise UsageError(f"--precision must be autocast or full, got {precision!r}")
     for name, value in dict(ckpt=ckpt, config=config, device=device, precision=precision, ema=ema, bf16=bf16,
-                            compile=compile, attention_slicing=attention_slicing, vae_tiling=vae_tiling).items():
+                            compile=compile, attention_slicing=attention_slicing, vae_tiling=vae_tiling, lora=lora,
+                            embedding=embeddings).items():
         setattr(opt, name, str(value) if name in ("ckpt", "config") and value is not None else value)
     return Pipeline.from_options(task, opt)

@@ -126,6 +126,18 @@ def add_device_arg(group: argparse._ArgumentGroup) -> None:
                             "then CPU)")
 
 
+def add_adapter_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LoRA and embeddings", "put on the model after it is loaded (docs/LORA.md)")
+    group.add_argument("--lora", action="append", default=None, metavar="FILE[:WEIGHT]",
+                       help="apply a LoRA file (.safetensors, kohya-ss or diffusers/PEFT format) to the UNet and "
+                            "text encoder at WEIGHT (default: 1; 0 is the model without it); repeat for several")
+    group.add_argument("--embedding", action="append", default=None, metavar="FILE[:TOKEN]",
+                       help="load a textual-inversion embedding (A1111 .pt, .safetensors, diffusers "
+                            "learned_embeds) into the CLIP text encoder; TOKEN in a prompt stands for its "
+                            "vectors (default: the file's token, else its name without extension); repeat "
+                            "for several")
+
+
 def add_performance_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("precision and memory")
     group.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast",

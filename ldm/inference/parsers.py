@@ -145,6 +145,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     if flags.image_size:
         cli.add_size_args(parser)
     cli.add_model_args(parser, *default_model_paths(task))
+    cli.add_adapter_args(parser)
     cli.add_performance_args(parser)
     _defaults_named_by_model(parser, flags.model_defaults)
     return parser

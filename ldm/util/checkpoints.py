@@ -21,6 +21,7 @@ from ldm.util.safe_unpickling import torch_load_safely
 # Entries of a bare (unwrapped) checkpoint that are not tensors but metadata.
 _METADATA_KEYS = ("global_step", "epoch")
 _NAMED_AT_MOST = 3
+_PLAIN_VALUES = (str, int, float, bool, type(None))
 
 
 def _describe_load_failure(path: str, err: Exception) -> str:
@@ -152,10 +153,12 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     return state_dict, metadata
 
 
-def load_tensors(path: str) -> Any:
+def load_tensors(path: str, allow_plain_values: bool = False) -> Any:
     """Tensors saved in plain containers (tuples, lists, dicts of tensors) rather than as a state
     dict, such as unCLIP's ``ViT-L-14_stats.th`` (a ``(mean, std)`` tuple), read with the checks of
-    :func:`load_checkpoint`. Raises :class:`CheckpointError` with a one-line reason."""
+    :func:`load_checkpoint`. ``allow_plain_values``: numbers, strings and None may stand beside the
+    tensors (an A1111 textual-inversion ``.pt`` holds its name and training step). Raises
+    :class:`CheckpointError` with a one-line reason."""
     path = _readable_checkpoint_path(path)
     kind = sniff_format(path)
     obj = _load_safetensors(path)[0] if kind == SAFETENSORS else _read_torch(path, kind)
@@ -167,7 +170,7 @@ def load_tensors(path: str) -> Any:
             pending.extend((f"{name}[{i}]", value) for i, value in enumerate(item))
         elif isinstance(item, dict):
             pending.extend((f"{name}[{key!r}]", value) for key, value in item.items())
-        else:
+        elif not (allow_plain_values and isinstance(item, _PLAIN_VALUES)):
             leaves[name or "the file"] = item
     _check_tensors(path, leaves)
     _check_finite(path, leaves)

@@ -110,3 +110,16 @@ def test_tensors_in_plain_containers_load_with_the_same_checks(tmp_path):
     torch.save((torch.zeros(4), torch.full((4,), float("nan"))), tmp_path / "nan.th")
     with pytest.raises(CheckpointError, match=r"NaN or infinite weights in 1 tensor\(s\) \(\[1\]\)"):
         load_tensors(tmp_path / "nan.th")
+
+
+def test_plain_values_may_stand_beside_tensors_when_allowed(tmp_path):
+    from ldm.util import load_tensors
+
+    torch.save({"name": "style", "step": 3000, "params": {"*": torch.ones(2, 4)}}, tmp_path / "embedding.pt")
+    loaded = load_tensors(tmp_path / "embedding.pt", allow_plain_values=True)
+    assert loaded["name"] == "style" and loaded["step"] == 3000 and torch.equal(loaded["params"]["*"], torch.ones(2, 4))
+    with pytest.raises(CheckpointError, match=r"entry \['(name|step)'\] is a (str|int), not a tensor"):
+        load_tensors(tmp_path / "embedding.pt")
+    torch.save({"name": "style", "step": 3000}, tmp_path / "no-tensors.pt")
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        load_tensors(tmp_path / "no-tensors.pt", allow_plain_values=True)

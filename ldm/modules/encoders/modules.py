@@ -95,7 +95,12 @@ class _PromptEncoder(AbstractEncoder):
     """What the SD text encoders share: prompts over ``max_length - 2`` tokens are cut with a notice
     naming what was dropped, or (``chunk_long_prompts``) encoded in windows of ``max_length - 2``
     tokens that are concatenated along the token axis. Subclasses say how text becomes token ids
-    (``_content_ids``), rows (``_cut_rows``, ``_window_rows``) and features (``_encode_rows``)."""
+    (``_content_ids``), rows (``_cut_rows``, ``_window_rows``) and features (``_encode_rows``).
+
+    ``added_tokens``: the textual-inversion embeddings loaded into the encoder (see
+    :mod:`ldm.modules.encoders.textual_inversion`), whose tokens in a prompt become their vectors."""
+
+    added_tokens = None
 
     def _init_prompts(self, device, max_length: int, chunk_long_prompts: bool, weights_from: Optional[str]) -> None:
         """``weights_from``: where the encoder's weights came from, or None when it was built with
@@ -124,12 +129,18 @@ class _PromptEncoder(AbstractEncoder):
     def tokenize(self, text: Prompts) -> Tuple[torch.Tensor, int]:
         """(token rows [prompts * windows, max_length], windows per prompt)."""
         prompts = as_prompt_list(text)
-        content = self._content_ids(prompts)
+        content = self._prompt_content_ids(prompts)
         if self.chunk_long_prompts:
             windows = split_into_windows(content, self.max_length - 2)
             return self._window_rows([w for per_prompt in windows for w in per_prompt]), len(windows[0])
         self.truncation.check(prompts, content)
         return self._cut_rows(prompts, content), 1
+
+    def _prompt_content_ids(self, prompts: List[str]) -> List[List[int]]:
+        """:meth:`_content_ids`, with the ids of the added tokens' vectors where a prompt names one."""
+        if self.added_tokens is None:
+            return self._content_ids(prompts)
+        return self.added_tokens.content_ids(prompts, self._content_ids)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -196,9 +207,7 @@ class FrozenCLIPEmbedder(_PromptEncoder):
         return pack_rows(windows, self.max_length, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
 
     def _cut_rows(self, prompts: List[str], content: List[List[int]]) -> torch.Tensor:
-        batch = self.tokenizer(prompts, truncation=True, max_length=self.max_length, return_length=True,
-                               return_overflowing_tokens=False, padding="max_length", return_tensors="pt")
-        return batch["input_ids"]
+        return self._window_rows(content)  # start, content cut to max_length - 2, end, padding: the tokenizer's rows
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         outputs = self.transformer(input_ids=tokens, output_hidden_states=self.layer == "hidden")

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from ldm.modules.lora.files import LoraError, read_lora_file
 from ldm.modules.lora.formats import LoraLayer, parse_lora
-from ldm.modules.lora.naming import COMPONENT_NAMES, LoraTarget, lora_targets, underscored
+from ldm.modules.lora.naming import COMPONENT_NAMES, TEXT_ENCODER, LoraTarget, lora_targets, underscored
 
 _EXAMPLES = 3
 
@@ -31,8 +31,9 @@ class LoraHandle:
     Usable as a context manager that removes it on exit."""
 
     def __init__(self, path: str, weight: float, layers: List[str], unused_keys: List[str],
-                 counts: Dict[str, int]):
+                 counts: Dict[str, int], notes: Optional[List[str]] = None):
         self.path = path
+        self.notes = list(notes or [])
         self.weight = weight
         self.layers = layers
         self.unused_keys = unused_keys
@@ -61,7 +62,7 @@ class LoraHandle:
         if self.unused_keys:
             lines.append(f"LoRA {self.path}: {len(self.unused_keys)} tensors not used by the model "
                          f"(e.g. {', '.join(self.unused_keys[:_EXAMPLES])})")
-        return lines
+        return lines + [f"LoRA {self.path}: {note}" for note in self.notes]
 
     def remove(self) -> None:
         """Take the LoRA off the model (again: nothing happens)."""
@@ -225,6 +226,19 @@ def _match_layers(model: nn.Module, layers: List[LoraLayer]):
     return tables, matched, unused, mismatched
 
 
+def _missing_text_encoder_notes(model: nn.Module, tables: Dict[str, Dict[str, LoraTarget]],
+                                layers: List[LoraLayer]) -> List[str]:
+    """Why a file's text-encoder layers went unused when the model has a text encoder that is not
+    one LoRA files can name (the shapes models' ShapesTextEncoder, a BERT encoder, ...)."""
+    encoder = getattr(model, "cond_stage_model", None)
+    count = sum(layer.component == TEXT_ENCODER for layer in layers)
+    if TEXT_ENCODER in tables or encoder is None or not count:
+        return []
+    layers_are = "layers are" if count > 1 else "layer is"
+    return [f"its {count} text-encoder {layers_are} not used: the model's text encoder is {type(encoder).__name__}, "
+            "not a CLIP text encoder of SD 1.x/2.x, which is what LoRA files name; only the UNet is changed"]
+
+
 def apply_lora(model: nn.Module, path: str, weight: float = 1.0, verbose: bool = True) -> LoraHandle:
     """Apply the ``.safetensors`` LoRA file ``path`` (kohya-ss or diffusers/PEFT format) to the
     UNet and text encoder of ``model`` (a LatentDiffusion of SD 1.x/2.x, or a UNetModel or text
@@ -250,7 +264,8 @@ def apply_lora(model: nn.Module, path: str, weight: float = 1.0, verbose: bool =
                         f"tensors names one (e.g. {examples})")
     counts = {component: sum(layer.component == component for _, layer, _ in matched) for component in tables}
     handle = LoraHandle(path, weight, [target.path for target, _, _ in matched],
-                        parsed.unknown_keys + unused, {c: n for c, n in counts.items() if n})
+                        parsed.unknown_keys + unused, {c: n for c, n in counts.items() if n},
+                        _missing_text_encoder_notes(model, tables, parsed.layers))
     for target, layer, (down, up) in matched:
         handle._undo.append(_attach(handle, target, _LoraBranch(handle, down, up, layer.scale)))
     if verbose:

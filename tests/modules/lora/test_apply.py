@@ -373,3 +373,25 @@ def test_weight_deltas_reach_torch_multihead_attention_as_open_clip_builds_it():
         restored = attention(x, x, x, need_weights=False)[0]
     torch.testing.assert_close(changed, expected, **TOLERANCE)
     assert (changed - base).abs().max() > 0.1 and torch.equal(restored, base)
+
+
+def test_text_encoder_layers_a_non_clip_encoder_cannot_take_are_named_in_plain_words(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from ldm.modules.encoders.shapes_text import ShapesTextEncoder
+
+    model = nn.Module()
+    model.unet = tiny_unet(SD1_LIKE)
+    model.cond_stage_model = ShapesTextEncoder(["red", "circle"], width=32, layers=1, heads=2)
+    tensors = load_file(_kohya_for(model.unet, tmp_path))
+    for name in ("q_proj", "k_proj"):
+        key = f"lora_te_text_model_encoder_layers_0_self_attn_{name}"
+        tensors.update({f"{key}.lora_down.weight": torch.zeros(4, 32), f"{key}.lora_up.weight": torch.zeros(32, 4)})
+    save_file(tensors, str(tmp_path / "with-te.safetensors"))
+    handle = apply_lora(model, str(tmp_path / "with-te.safetensors"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert handle.counts == {"unet": len(handle.layers)} and len(handle.unused_keys) == 4
+    assert lines[-1] == (f"LoRA {tmp_path / 'with-te.safetensors'}: its 2 text-encoder layers are not used: the "
+                         "model's text encoder is ShapesTextEncoder, not a CLIP text encoder of SD 1.x/2.x, which is "
+                         "what LoRA files name; only the UNet is changed")
+    handle.remove()
