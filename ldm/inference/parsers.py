@@ -169,7 +169,7 @@ def complete_model_defaults(task: str, opt: argparse.Namespace, kind: str, sampl
     :func:`_defaults_named_by_model`) the default of a model of ``kind`` (the script's first model
     kind for another, which the task then refuses). A default eta applies only to a sampler that
     takes one (DDIM); the others get 0."""
-    by_kind = _SCRIPTS[task].model_defaults
+    by_kind = _SCRIPTS[task].model_defaults if task in _SCRIPTS else None
     if not by_kind:
         return
     defaults = by_kind.get(kind) or next(iter(by_kind.values()))
