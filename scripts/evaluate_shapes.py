@@ -3,7 +3,9 @@
 Tasks: ``detector`` (the detector's own accuracy on ground-truth renders), ``autoencoder``
 (reconstruction PSNR), ``txt2img`` (colour/shape/position accuracy, seen vs held-out pairs),
 ``relations`` (whether the relation word or the starting noise decides the layout: each two-object
-prompt and its mirror from the same noise), ``inpaint``, ``depth``, ``upscale``. Models default
+prompt and its mirror from the same noise), ``inpaint``, ``depth``, ``upscale``, ``class`` (the
+class-conditional model's colour/shape accuracy), ``pixel`` (the pixel-space DDPM's samples read as
+one valid shape, DDIM 50 vs ancestral 1000 steps). Models default
 to the shipped ones in checkpoints/.
 """
 import argparse
@@ -19,6 +21,8 @@ SHIPPED = {
     "inpaint": "shapes-inpainting",
     "depth": "shapes-depth",
     "upscale": "shapes-x4-upscaler",
+    "class": "shapes-class-conditional",
+    "pixel": "shapes-pixel-ddpm",
 }
 TASKS = ("detector", "relations", *SHIPPED)
 
@@ -30,14 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="model config (default: checkpoints/<shipped model>.yaml)")
     parser.add_argument("--ckpt", help="model weights (default: checkpoints/<shipped model>.safetensors)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    parser.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="classifier-free guidance scale (default 5; class: 3, as sample_class.py)")
     parser.add_argument("--sampler", default="dpm",
                         help="sampler name (default dpm: DPM-Solver++ 2M); depth samples with DDIM, as depth2img")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=None,
-                        help="images for inpaint/depth/upscale (default 96) and autoencoder (default 256)")
+                        help="images for inpaint/depth/upscale/pixel (default 96) and autoencoder (default 256)")
     parser.add_argument("--single-repeats", type=int, default=4,
-                        help="txt2img/detector: times each of the 24 colour/shape pairs is prompted (default 4)")
+                        help="txt2img/detector/class: times each of the 24 colour/shape pairs is asked for (default 4)")
     parser.add_argument("--two-count", type=int, default=48,
                         help="txt2img/detector: two-object prompts, each of seen and held-out; relations: "
                              "prompt pairs (default 48)")
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PIPELINE_TASKS = {"txt2img": "txt2img", "relations": "txt2img", "inpaint": "inpaint", "depth": "depth2img",
-                  "upscale": "upscale"}
+                  "upscale": "upscale", "class": "class", "pixel": "unconditional"}
 
 
 def model_paths(task: str, config: str, ckpt: str):
@@ -74,7 +79,8 @@ def run(opt: argparse.Namespace):
     import ldm
     from ldm.evaluation import benchmarks
 
-    sampling = dict(seed=opt.seed, steps=opt.steps, scale=opt.scale, batch_size=opt.batch_size)
+    scale = opt.scale if opt.scale is not None else (3.0 if opt.task == "class" else 5.0)
+    sampling = dict(seed=opt.seed, steps=opt.steps, scale=scale, batch_size=opt.batch_size)
     if opt.task == "detector":
         return benchmarks.detector_accuracy(opt.single_repeats, opt.two_count, opt.seed)
     count = opt.count or 96
@@ -85,9 +91,13 @@ def run(opt: argparse.Namespace):
     pipe = ldm.load(PIPELINE_TASKS[opt.task], ckpt=ckpt, config=config, device=opt.device)
     if opt.task == "depth":
         return benchmarks.depth_adherence(pipe, count, **sampling)
+    if opt.task == "pixel":
+        return benchmarks.pixel_ddpm_validity(pipe, count, opt.seed, batch_size=opt.batch_size)
     sampling["sampler"] = opt.sampler
     if opt.task == "txt2img":
         return benchmarks.txt2img_adherence(pipe, opt.single_repeats, opt.two_count, **sampling)
+    if opt.task == "class":
+        return benchmarks.class_accuracy(pipe, opt.single_repeats, **sampling)
     if opt.task == "relations":
         return benchmarks.relation_sensitivity(pipe, opt.two_count, **sampling)
     if opt.task == "inpaint":

@@ -46,6 +46,19 @@ def upscale(pipe: Pipeline, low_res: np.ndarray, prompts: Sequence[str], noise_l
                           batch_size=batch_size, seed=seed, steps=steps, scale=scale, sampler=sampler))
 
 
+def class_samples(pipe: Pipeline, labels: Sequence[int], seed: int = 0, steps: int = 20, scale: float = 3.0,
+                  batch_size: int = 16, sampler: str = "dpm") -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 images of a class-conditional model, one per label (sample_class.py's task)."""
+    return as_arrays(pipe(classes=list(labels), n=1, batch_size=batch_size, seed=seed, steps=steps, scale=scale,
+                          sampler=sampler))
+
+
+def unconditional_samples(pipe: Pipeline, count: int, seed: int = 0, steps: int = 50, sampler: str = "ddim",
+                          eta: float = 0.0, batch_size: int = 16) -> np.ndarray:
+    """``(count, H, W, 3)`` uint8 samples of an unconditional model (sample_diffusion.py's task)."""
+    return as_arrays(pipe(n=count, batch_size=batch_size, seed=seed, steps=steps, sampler=sampler, eta=eta))
+
+
 def sampling_settings(steps: int, scale: float, sampler: str, seed: int, extra: Optional[Dict] = None) -> Dict:
     """The settings printed with every table."""
     return {"sampler": sampler, "steps": steps, "guidance": scale, "seed": seed, **(extra or {})}
