@@ -133,6 +133,7 @@ def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run
     if opt.prompt is None and opt.from_file is None:
         opt.prompt = default_prompt(task_name, opt.ckpt)
     task = TASKS[task_name](opt, spec)
+    sampler = chosen_sampler(opt, task.needs_partial_denoising)  # a task may set it (sample_diffusion.py's -v)
     check_sampler_options(sampler, eta=opt.ddim_eta, blends_known_region=task.blends_known_region)
     prompts, sources = task.requests()
     opt.seed = resolve_seed(opt.seed)
