@@ -104,7 +104,7 @@ def test_the_capability_table_is_the_documented_one():
     assert takers["dynamic_threshold"] == ["ddim", "plms", *sigma]
     assert takers["callback"] == takers["generator"] == NAMES
     assert takers["normals_sequence"] == []
-    assert len(sigma) == 12
+    assert len(sigma) == 14
 
 
 @pytest.mark.parametrize("name, option", UNSUPPORTED)
@@ -147,7 +147,7 @@ def test_messages_name_the_sampler_the_value_the_reason_and_who_supports_it():
         check_sampler_options("dpm", mask=torch.ones(1, 1, 8, 8))
     assert str(err.value).startswith("the dpm sampler does not support mask (a tensor of shape "
                                      "(1, 1, 8, 8)): ")
-    assert str(err.value).endswith("samplers that take mask: ddim, plms, euler, euler_a, heun, "
+    assert str(err.value).endswith("samplers that take mask: ddim, plms, euler, euler_a, heun, lms, "
                                    "dpmpp_2m, dpmpp_2m_sde, unipc (each also _karras)")
     assert issubclass(UnsupportedSamplerOption, ValueError)
 
