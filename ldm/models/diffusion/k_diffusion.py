@@ -265,7 +265,7 @@ class KDiffusionSampler(Sampler):
         denoiser = ModelDenoiser(self.model, self.schedule, request.conditioning,
                                  request.unconditional_conditioning,
                                  request.unconditional_guidance_scale, request.dynamic_threshold,
-                                 mask=request.mask, x0=request.x0)
+                                 mask=request.mask, x0=request.x0, cond_fn=request.cond_fn)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
