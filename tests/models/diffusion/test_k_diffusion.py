@@ -150,6 +150,16 @@ def test_heun_from_the_uncapped_top_of_a_cosine_schedule_is_lost():
         assert error > lost > 10 * capped
 
 
+def _diffusers_sample(scheduler, model, x_T, steps=10):
+    """Sample with a diffusers k-style scheduler from DDIM's x_T (as ours takes it)."""
+    scheduler.set_timesteps(steps)
+    x = vp_to_sigma_space(x_T, scheduler.sigmas[0].double())
+    for t in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        x = scheduler.step(model.apply_model(x_in, t.double().expand(x.shape[0])), t, x).prev_sample
+    return x
+
+
 @pytest.mark.parametrize("kind", ["default", "karras"])
 def test_heun_matches_diffusers_heun_discrete_scheduler(kind):
     """The same v model, noise levels and start noise: diffusers' Heun (``linspace`` timesteps,
@@ -165,11 +175,7 @@ def test_heun_matches_diffusers_heun_discrete_scheduler(kind):
         num_train_timesteps=1000, trained_betas=model.betas.float().numpy(),
         prediction_type="v_prediction", timestep_spacing="linspace",
         use_karras_sigmas=kind == "karras")
-    scheduler.set_timesteps(10)
-    x = vp_to_sigma_space(x_T, scheduler.sigmas[0].double())  # DDIM's meaning of x_T, as ours
-    for t in scheduler.timesteps:
-        x_in = scheduler.scale_model_input(x, t)
-        x = scheduler.step(model.apply_model(x_in, t.double().expand(2)), t, x).prev_sample
+    x = _diffusers_sample(scheduler, model, x_T)
     assert len(scheduler.timesteps) == 19  # 2 evaluations per step, 1 for the last
     assert torch.allclose(ours, x, rtol=0, atol=1e-5 * float(x.abs().max()))
 
@@ -310,12 +316,8 @@ def test_lms_matches_diffusers_lms_discrete_scheduler(kind):
         num_train_timesteps=1000, trained_betas=model.betas.float().numpy(),
         prediction_type="epsilon", timestep_spacing="linspace",
         use_karras_sigmas=kind == "karras")
-    scheduler.set_timesteps(10)
+    x = _diffusers_sample(scheduler, model, x_T)
     assert torch.allclose(scheduler.sigmas.double(),
                           KDiffusionSampler(model, "lms", kind).get_sigmas(10).double(),
                           rtol=1e-5, atol=0)
-    x = vp_to_sigma_space(x_T, scheduler.sigmas[0].double())
-    for t in scheduler.timesteps:
-        x_in = scheduler.scale_model_input(x, t)
-        x = scheduler.step(model.apply_model(x_in, t.double().expand(2)), t, x).prev_sample
     assert torch.allclose(ours, x, rtol=0, atol=1e-5 * float(x.abs().max()))
