@@ -110,7 +110,7 @@ def _bad_inputs(models, tmp_path):
         ([*ddpm, "--batch_size", "0"], r"--batch_size must be at least 1, got 0"),
         ([*ddpm, "-c", "0"], r"--steps must be at least 1, got 0"),
         ([*ddpm, "-e", "-1"], r"--ddim_eta must be a finite number >= 0, got -1"),
-        ([*ddpm, "--sampler", "lms"], r"unknown sampler 'lms'"),
+        ([*ddpm, "--sampler", "k_dpm_fast"], r"unknown sampler 'k_dpm_fast'"),
         ([*ddpm, "-v", "--sampler", "euler"], r"-v/--vanilla_sample is the ddpm sampler on every timestep"),
         ([*ddpm, "--sampler", "heun", "-e", "0.5"], r"the heun sampler does not support eta"),
         ([*ddpm, "--seed", "-2"], r"--seed must be -1 \(random\) or at least 0, got -2"),

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ldm.models.diffusion.sampling_util import (
     BASIC_OPTIONS,
+    LossGuidance,
     Sampler,
     SamplerCapabilities,
     check_finite,
@@ -84,10 +85,12 @@ class DDPMSampler(Sampler):
         img = randn(size, request.generator, device=self.device) if request.x_T is None else request.x_T
         intermediates = {"x_inter": [img], "pred_x0": [img]}
         clip = bool(getattr(self.model, "clip_denoised", False))
+        guidance = LossGuidance.for_model(request.cond_fn, self.model)
         for i, step in enumerate(tqdm(timesteps, desc=f"{self.label} Sampler", disable=not request.verbose)):
             t = torch.full((size[0],), int(step), device=self.device, dtype=torch.long)
             output = guided_model_output(self.model.apply_model, img, t, request.conditioning,
-                                         request.unconditional_conditioning, request.unconditional_guidance_scale)
+                                         request.unconditional_conditioning, request.unconditional_guidance_scale,
+                                         guidance)
             a_t = self.alphas_cumprod[step]
             a_s = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < S else 1.0
             pred_x0 = predicted_x0(self.model.parameterization, img, output.to(img.dtype), a_t)

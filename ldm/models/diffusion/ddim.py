@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ldm.models.diffusion.ddim_schedule import DDIMScheduleSampler
 from ldm.models.diffusion.sampling_util import (
     BASIC_OPTIONS,
+    CondFn,
     Generator,
     SamplerCapabilities,
     check_finite,
@@ -47,12 +48,13 @@ class DDIMSampler(DDIMScheduleSampler):
                       unconditional_guidance_scale: float = 1.,
                       unconditional_conditioning: Any = None,
                       dynamic_threshold: Optional[float] = None,
-                      generator: Generator = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                      generator: Generator = None,
+                      cond_fn: Optional[CondFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """One DDIM update (``ddim_update``) from the guided model output at ``t``; v models
         predict x0 with their own conversion. Returns ``(x_prev, pred_x0)``."""
         model_output, e_t = self.model_output_and_eps(
             x, t, c, unconditional_guidance_scale, unconditional_conditioning, score_corrector,
-            corrector_kwargs)
+            corrector_kwargs, cond_fn)
         coefficients = self.step_coefficients(index, use_original_steps, x.shape[0], x.dtype)
         pred_x0 = (self.model.predict_start_from_z_and_v(x, t, model_output)
                    if self.model.parameterization == "v" else None)

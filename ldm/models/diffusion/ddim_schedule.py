@@ -14,13 +14,16 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.sampling_util import (
+    CondFn,
     Generator,
+    LossGuidance,
     Sampler,
     append_dims,
     check_finite,
     guided_model_output,
     norm_thresholding,
     randn,
+    shift_output,
 )
 from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps
 
@@ -88,7 +91,7 @@ class DDIMScheduleSampler(Sampler):
             unconditional_guidance_scale=request.unconditional_guidance_scale,
             unconditional_conditioning=request.unconditional_conditioning,
             dynamic_threshold=request.dynamic_threshold, ucg_schedule=request.ucg_schedule,
-            generator=request.generator, verbose=request.verbose)
+            generator=request.generator, verbose=request.verbose, cond_fn=request.cond_fn)
 
     def time_range(self, timesteps: Optional[int] = None,
                    use_original_steps: bool = False) -> Sequence[int]:
@@ -115,9 +118,10 @@ class DDIMScheduleSampler(Sampler):
                       unconditional_conditioning: Any = None,
                       dynamic_threshold: Optional[float] = None,
                       ucg_schedule: Optional[Sequence[float]] = None,
-                      generator: Generator = None, verbose: bool = True):
+                      generator: Generator = None, verbose: bool = True,
+                      cond_fn: Optional[CondFn] = None):
         """The loop from x_T down the grid (``time_range``), one ``grid_step`` per timestep;
-        ``ucg_schedule`` gives the guidance scale of each step. A step that leaves NaN/inf in
+        ``ucg_schedule`` gives the guidance scale of each step, ``cond_fn`` loss guidance. A step that leaves NaN/inf in
         the latents raises ``NonFiniteSampleError``. Returns ``(samples,
         {"x_inter": [...], "pred_x0": [...]})``, logged every ``log_every_t`` steps."""
         self._require_schedule()
@@ -151,7 +155,7 @@ class DDIMScheduleSampler(Sampler):
                 corrector_kwargs=corrector_kwargs,
                 unconditional_guidance_scale=unconditional_guidance_scale,
                 unconditional_conditioning=unconditional_conditioning,
-                dynamic_threshold=dynamic_threshold, generator=generator)
+                dynamic_threshold=dynamic_threshold, generator=generator, cond_fn=cond_fn)
             check_finite(img, i + 1, total_steps, self.label)
             if callback:
                 callback(i)
@@ -187,12 +191,15 @@ class DDIMScheduleSampler(Sampler):
     def model_output_and_eps(self, x: torch.Tensor, t: torch.Tensor, c: Any,
                              unconditional_guidance_scale: float = 1.,
                              unconditional_conditioning: Any = None, score_corrector=None,
-                             corrector_kwargs: Optional[dict] = None):
-        """The guided model output and the noise prediction it implies (v models convert with
-        ``predict_eps_from_z_and_v``, x0 models with eq. 4 of Ho et al. 2020), optionally
-        modified by ``score_corrector``."""
+                             corrector_kwargs: Optional[dict] = None,
+                             cond_fn: Optional[CondFn] = None):
+        """The guided model output (with ``cond_fn``'s loss guidance) and the noise prediction
+        it implies (v models convert with ``predict_eps_from_z_and_v``, x0 models with eq. 4 of
+        Ho et al. 2020), optionally modified by ``score_corrector``: its change of eps moves
+        the output of any parameterization as loss guidance does (``shift_output``)."""
         model_output = guided_model_output(self.model.apply_model, x, t, c,
-                                           unconditional_conditioning, unconditional_guidance_scale)
+                                           unconditional_conditioning, unconditional_guidance_scale,
+                                           LossGuidance.for_model(cond_fn, self.model))
         if self.model.parameterization == "v":
             e_t = self.model.predict_eps_from_z_and_v(x, t, model_output)
         elif self.model.parameterization == "eps":
@@ -203,9 +210,12 @@ class DDIMScheduleSampler(Sampler):
         else:
             raise ValueError(f"unknown parameterization '{self.model.parameterization}'")
         if score_corrector is not None:
-            if self.model.parameterization != "eps":
-                raise ValueError("score_corrector is implemented for eps models only")
-            e_t = score_corrector.modify_score(self.model, e_t, x, t, c, **(corrector_kwargs or {}))
+            corrected = score_corrector.modify_score(self.model, e_t, x, t, c,
+                                                     **(corrector_kwargs or {}))
+            a_t = append_dims(self.alphas_cumprod.to(x)[t], x.ndim)
+            model_output = shift_output(self.model.parameterization, model_output,
+                                        (e_t - corrected) / (1 - a_t).sqrt(), a_t)
+            e_t = corrected
         return model_output, e_t
 
     def blend_known_region(self, img: torch.Tensor, x0: Optional[torch.Tensor],

@@ -1,4 +1,4 @@
-"""Samplers in sigma space (see ``sigma_schedule``): Euler, Euler ancestral, Heun, DPM++ 2M,
+"""Samplers in sigma space (see ``sigma_schedule``): Euler, Euler ancestral, Heun, LMS, DPM++ 2M,
 DPM++ 2M SDE, and ``KDiffusionSampler``, which runs any of them (and UniPC) behind the DDIM-style
 ``sample(S, batch_size, shape, conditioning, ...)`` call.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from tqdm import trange
 
@@ -108,6 +109,39 @@ def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
     return integrate(heun_step, denoiser, x, sigmas, callback, disable)
 
 
+def linear_multistep_coefficient(order: int, sigmas: torch.Tensor, i: int, j: int) -> float:
+    """The weight of the slope at ``sigmas[i - j]`` in an order-``order`` linear multistep step
+    from ``sigmas[i]`` to ``sigmas[i + 1]``: the integral over that step of the Lagrange basis
+    polynomial of node i - j on the nodes i, i - 1, ..., i - order + 1 (Adams-Bashforth on a
+    non-uniform grid). The polynomial has degree order - 1, so it is integrated exactly."""
+    nodes = [float(sigmas[i - k]) for k in range(order)]
+    basis = np.polynomial.Polynomial([1.])
+    for k, node in enumerate(nodes):
+        if k != j:
+            basis = basis * np.polynomial.Polynomial([-node, 1.]) / (nodes[j] - node)
+    antiderivative = basis.integ()
+    return float(antiderivative(float(sigmas[i + 1])) - antiderivative(nodes[0]))
+
+
+def sample_lms(denoiser: Callable, x: torch.Tensor, sigmas: torch.Tensor,
+               callback: Optional[Callable] = None, disable: Optional[bool] = None,
+               generator: Generator = None, order: int = 4) -> torch.Tensor:
+    """Linear multistep (k-diffusion's ``sample_lms``, diffusers' ``LMSDiscreteScheduler``):
+    x_i+1 = x_i + sum_j c_ij d_i-j over the last ``order`` slopes d = dx/dsigma, the c_ij from
+    ``linear_multistep_coefficient``; lower orders while the history fills up."""
+    slopes = []
+
+    def lms_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        slopes.insert(0, to_d(x, sigmas[i], denoised))
+        del slopes[order:]
+        current = len(slopes)
+        for j, slope in enumerate(slopes):
+            x = x + linear_multistep_coefficient(current, sigmas, i, j) * slope
+        return x
+
+    return integrate(lms_step, denoiser, x, sigmas, callback, disable)
+
+
 def _multistep(sigmas: torch.Tensor, update: Callable) -> Callable:
     """The step of a DPM-Solver++(2M)-style sampler (Lu et al. 2022b, Alg. 2): ``update(i, x,
     denoised, h, old_denoised, h_last)`` moves x by h = log(sigma_i / sigma_i+1) with the
@@ -172,6 +206,7 @@ SIGMA_SAMPLERS: Dict[str, Callable] = {
     "euler": sample_euler,
     "euler_a": sample_euler_ancestral,
     "heun": sample_heun,
+    "lms": sample_lms,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "unipc": sample_unipc,
@@ -230,7 +265,7 @@ class KDiffusionSampler(Sampler):
         denoiser = ModelDenoiser(self.model, self.schedule, request.conditioning,
                                  request.unconditional_conditioning,
                                  request.unconditional_guidance_scale, request.dynamic_threshold,
-                                 mask=request.mask, x0=request.x0)
+                                 mask=request.mask, x0=request.x0, cond_fn=request.cond_fn)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:

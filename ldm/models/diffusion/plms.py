@@ -8,7 +8,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from ldm.models.diffusion.ddim_schedule import DDIMScheduleSampler
-from ldm.models.diffusion.sampling_util import BASIC_OPTIONS, Generator, SamplerCapabilities
+from ldm.models.diffusion.sampling_util import BASIC_OPTIONS, CondFn, Generator, SamplerCapabilities
 
 
 def adams_bashforth_eps(e_t: torch.Tensor, old_eps: List[torch.Tensor]) -> torch.Tensor:
@@ -64,7 +64,8 @@ class PLMSSampler(DDIMScheduleSampler):
                       unconditional_conditioning: Any = None,
                       old_eps: Optional[List[torch.Tensor]] = None,
                       t_next: Optional[torch.Tensor] = None,
-                      dynamic_threshold: Optional[float] = None, generator: Generator = None):
+                      dynamic_threshold: Optional[float] = None, generator: Generator = None,
+                      cond_fn: Optional[CondFn] = None):
         """One PLMS step; returns ``(x_prev, pred_x0, e_t)``. The first step (no history) is a
         pseudo improved-Euler step costing two model evaluations (Liu et al. 2022, eq. 11)."""
         old_eps = old_eps or []
@@ -73,7 +74,7 @@ class PLMSSampler(DDIMScheduleSampler):
         def eps_at(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
             return self.model_output_and_eps(
                 x_in, t_in, c, unconditional_guidance_scale, unconditional_conditioning,
-                score_corrector, corrector_kwargs)[1]
+                score_corrector, corrector_kwargs, cond_fn)[1]
 
         def ddim_step(e: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             return self.ddim_update(x, e, coefficients, None, quantize_denoised, temperature,

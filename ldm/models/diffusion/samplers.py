@@ -46,6 +46,7 @@ _INFO = {
     "euler": ("Euler", "Euler (Karras et al. 2022, Alg. 1 without the correction)"),
     "euler_a": ("Euler a", "Euler ancestral (stochastic)"),
     "heun": ("Heun", "Heun (Karras et al. 2022, Alg. 1); two model evaluations per step"),
+    "lms": ("LMS", "linear multistep, order 4 (k-diffusion's sample_lms; Adams-Bashforth in sigma)"),
     "dpmpp_2m": ("DPM++ 2M", "DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2)"),
     "dpmpp_2m_sde": ("DPM++ 2M SDE", "SDE-DPM-Solver++(2M) (Lu et al. 2022b; stochastic)"),
     "unipc": ("UniPC", "UniPC-2 with corrector, bh2 (Zhao et al. 2023)"),
@@ -66,7 +67,7 @@ for _algorithm in SIGMA_SAMPLERS:
 ALIASES: Dict[str, str] = {
     "dpm_solver": "dpm", "dpmsolver": "dpm", "dpm_solver++": "dpm", "dpmsolver++": "dpm",
     "k_euler": "euler", "k_euler_a": "euler_a", "euler_ancestral": "euler_a",
-    "k_euler_ancestral": "euler_a", "k_heun": "heun", "k_dpmpp_2m": "dpmpp_2m",
+    "k_euler_ancestral": "euler_a", "k_heun": "heun", "k_lms": "lms", "k_dpmpp_2m": "dpmpp_2m",
     "dpm++_2m": "dpmpp_2m", "dpm++_2m_karras": "dpmpp_2m_karras",
     "dpm++_2m_sde": "dpmpp_2m_sde", "dpm++_2m_sde_karras": "dpmpp_2m_sde_karras",
     "uni_pc": "unipc", "pndm": "plms",

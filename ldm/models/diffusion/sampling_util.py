@@ -1,8 +1,9 @@
 """Helpers every sampler shares: the sampler contract (``Sampler``, the one ``sample(...)``
 signature, and ``SamplerCapabilities``, what each sampler honours), the one
-classifier-free-guidance wrapper, x0 thresholding, seeded noise draws (one generator per image,
-so results do not depend on the batch size), the conditioning batch-size check and the check
-that stops a run whose latents stopped being finite."""
+classifier-free-guidance wrapper with its loss-guidance hook (``LossGuidance``), x0
+thresholding, seeded noise draws (one generator per image, so results do not depend on the
+batch size), the conditioning batch-size check and the check that stops a run whose latents
+stopped being finite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,16 +69,112 @@ def concat_conditionings(uncond: Any, cond: Any) -> Any:
 
 
 def guided_model_output(apply_model: Callable, x: torch.Tensor, t: torch.Tensor, cond: Any,
-                        unconditional_conditioning: Any = None,
-                        guidance_scale: float = 1.0) -> torch.Tensor:
+                        unconditional_conditioning: Any = None, guidance_scale: float = 1.0,
+                        guidance: Optional["LossGuidance"] = None) -> torch.Tensor:
     """Model output with classifier-free guidance (Ho & Salimans 2022, eq. 6):
-    ``u + s * (c - u)`` from one doubled batch ``[uncond, cond]``. With ``s == 1`` or no
+    ``u + s * (c - u)`` from one doubled batch ``[uncond, cond]``, then, with ``guidance``, the
+    loss-guidance correction of that guided output (``LossGuidance``). With ``s == 1`` or no
     unconditional conditioning the model runs once on ``cond`` alone."""
     if unconditional_conditioning is None or guidance_scale == 1.:
-        return apply_model(x, t, cond)
-    c_in = concat_conditionings(unconditional_conditioning, cond)
-    out_uncond, out_cond = apply_model(torch.cat([x] * 2), torch.cat([t] * 2), c_in).chunk(2)
-    return out_uncond + guidance_scale * (out_cond - out_uncond)
+        out = apply_model(x, t, cond)
+    else:
+        c_in = concat_conditionings(unconditional_conditioning, cond)
+        out_uncond, out_cond = apply_model(torch.cat([x] * 2), torch.cat([t] * 2), c_in).chunk(2)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    return out if guidance is None else guidance(x, t, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss guidance
+# ---------------------------------------------------------------------------------------------
+CondFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``cond_fn(x, t, denoised) -> gradient``: x the VP latent (a leaf that requires grad), t the
+network's timestep (B,), denoised the predicted x0 as a differentiable function of x; returns
+grad_x log p(y | x), the gradient of a log-probability-like objective (minus a scaled loss)."""
+
+
+def eps_from_output(parameterization: str, x: torch.Tensor, output: torch.Tensor,
+                    a_t: torch.Tensor) -> torch.Tensor:
+    """The noise prediction of a network output at VP latent x (eps; x0: Ho et al. 2020, eq. 4
+    solved for eps; v: eps = sqrt(a) v + sqrt(1 - a) x, Salimans & Ho 2022)."""
+    if parameterization == "eps":
+        return output
+    if parameterization == "x0":
+        return (x - a_t.sqrt() * output) / (1 - a_t).sqrt()
+    if parameterization == "v":
+        return a_t.sqrt() * output + (1 - a_t).sqrt() * x
+    raise ValueError(f"unknown parameterization '{parameterization}'")
+
+
+def shift_output(parameterization: str, output: torch.Tensor, grad: torch.Tensor,
+                 a_t: torch.Tensor) -> torch.Tensor:
+    """The network output whose noise prediction is eps - sqrt(1 - a) grad at the same x (the
+    score moved by grad): eps' = eps - sqrt(1 - a) g, x0' = x0 + (1 - a) / sqrt(a) g,
+    v' = v - sqrt((1 - a) / a) g."""
+    if parameterization == "eps":
+        return output - (1 - a_t).sqrt() * grad
+    if parameterization == "x0":
+        return output + (1 - a_t) / a_t.sqrt() * grad
+    if parameterization == "v":
+        return output - ((1 - a_t) / a_t).sqrt() * grad
+    raise ValueError(f"unknown parameterization '{parameterization}'")
+
+
+def discrete_alpha_cumprod(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """a_t of a discrete schedule at integer timesteps, or between them with log(sigma) linear
+    in t (the interpolation of the sigma-space samplers, ``sigma_schedule``)."""
+    if not torch.is_floating_point(t):
+        return alphas_cumprod.to(t.device)[t]
+    log_sigmas = 0.5 * ((1 - alphas_cumprod) / alphas_cumprod).log().to(t.device)
+    t = t.to(log_sigmas.dtype).clamp(0, len(log_sigmas) - 1)
+    lower = t.floor().long().clamp(max=len(log_sigmas) - 2)
+    weight = t - lower
+    sigma = ((1 - weight) * log_sigmas[lower] + weight * log_sigmas[lower + 1]).exp()
+    return 1 / (1 + sigma ** 2)
+
+
+@dataclass(frozen=True)
+class LossGuidance:
+    """Guidance by the gradient of a loss (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs",
+    Alg. 2 and eq. 14; guided-diffusion's ``condition_score``), applied to the
+    classifier-free-guided output of any parameterization, so every sampler gets it through
+    ``guided_model_output``.
+
+    With a_t the cumulative alpha at t and g = ``cond_fn(x, t, denoised)``, the score
+    grad log p(x_t) = -eps / sqrt(1 - a_t) moves by g: eps' = eps - sqrt(1 - a_t) g, i.e.
+    denoised' = denoised + (1 - a_t) / sqrt(a_t) g, or in the sigma view x = x_t / sqrt(a_t)
+    (gradient g_sigma = sqrt(a_t) g) denoised' = denoised + sigma^2 g_sigma, the colour-loss
+    tutorial's update; the output is shifted to match (``shift_output``). ``denoised`` holds the
+    network's noise prediction fixed, so d denoised / dx = 1 / sqrt(a_t) (no backpropagation
+    through the network), the same for eps, x0 and v models. A zero gradient returns the
+    output bit for bit. ``alpha_cumprod_at(t)`` gives a_t at the timesteps the sampler uses."""
+
+    cond_fn: CondFn
+    parameterization: str
+    alpha_cumprod_at: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def for_model(cls, cond_fn: Optional[CondFn], model) -> Optional["LossGuidance"]:
+        """The guidance of ``cond_fn`` for ``model``'s parameterization and discrete schedule
+        (integer or fractional timesteps); None without a ``cond_fn``."""
+        if cond_fn is None:
+            return None
+        alphas_cumprod = model.alphas_cumprod.detach()
+        return cls(cond_fn, model.parameterization,
+                   lambda t: discrete_alpha_cumprod(alphas_cumprod, t))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        a_t = append_dims(self.alpha_cumprod_at(t).to(x.device, torch.promote_types(
+            x.dtype, torch.float32)), x.ndim)
+        eps = eps_from_output(self.parameterization, x, output, a_t).detach()
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            denoised = (x_in - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            grad = self.cond_fn(x_in, t, denoised)
+        if grad.shape != x.shape:
+            raise ValueError(f"cond_fn returned a gradient of shape {tuple(grad.shape)} for "
+                             f"latents of shape {tuple(x.shape)}")
+        return shift_output(self.parameterization, output, grad.detach(), a_t).to(output.dtype)
 
 
 def warn_on_batch_mismatch(conditioning: Any, batch_size: int) -> None:
@@ -148,13 +245,13 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "eta": 0., "mask": None, "x0": None, "callback": None, "img_callback": None,
     "score_corrector": None, "corrector_kwargs": None, "generator": None, "quantize_x0": False,
     "temperature": 1., "noise_dropout": 0., "dynamic_threshold": None, "ucg_schedule": None,
-    "log_every_t": 100, "normals_sequence": None,
+    "log_every_t": 100, "normals_sequence": None, "cond_fn": None,
 }
 """The ``sample()`` keywords that a sampler may be unable to honour, with their neutral values
 (a neutral value is always accepted)."""
 
 _CAPABILITY_OF = {"x0": "mask", "corrector_kwargs": "score_corrector"}  # part of another option
-BASIC_OPTIONS = frozenset({"callback", "generator", "log_every_t"})  # what most samplers honour
+BASIC_OPTIONS = frozenset({"callback", "generator", "log_every_t", "cond_fn"})  # what most samplers honour
 
 _WHY_NOT = {
     "eta": "it is deterministic",
@@ -171,6 +268,7 @@ _WHY_NOT = {
     "log_every_t": "it returns no intermediates",
     "normals_sequence": "the originals accept it and never use it",
     "partial_denoising": "it has no stochastic_encode/decode",
+    "cond_fn": "it has no loss-guidance hook",
 }
 
 # (option, the option it acts through, why): the first is ignored while the second is neutral
@@ -299,11 +397,13 @@ class Sampler:
                unconditional_guidance_scale: float = 1., unconditional_conditioning: Any = None,
                dynamic_threshold: Optional[float] = None,
                ucg_schedule: Optional[Sequence[float]] = None, generator: Generator = None,
+               cond_fn: Optional[CondFn] = None,
                **kwargs) -> Tuple[torch.Tensor, Optional[Dict[str, List[torch.Tensor]]]]:
         """Draw ``batch_size`` samples of ``shape`` (C, H, W) in ``S`` steps, from ``x_T`` or
         from noise drawn with ``generator`` (one, or one per batch element). Returns
         ``(samples, intermediates)``; ``callback(i)`` and ``img_callback(pred_x0, i)`` follow
-        each step. Extra keywords are accepted and unused, as in the originals."""
+        each step. ``cond_fn`` adds loss guidance (``LossGuidance``) to the guided prediction.
+        Extra keywords are accepted and unused, as in the originals."""
         arguments = dict(locals())
         from ldm.models.diffusion.samplers import samplers_supporting  # the registry imports us
 

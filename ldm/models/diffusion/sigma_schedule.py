@@ -21,7 +21,13 @@ from typing import Any, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling_util import append_dims, guided_model_output, norm_thresholding
+from ldm.models.diffusion.sampling_util import (
+    CondFn,
+    LossGuidance,
+    append_dims,
+    guided_model_output,
+    norm_thresholding,
+)
 
 SIGMA_SCHEDULES = ("default", "karras")  # the kinds ``DiscreteSigmaSchedule.get_sigmas`` makes
 SIGMA_MAX_CAP = 80.  # the highest noise level sampling starts from (Karras et al. 2022, sec. 3)
@@ -110,8 +116,9 @@ def sigma_to_vp_space(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 class ModelDenoiser:
     """D(x; sigma) of a LatentDiffusion-like model (eps, v or x0), with classifier-free
-    guidance, optional norm thresholding of the prediction, and optional inpainting: where
-    ``mask`` is 1 the prediction is ``x0``, so the known region flows to ``x0`` exactly.
+    guidance and ``cond_fn``'s loss guidance (``LossGuidance``), optional norm thresholding of
+    the prediction, and optional inpainting: where ``mask`` is 1 the prediction is ``x0``, so
+    the known region flows to ``x0`` exactly.
 
     The network sees the VP input x / sqrt(1 + sigma^2) at the timestep of sigma; eps models
     give D = x - sigma eps, v models D = x / (1 + sigma^2) - v sigma / sqrt(1 + sigma^2)
@@ -121,7 +128,7 @@ class ModelDenoiser:
     def __init__(self, model, schedule: DiscreteSigmaSchedule, conditioning: Any = None,
                  unconditional_conditioning: Any = None, guidance_scale: float = 1.,
                  dynamic_threshold: Optional[float] = None, mask: Optional[torch.Tensor] = None,
-                 x0: Optional[torch.Tensor] = None):
+                 x0: Optional[torch.Tensor] = None, cond_fn: Optional[CondFn] = None):
         if model.parameterization not in ("eps", "v", "x0"):
             raise ValueError(f"unknown parameterization '{model.parameterization}'")
         if mask is not None and x0 is None:
@@ -130,7 +137,8 @@ class ModelDenoiser:
         self.schedule = schedule
         self.guided_output = partial(guided_model_output, model.apply_model, cond=conditioning,
                                      unconditional_conditioning=unconditional_conditioning,
-                                     guidance_scale=guidance_scale)
+                                     guidance_scale=guidance_scale,
+                                     guidance=LossGuidance.for_model(cond_fn, model))
         self.dynamic_threshold = dynamic_threshold
         self.mask, self.x0 = mask, x0
         self.calls = 0

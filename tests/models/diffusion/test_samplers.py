@@ -33,7 +33,7 @@ def test_sampler_names_resolve_from_flags_and_aliases(name, plms, dpm, expected)
 
 
 @pytest.mark.parametrize("name, plms, dpm, message", [
-    ("lms", False, False, "unknown sampler 'lms'; choose one of ddim, plms, dpm"),
+    ("k_dpm_fast", False, False, "unknown sampler 'k_dpm_fast'; choose one of ddim, plms, dpm"),
     ("euler", True, False, "--sampler euler conflicts with --plms"),
     (None, True, True, "--plms and --dpm both given")])
 def test_bad_sampler_choices_are_refused_with_a_clear_message(name, plms, dpm, message):

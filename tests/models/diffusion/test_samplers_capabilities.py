@@ -55,6 +55,7 @@ NON_NEUTRAL = {
     "ucg_schedule": ([2.] * STEPS, {}),
     "log_every_t": (1, {}),
     "normals_sequence": ([torch.zeros(1)], {}),
+    "cond_fn": (lambda x, t, denoised: torch.full_like(x, 0.5), {}),
 }
 CASES = [(name, option) for name in NAMES for option in OPTION_DEFAULTS]
 UNSUPPORTED = [(n, o) for n, o in CASES if not sampler_capabilities(n).supports(o)]
@@ -104,7 +105,7 @@ def test_the_capability_table_is_the_documented_one():
     assert takers["dynamic_threshold"] == ["ddim", "plms", *sigma]
     assert takers["callback"] == takers["generator"] == NAMES
     assert takers["normals_sequence"] == []
-    assert len(sigma) == 12
+    assert len(sigma) == 14
 
 
 @pytest.mark.parametrize("name, option", UNSUPPORTED)
@@ -147,7 +148,7 @@ def test_messages_name_the_sampler_the_value_the_reason_and_who_supports_it():
         check_sampler_options("dpm", mask=torch.ones(1, 1, 8, 8))
     assert str(err.value).startswith("the dpm sampler does not support mask (a tensor of shape "
                                      "(1, 1, 8, 8)): ")
-    assert str(err.value).endswith("samplers that take mask: ddim, plms, euler, euler_a, heun, "
+    assert str(err.value).endswith("samplers that take mask: ddim, plms, euler, euler_a, heun, lms, "
                                    "dpmpp_2m, dpmpp_2m_sde, unipc (each also _karras)")
     assert issubclass(UnsupportedSamplerOption, ValueError)
 
@@ -267,6 +268,25 @@ def _check_log_every_t(name):
     assert len(_run(name)[1]["x_inter"]) == 3  # x_T, the first step, the last step
 
 
+def _check_cond_fn(name):
+    """Loss guidance with CFG: a zero gradient changes nothing bit for bit, a constant positive
+    gradient moves every sample value up (the gradient's direction). 20 steps: at 5 the
+    higher-order solvers extrapolate the fast-shrinking correction past zero (heun, 2m karras)."""
+    uncond = torch.zeros(2, 1, 1, 1, dtype=torch.float64)
+
+    def run(gradient=None):
+        cond_fn = None if gradient is None else (lambda x, t, denoised: torch.full_like(x, gradient))
+        sampler = samplers.get_sampler(name, _model())
+        return sampler.sample(20, 2, SHAPE, torch.full((2, 1, 1, 1), 0.3, dtype=torch.float64),
+                              verbose=False, x_T=_x_T(), cond_fn=cond_fn,
+                              unconditional_conditioning=uncond, unconditional_guidance_scale=3.,
+                              generator=torch.Generator().manual_seed(3))[0]
+
+    plain = run()
+    assert torch.equal(run(0.), plain)
+    assert float((run(0.5) - plain).min()) > 1.
+
+
 EFFECTS = {
     "eta": _check_eta, "mask": _check_mask, "x0": _check_mask, "callback": _check_callback,
     "img_callback": _check_img_callback, "score_corrector": _check_score_corrector,
@@ -274,6 +294,7 @@ EFFECTS = {
     "quantize_x0": _check_quantize_x0, "temperature": _check_temperature,
     "noise_dropout": _check_noise_dropout, "dynamic_threshold": _check_dynamic_threshold,
     "ucg_schedule": _check_ucg_schedule, "log_every_t": _check_log_every_t,
+    "cond_fn": _check_cond_fn,
 }
 
 

@@ -1,16 +1,21 @@
-"""The shared sampler helpers: thresholding, the one classifier-free-guidance wrapper and the
-per-image noise draws."""
+"""The shared sampler helpers: thresholding, the one classifier-free-guidance wrapper with its
+loss guidance, and the per-image noise draws."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from ldm.models.diffusion.sampling_util import (
+    LossGuidance,
     append_dims,
     concat_conditionings,
+    discrete_alpha_cumprod,
     guided_model_output,
     norm_thresholding,
     randn,
     spatial_norm_thresholding,
 )
+from ldm.models.diffusion.sigma_schedule import DiscreteSigmaSchedule
 
 
 def test_append_dims_adds_trailing_singletons_and_rejects_fewer_dims():
@@ -102,3 +107,86 @@ def test_randn_without_generator_matches_torch_randn_stream():
 def test_randn_rejects_wrong_number_of_generators():
     with pytest.raises(ValueError, match="one generator per batch element"):
         randn((3, 2), [torch.Generator()] * 2)
+
+
+def _as_parameterization(parameterization, x, eps, a):
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[parameterization]
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+def test_loss_guidance_moves_eps_by_sqrt_one_minus_a_times_the_gradient(parameterization):
+    """The same prediction given as eps, x0 or v: cond_fn sees the same denoised, with
+    d denoised / dx = 1 / sqrt(a_t), and the guided output is eps - sqrt(1 - a_t) g in every
+    parameterization (guided-diffusion's condition_score)."""
+    torch.manual_seed(0)
+    alphas_cumprod = torch.linspace(0.99, 0.01, 10, dtype=torch.float64)
+    x, eps, g = (torch.randn(2, 3, 4, 4, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([2, 7])
+    a = alphas_cumprod[t].reshape(2, 1, 1, 1)
+    seen = {}
+
+    def cond_fn(x_in, t_in, denoised):
+        seen["denoised"] = denoised.detach()
+        seen["slope"] = torch.autograd.grad(denoised.sum(), x_in)[0]
+        return g
+
+    model = SimpleNamespace(alphas_cumprod=alphas_cumprod, parameterization=parameterization)
+    guided = LossGuidance.for_model(cond_fn, model)(x, t, _as_parameterization(parameterization, x, eps, a))
+    assert torch.allclose(guided, _as_parameterization(parameterization, x, eps - (1 - a).sqrt() * g, a),
+                          rtol=0, atol=1e-12)
+    assert torch.allclose(seen["denoised"], (x - (1 - a).sqrt() * eps) / a.sqrt(), rtol=0, atol=1e-12)
+    assert torch.allclose(seen["slope"], (1 / a.sqrt()).expand_as(x), rtol=0, atol=1e-12)
+
+
+def test_loss_guidance_in_sigma_space_is_denoised_plus_sigma_squared_gradient():
+    """With the gradient taken w.r.t. x = x_t / sqrt(a) (g = g_sigma / sqrt(a)), the denoised
+    prediction moves by sigma^2 g_sigma, the colour-loss tutorial's update."""
+    alphas_cumprod = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)
+    x, eps, g_sigma = (torch.randn(1, 2, 3, 3, dtype=torch.float64) for _ in range(3))
+    a = alphas_cumprod[1]
+    model = SimpleNamespace(alphas_cumprod=alphas_cumprod, parameterization="x0")
+    guidance = LossGuidance.for_model(lambda x_in, t, d: g_sigma / a.sqrt(), model)
+    x0 = _as_parameterization("x0", x, eps, a)
+    assert torch.allclose(guidance(x, torch.tensor([1]), x0), x0 + (1 - a) / a * g_sigma, atol=1e-12)
+
+
+def test_fractional_timesteps_interpolate_log_sigma_as_the_sigma_samplers_do():
+    alphas_cumprod = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)
+    schedule = DiscreteSigmaSchedule(alphas_cumprod)
+    t = torch.tensor([0., 0.25, 1.5, 2.])
+    sigma = schedule.t_to_sigma(t)
+    assert torch.allclose(discrete_alpha_cumprod(alphas_cumprod, t), 1 / (1 + sigma ** 2), atol=1e-12)
+    assert torch.equal(discrete_alpha_cumprod(alphas_cumprod, torch.tensor([2])), alphas_cumprod[2:])
+
+
+def test_loss_guidance_acts_on_the_classifier_free_guided_output():
+    def apply_model(x, t, c):
+        return x * c
+
+    x = torch.ones(2, 1, 2, 2, dtype=torch.float64)
+    cond, uncond = torch.full((2, 1, 1, 1), 3., dtype=torch.float64), torch.zeros(2, 1, 1, 1, dtype=torch.float64)
+    seen = []
+    model = SimpleNamespace(alphas_cumprod=torch.tensor([0.5], dtype=torch.float64), parameterization="eps")
+    guidance = LossGuidance.for_model(lambda x_in, t, d: seen.append(d.detach()) or torch.ones_like(x_in), model)
+    out = guided_model_output(apply_model, x, torch.tensor([0, 0]), cond, uncond, 2., guidance)
+    assert torch.allclose(out, torch.full_like(x, 6. - 0.5 ** 0.5))  # u + 2 (c - u) = 6, then - sqrt(1 - a)
+    assert torch.allclose(seen[0], (x - 0.5 ** 0.5 * 6.) / 0.5 ** 0.5)  # denoised of the guided eps
+
+
+def test_ddim_score_corrector_works_for_v_models_as_for_eps_models():
+    """The corrector's eps change moves a v model's output like an eps model's (the Gaussian
+    model gives the same posterior in both parameterizations)."""
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from tests.models.diffusion.gaussian_analytic import GaussianDataModel
+
+    class Shift:
+        def modify_score(self, model, e_t, x, t, c):
+            return e_t + 0.1
+
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = {p: DDIMSampler(GaussianDataModel(parameterization=p)).sample(
+        10, 2, (1, 4, 4), None, x_T=x_T, score_corrector=Shift(), verbose=False)[0] for p in ("eps", "v")}
+    plain = DDIMSampler(GaussianDataModel()).sample(10, 2, (1, 4, 4), None, x_T=x_T, verbose=False)[0]
+    assert torch.allclose(out["v"], out["eps"], rtol=0, atol=1e-5)  # DDIM keeps float32 alphas
+    assert not torch.allclose(out["eps"], plain)

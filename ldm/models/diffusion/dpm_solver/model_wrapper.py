@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling_util import append_dims, guided_model_output
+from ldm.models.diffusion.sampling_util import CondFn, LossGuidance, append_dims, guided_model_output
 
 from .noise_schedule import NoiseScheduleVP
 
@@ -16,7 +16,8 @@ def model_wrapper(model: Callable, noise_schedule: NoiseScheduleVP, model_type: 
                   model_kwargs: Optional[dict] = None, guidance_type: str = "uncond",
                   condition: Any = None, unconditional_condition: Any = None,
                   guidance_scale: float = 1., classifier_fn: Optional[Callable] = None,
-                  classifier_kwargs: Optional[dict] = None) -> Callable:
+                  classifier_kwargs: Optional[dict] = None,
+                  cond_fn: Optional[CondFn] = None) -> Callable:
     """Turn ``model(x, t_input[, cond], **model_kwargs)`` into a noise predictor
     ``model_fn(x, t_continuous)`` for DPM_Solver.
 
@@ -24,6 +25,8 @@ def model_wrapper(model: Callable, noise_schedule: NoiseScheduleVP, model_type: 
     (Salimans & Ho 2022) or ``score``; converted to eps with alpha_t, sigma_t.
     ``guidance_type``: ``uncond``; ``classifier`` (Dhariwal & Nichol 2021: eps - s sigma_t grad
     log p(c | x_t)); ``classifier-free`` (Ho & Salimans 2022, batched [uncond, cond]).
+    ``cond_fn(x, t_input, denoised)``: loss guidance on top of any of them, by the shared
+    ``LossGuidance`` formula (the classifier's gradient takes the same path).
     """
     model_kwargs = model_kwargs or {}
     classifier_kwargs = classifier_kwargs or {}
@@ -57,24 +60,23 @@ def model_wrapper(model: Callable, noise_schedule: NoiseScheduleVP, model_type: 
             return alpha_t * output + sigma_t * x
         return -sigma_t * output
 
-    def cond_grad_fn(x: torch.Tensor, t_input: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_prob = classifier_fn(x_in, t_input, condition, **classifier_kwargs)
-            return torch.autograd.grad(log_prob.sum(), x_in)[0]
+    def classifier_gradient(x: torch.Tensor, t_input: torch.Tensor, denoised) -> torch.Tensor:
+        log_prob = classifier_fn(x, t_input, condition, **classifier_kwargs)
+        return guidance_scale * torch.autograd.grad(log_prob.sum(), x)[0]
+
+    loss_fn = classifier_gradient if guidance_type == "classifier" else cond_fn
+    guidance = None if loss_fn is None else LossGuidance(
+        lambda x, t, denoised: loss_fn(x, get_model_input_time(t), denoised), "eps",
+        lambda t: noise_schedule.marginal_alpha(t) ** 2)
 
     def model_fn(x: torch.Tensor, t_continuous: torch.Tensor) -> torch.Tensor:
         if t_continuous.reshape((-1,)).shape[0] == 1:
             t_continuous = t_continuous.reshape((-1,)).expand((x.shape[0]))
-        if guidance_type == "uncond":
-            return noise_pred_fn(x, t_continuous)
-        if guidance_type == "classifier":
-            cond_grad = cond_grad_fn(x, get_model_input_time(t_continuous))
-            sigma_t = noise_schedule.marginal_std(t_continuous)
-            noise = noise_pred_fn(x, t_continuous)
-            return noise - guidance_scale * append_dims(sigma_t, cond_grad.dim()) * cond_grad
-        return guided_model_output(lambda x_in, t_in, c_in: noise_pred_fn(x_in, t_in, cond=c_in),
-                                   x, t_continuous, condition, unconditional_condition,
-                                   guidance_scale)
+        if guidance_type == "classifier-free":
+            return guided_model_output(
+                lambda x_in, t_in, c_in: noise_pred_fn(x_in, t_in, cond=c_in), x, t_continuous,
+                condition, unconditional_condition, guidance_scale, guidance)
+        noise = noise_pred_fn(x, t_continuous)
+        return noise if guidance is None else guidance(x, t_continuous, noise)
 
     return model_fn

@@ -19,7 +19,7 @@ from .noise_schedule import NoiseScheduleVP
 MODEL_TYPES = {"eps": "noise", "v": "v", "x0": "x_start"}
 
 DPM_CAPABILITIES = SamplerCapabilities(
-    "dpm", frozenset({"callback", "generator"}),
+    "dpm", frozenset({"callback", "generator", "cond_fn"}),
     why_not=(("mask", "it solves the ODE from x_T without a known-region blend"),
              ("img_callback", "it reports model evaluations, not x0 predictions"),
              ("log_every_t", "it returns no intermediates, as the originals' DPMSolverSampler"),
@@ -64,7 +64,7 @@ class DPMSolverSampler(Sampler):
             model_type=MODEL_TYPES[self.model.parameterization],
             guidance_type="classifier-free", condition=request.conditioning,
             unconditional_condition=request.unconditional_conditioning,
-            guidance_scale=request.unconditional_guidance_scale)
+            guidance_scale=request.unconditional_guidance_scale, cond_fn=request.cond_fn)
         dpm_solver = DPM_Solver(model_fn, ns, predict_x0=True, thresholding=False)
         x = dpm_solver.sample(img, steps=S, skip_type="time_uniform", method="multistep",
                               order=2, lower_order_final=True)
