@@ -247,7 +247,7 @@ class Pipeline:
         common = dict(negative_prompt=opt.negative_prompt, steps=opt.steps, sampler=sampler_name,
                       cfg_scale=opt.scale, width=width, height=height, model_hash=self.model_hash,
                       model_name=model_name(ckpt) if ckpt else None)
-        extra = {**run.task.extra_parameters(), **lora_parameters(self.loras)}
+        extra = {**run.task.extra_parameters(), **run.task.guidance_parameters(), **lora_parameters(self.loras)}
 
         def describe(prompt: str, seed: int) -> str:
             used = embedding_parameters(self.embeddings, prompt, opt.negative_prompt)

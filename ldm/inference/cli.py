@@ -94,6 +94,17 @@ def _list_samplers(parser: argparse.ArgumentParser) -> None:
         f"  {line}" for line in describe_samplers().splitlines())
 
 
+def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float) -> None:
+    group = parser.add_argument_group(
+        "loss guidance",
+        "steer sampling with the gradient of a loss on the decoded predicted image (README: Loss guidance)")
+    group.add_argument("--guide-color", type=str, default=None, metavar="R,G,B",
+                       help="pull the image toward this colour (0-255 each, e.g. 40,85,220): the mean squared "
+                            "distance of its pixels to the colour, through the decoder (default: off)")
+    group.add_argument("--guide-scale", type=float, default=default_scale,
+                       help="strength of --guide-color; 0 changes nothing (default: %(default)s)")
+
+
 def add_size_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("image size")
     group.add_argument("--H", type=int, default=None,

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ldm.inference import cli, sampling_parsers
 from ldm.inference.errors import UsageError
+from ldm.inference.guidance import DEFAULT_GUIDE_SCALE
 from ldm.inference.loading import default_model_paths
 from ldm.util import in_cwd_or_repository
 
@@ -100,6 +101,7 @@ class ScriptFlags:
     inputs: Optional[Callable[[argparse.ArgumentParser], None]]
     sampling: Dict[str, Any]
     image_size: bool = False
+    loss_guidance: bool = False
     model_defaults: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
@@ -107,10 +109,11 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
     "txt2img": ScriptFlags("Make images from a text prompt.",
                            "a professional photograph of an astronaut riding a triceratops",
                            "a red circle above a blue square", None,
-                           dict(steps=50, scale=9.0, n_iter=3, n_samples=3), image_size=True),
+                           dict(steps=50, scale=9.0, n_iter=3, n_samples=3), image_size=True, loss_guidance=True),
     "img2img": ScriptFlags("Redraw an image following a text prompt.", "a painting of a virus monster playing guitar",
                            "a blue square", _image_and_strength(0.8, ": 1 ignores it, 0 keeps it"),
-                           dict(steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False)),
+                           dict(steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False),
+                           loss_guidance=True),
     "inpaint": ScriptFlags("Repaint the masked part of an image.", "", "", _inpaint_inputs,
                            dict(steps=50, scale=10.0, n_iter=1, n_samples=1)),
     "depth2img": ScriptFlags("Redraw an image following a prompt, keeping its depth layout.",
@@ -142,6 +145,8 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         flags.inputs(parser)
     cli.add_output_args(parser, outdir=f"outputs/{task}-samples")
     cli.add_sampling_args(parser, **flags.sampling)
+    if flags.loss_guidance:
+        cli.add_guidance_args(parser, DEFAULT_GUIDE_SCALE)
     if flags.image_size:
         cli.add_size_args(parser)
     cli.add_model_args(parser, *default_model_paths(task))

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import UsageError
+from ldm.models.diffusion.sampling_util import CondFn
 from ldm.models.diffusion.seeding import ImageNoise, image_seeds
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
@@ -176,9 +177,12 @@ def decode_latents(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class SamplingSettings:
+    """Steps, DDIM eta, classifier-free guidance scale, and the loss guidance (``cond_fn``, e.g.
+    ``--guide-color``; None: none)."""
     steps: int
     eta: float
     scale: float
+    cond_fn: Optional[CondFn] = None
 
 
 def sample_from_noise(sampler: Any, settings: SamplingSettings, shape: Sequence[int], cond: Any,
@@ -193,7 +197,7 @@ def sample_from_noise(sampler: Any, settings: SamplingSettings, shape: Sequence[
                 S=settings.steps, batch_size=len(noise.seeds), shape=list(shape), conditioning=cond,
                 verbose=False, eta=settings.eta, x_T=x_T, unconditional_guidance_scale=settings.scale,
                 unconditional_conditioning=uncond, mask=mask, x0=x0, generator=noise.generators,
-                callback=lambda step: bar.update(1))
+                callback=lambda step: bar.update(1), cond_fn=settings.cond_fn)
         except ValueError as err:  # the samplers refuse options they do not support (e.g. PLMS eta)
             raise UsageError(f"sampler: {err}") from None
     return samples
@@ -221,4 +225,5 @@ def sample_from_image(sampler: Any, settings: SamplingSettings, init_latent: tor
     with tqdm(total=t_enc, desc="denoising", leave=False) as bar:
         return sampler.decode(z_enc, cond, t_enc, unconditional_guidance_scale=settings.scale,
                               unconditional_conditioning=uncond, verbose=False,
-                              callback=lambda step: bar.update(1), generator=noise.generators)
+                              callback=lambda step: bar.update(1), generator=noise.generators,
+                              cond_fn=settings.cond_fn)

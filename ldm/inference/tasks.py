@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ldm.inference.class_names import class_names_of, class_text, default_classes, parse_classes
 from ldm.inference.errors import UsageError
+from ldm.inference.guidance import ColorGuidanceRequest
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import (
     DepthMapWriter,
@@ -67,6 +68,7 @@ class Task:
         self.opt = opt
         self.spec = spec
         self._check_model()
+        self.guidance = ColorGuidanceRequest.from_options(opt)  # txt2img/img2img's --guide-color
 
     def _check_model(self) -> None:
         self.check_model_kind(self.spec, self.opt.config)
@@ -85,6 +87,17 @@ class Task:
     @property
     def settings(self) -> SamplingSettings:
         return SamplingSettings(steps=self.opt.steps, eta=self.opt.ddim_eta, scale=self.opt.scale)
+
+    def guided_settings(self, model: torch.nn.Module) -> SamplingSettings:
+        """:attr:`settings` with the loss guidance asked for (``--guide-color``) on ``model``."""
+        settings = self.settings
+        if self.guidance is not None:
+            settings.cond_fn = self.guidance.cond_fn(model)
+        return settings
+
+    def guidance_parameters(self) -> Dict[str, object]:
+        """The loss guidance's entries of the PNG parameters (none without it)."""
+        return {} if self.guidance is None else self.guidance.parameters()
 
     def output_size(self) -> Tuple[int, int]:
         """(width, height) of the images made."""
@@ -196,7 +209,7 @@ class TextToImage(Task):
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         shape = [self.channels, self.height // self.factor, self.width // self.factor]
-        return self._decode(model, sample_from_noise(sampler, self.settings, shape, c, uc, noise))
+        return self._decode(model, sample_from_noise(sampler, self.guided_settings(model), shape, c, uc, noise))
 
 
 class ImageToImage(Task):
@@ -218,7 +231,7 @@ class ImageToImage(Task):
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         init_latent = encode_image(model, rows_for(self.image, batch), noise)
-        z = sample_from_image(sampler, self.settings, init_latent, self.opt.strength, c, uc, noise)
+        z = sample_from_image(sampler, self.guided_settings(model), init_latent, self.opt.strength, c, uc, noise)
         return self._decode(model, z)
 
     def extra_parameters(self):

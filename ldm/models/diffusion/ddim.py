@@ -85,10 +85,12 @@ class DDIMSampler(DDIMScheduleSampler):
     def decode(self, x_latent: torch.Tensor, cond: Any, t_start: int,
                unconditional_guidance_scale: float = 1.0, unconditional_conditioning: Any = None,
                use_original_steps: bool = False, callback: Optional[Callable] = None,
-               verbose: bool = True, generator: Generator = None) -> torch.Tensor:
+               verbose: bool = True, generator: Generator = None,
+               cond_fn: Optional[CondFn] = None) -> torch.Tensor:
         """Run the first ``t_start`` DDIM steps backwards from ``x_latent`` (img2img's denoise,
         and the inverse of ``encode``). ``generator`` (one, or one per image) drives the noise of
-        eta > 0 schedules. NaN/inf latents raise ``NonFiniteSampleError``."""
+        eta > 0 schedules; ``cond_fn`` is the loss guidance, as in ``sample``. NaN/inf latents
+        raise ``NonFiniteSampleError``."""
         self._require_schedule()
         timesteps = (np.arange(self.ddpm_num_timesteps) if use_original_steps
                      else self.ddim_timesteps)
@@ -105,7 +107,8 @@ class DDIMSampler(DDIMScheduleSampler):
             x_dec, _ = self.p_sample_ddim(
                 x_dec, cond, ts, index=index, use_original_steps=use_original_steps,
                 unconditional_guidance_scale=unconditional_guidance_scale,
-                unconditional_conditioning=unconditional_conditioning, generator=generator)
+                unconditional_conditioning=unconditional_conditioning, generator=generator,
+                cond_fn=cond_fn)
             check_finite(x_dec, i + 1, total_steps, self.label)
             if callback:
                 callback(i)
