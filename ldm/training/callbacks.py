@@ -194,7 +194,7 @@ class LoraCheckpoint(Callback):
     """Writes the LoRA layers of a model trained with ``lora_config`` as a kohya-format
     ``.safetensors`` file (``model.lora_layers.save``): ``<dirpath>/<name>-step<N>.safetensors``
     every ``every_n_train_steps`` steps (none when unset) and ``<dirpath>/<name>.safetensors`` when
-    training ends. main.py adds it by itself for such models (docs/LORA.md, "Training a LoRA")."""
+    training ends; the EMA weights when the model keeps an EMA. main.py adds it by itself for such models (docs/LORA.md, "Training a LoRA")."""
 
     def __init__(self, dirpath: str, name: str = "lora", every_n_train_steps: Optional[int] = None,
                  base_model: str = ""):
@@ -205,12 +205,17 @@ class LoraCheckpoint(Callback):
         self.base_model = base_model
 
     def _save(self, trainer, pl_module, path: str) -> None:
+        """Write the file; with an EMA (``use_ema``), of the EMA weights, as inference uses them."""
         os.makedirs(self.dirpath, exist_ok=True)
+        with pl_module.ema_scope():
+            self._write(trainer, pl_module, path)
+        rank_zero_info(f"Saved LoRA layers to {path}" + (" (EMA weights)" if pl_module.use_ema else ""))
+
+    def _write(self, trainer, pl_module, path: str) -> None:
         pl_module.lora_layers.save(path, {
             "ss_output_name": self.name, "ss_steps": trainer.global_step, "ss_epoch": trainer.current_epoch,
             "ss_learning_rate": getattr(pl_module, "learning_rate", ""), "ss_sd_model_name": self.base_model,
-            "ss_training_comment": "ldm main.py, model.params.lora_config"})
-        rank_zero_info(f"Saved LoRA layers to {path}")
+            "ss_training_comment": "ldm main.py, model.params.lora_config", "ldm_ema": pl_module.use_ema})
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
