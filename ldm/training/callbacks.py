@@ -194,7 +194,8 @@ class LoraCheckpoint(Callback):
     """Writes the LoRA layers of a model trained with ``lora_config`` as a kohya-format
     ``.safetensors`` file (``model.lora_layers.save``): ``<dirpath>/<name>-step<N>.safetensors``
     every ``every_n_train_steps`` steps (none when unset) and ``<dirpath>/<name>.safetensors`` when
-    training ends; the EMA weights when the model keeps an EMA. main.py adds it by itself for such models (docs/LORA.md, "Training a LoRA")."""
+    training ends; the EMA weights when the model keeps an EMA. main.py adds it by itself for
+    such models (docs/LORA.md, "Training a LoRA")."""
 
     def __init__(self, dirpath: str, name: str = "lora", every_n_train_steps: Optional[int] = None,
                  base_model: str = ""):
