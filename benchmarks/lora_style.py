@@ -26,7 +26,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import ldm  # noqa: E402
 from ldm.evaluation import generation  # noqa: E402
-from ldm.evaluation.adherence import PromptCase, score_image, single_object_cases, two_object_cases  # noqa: E402
+from ldm.evaluation.adherence import (  # noqa: E402
+    PromptCase,
+    mean_accuracies,
+    score_image,
+    single_object_cases,
+    two_object_cases,
+)
 from ldm.evaluation.style import background_value, dark_style_fraction  # noqa: E402
 from ldm.modules.lora import apply_lora  # noqa: E402
 
@@ -41,8 +47,8 @@ def measure(cases: Sequence[PromptCase], images: np.ndarray) -> Dict[str, float]
     for kind in ("single", "two"):
         picked = [s for case, s in zip(cases, scores) if case.kind == kind]
         if picked:
-            row[f"{kind}/colour"] = float(np.mean([s.colour for s in picked]))
-            row[f"{kind}/shape"] = float(np.mean([s.shape for s in picked]))
+            row.update({f"{kind}/{name}": value for name, value in mean_accuracies(picked).items()
+                        if name in ("colour", "shape")})
     return row
 
 
