@@ -14,7 +14,7 @@ and appear in the ``validation`` and ``test`` splits. ``docs/SHAPES.md`` lists t
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,6 +51,12 @@ EXTENT = 1.25            # no shape reaches further than EXTENT * radius from it
 MARGIN = 2.0             # pixels between a shape and the image border
 MIN_GAP = 3.0            # pixels between two objects along the relation's axis
 BACKGROUND_SATURATION = 0.12
+BACKGROUND_VALUES = (0.12, 0.92)
+# Styles of ShapesDataset: "default" as above; "dark" maps each background colour's HSV value from
+# BACKGROUND_VALUES to DARK_BACKGROUND_VALUES (hue, saturation, gradient and objects unchanged), a
+# near-black the shipped models never saw: the style a LoRA learns in configs/shapes/lora-style.yaml.
+STYLES = ("default", "dark")
+DARK_BACKGROUND_VALUES = (0.0, 0.05)
 # Disparity (larger = nearer, as MiDaS predicts): a floor that comes nearer towards the bottom of
 # the image, objects standing OBJECT_DISPARITY nearer than the floor behind them.
 FLOOR_DISPARITY = (0.2, 0.5)
@@ -130,7 +136,7 @@ def jittered_rgb(rng: np.random.Generator, colour: str) -> Tuple[int, int, int]:
 
 def background_rgb(rng: np.random.Generator) -> Tuple[int, int, int]:
     """A low-saturation colour (greys, beiges, slate blues) of any brightness."""
-    h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.0, BACKGROUND_SATURATION), rng.uniform(0.12, 0.92)
+    h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.0, BACKGROUND_SATURATION), rng.uniform(*BACKGROUND_VALUES)
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
@@ -206,6 +212,23 @@ def sample_scene(rng: np.random.Generator, split: str = "train", two_object_p: f
     radius = rng.uniform(*SIZE_RADII[size])
     only = sample_object(rng, split, size, radius, place_single(rng, radius), all_combinations=all_combinations)
     return Scene((only,), None, background, gradient)
+
+
+def darkened_rgb(rgb: Tuple[int, int, int]) -> Tuple[int, int, int]:
+    """``rgb`` with its HSV value moved linearly from BACKGROUND_VALUES to DARK_BACKGROUND_VALUES."""
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))
+    (low, high), (dark_low, dark_high) = BACKGROUND_VALUES, DARK_BACKGROUND_VALUES
+    v = dark_low + (dark_high - dark_low) * min(1.0, max(0.0, (v - low) / (high - low)))
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def styled(scene: Scene, style: str = "default") -> Scene:
+    """The scene in one of :data:`STYLES` ("dark": its background darkened, everything else the same)."""
+    if style == "default":
+        return scene
+    if style == "dark":
+        return replace(scene, background=tuple(darkened_rgb(c) for c in scene.background))
+    raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
 
 
 def scene_for(objects: Sequence[Tuple[str, str]], relation: Optional[str] = None, seed: int = 0,
@@ -376,14 +399,17 @@ class ShapesDataset(Dataset):
     scenes use the relations in ``relations`` (default: all four; a subset, e.g. only "above" and
     "to the left of", makes a curriculum in which the first-named object is always on top or
     left). ``crop_size`` (a multiple of 4) cuts every map to the same random square, e.g. to
-    train a convolutional autoencoder on 32 x 32 patches at a quarter of the cost.
+    train a convolutional autoencoder on 32 x 32 patches at a quarter of the cost. ``style``
+    "dark" draws the same scenes on near-black backgrounds (:func:`styled`; default "default").
     """
 
     def __init__(self, length: int = 100_000, size: int = 64, seed: int = 0, split: str = "train",
                  two_object_p: float = 0.5, size_word_p: float = 0.7, mask_object_p: float = 0.75,
                  crop_size: Optional[int] = None, relations: Optional[Sequence[str]] = None,
-                 all_combinations: bool = False):
+                 all_combinations: bool = False, style: str = "default"):
         super().__init__()
+        if style not in STYLES:
+            raise DatasetError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if length < 1:
@@ -402,7 +428,7 @@ class ShapesDataset(Dataset):
             raise DatasetError(f"relations must be a non-empty list of {', '.join(RELATIONS)}; got {list(relations)}")
         self.relations = relations
         self.length, self.size, self.seed, self.split = length, size, seed, split
-        self.crop_size, self.all_combinations = crop_size, all_combinations
+        self.crop_size, self.all_combinations, self.style = crop_size, all_combinations, style
         self.two_object_p, self.size_word_p, self.mask_object_p = two_object_p, size_word_p, mask_object_p
 
     def __len__(self) -> int:
@@ -413,14 +439,18 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene of example ``index`` (without rendering it)."""
-        return sample_scene(self.rng(index), self.split, self.two_object_p, self.relations, self.all_combinations)
+        return self._sample_scene(self.rng(index))
+
+    def _sample_scene(self, rng: np.random.Generator) -> Scene:
+        scene = sample_scene(rng, self.split, self.two_object_p, self.relations, self.all_combinations)
+        return styled(scene, self.style)
 
     def __getitem__(self, index: int) -> dict:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length} examples")
         index %= self.length
         rng = self.rng(index)
-        scene = sample_scene(rng, self.split, self.two_object_p, self.relations, self.all_combinations)
+        scene = self._sample_scene(rng)
         rendered = render_scene(scene, self.size)
         caption = caption_of(scene, with_size=rng.uniform() < self.size_word_p)
         mask = inpainting_mask(rng, scene, self.size, self.mask_object_p)[..., None]

@@ -188,3 +188,42 @@ class CUDACallback(Callback):
         if device is not None:
             peak = torch.tensor(torch.cuda.max_memory_allocated(device) / 2 ** 20, device=device)
             rank_zero_info(f"Average Peak memory {float(trainer.strategy.reduce(peak)):.2f}MiB")
+
+
+class LoraCheckpoint(Callback):
+    """Writes the LoRA layers of a model trained with ``lora_config`` as a kohya-format
+    ``.safetensors`` file (``model.lora_layers.save``): ``<dirpath>/<name>-step<N>.safetensors``
+    every ``every_n_train_steps`` steps (none when unset) and ``<dirpath>/<name>.safetensors`` when
+    training ends; the EMA weights when the model keeps an EMA. main.py adds it by itself for
+    such models (docs/LORA.md, "Training a LoRA")."""
+
+    def __init__(self, dirpath: str, name: str = "lora", every_n_train_steps: Optional[int] = None,
+                 base_model: str = ""):
+        super().__init__()
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be a positive number of steps, got {every_n_train_steps}")
+        self.dirpath, self.name, self.every = dirpath, name, every_n_train_steps
+        self.base_model = base_model
+
+    def _save(self, trainer, pl_module, path: str) -> None:
+        """Write the file; with an EMA (``use_ema``), of the EMA weights, as inference uses them."""
+        os.makedirs(self.dirpath, exist_ok=True)
+        with pl_module.ema_scope():
+            self._write(trainer, pl_module, path)
+        rank_zero_info(f"Saved LoRA layers to {path}" + (" (EMA weights)" if pl_module.use_ema else ""))
+
+    def _write(self, trainer, pl_module, path: str) -> None:
+        pl_module.lora_layers.save(path, {
+            "ss_output_name": self.name, "ss_steps": trainer.global_step, "ss_epoch": trainer.current_epoch,
+            "ss_learning_rate": getattr(pl_module, "learning_rate", ""), "ss_sd_model_name": self.base_model,
+            "ss_training_comment": "ldm main.py, model.params.lora_config", "ldm_ema": pl_module.use_ema})
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._save(trainer, pl_module,
+                       os.path.join(self.dirpath, f"{self.name}-step{trainer.global_step:06d}.safetensors"))
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, os.path.join(self.dirpath, f"{self.name}.safetensors"))

@@ -148,6 +148,8 @@ def callback_configs(lightning_config: DictConfig, paths: RunPaths, config: Dict
             "params": {"dirpath": os.path.join(paths.ckptdir, "trainstep_checkpoints"),
                        "filename": "{epoch:06}-{step:09}", "verbose": True, "save_top_k": -1,
                        "every_n_train_steps": 10000, "save_weights_only": True}}
+    if getattr(model, "lora_layers", None) is not None:
+        defaults["lora_checkpoint"] = lora_checkpoint_config(paths, config, model)
     merged = OmegaConf.merge(OmegaConf.create(defaults), user)
     if "ignore_keys_callback" in merged:
         if paths.resume_ckpt:
@@ -155,6 +157,16 @@ def callback_configs(lightning_config: DictConfig, paths: RunPaths, config: Dict
         else:
             del merged["ignore_keys_callback"]
     return merged
+
+
+def lora_checkpoint_config(paths: RunPaths, config: DictConfig, model) -> dict:
+    """For a model trained with ``lora_config``: its LoRA files go to ``<logdir>/lora/<run name>...``,
+    every ``lora_config.save_every`` steps and at the end."""
+    name = paths.nowname.split("_", 1)[-1] or "lora"
+    base = os.path.basename(str(config.model.get("params", {}).get("ckpt_path") or ""))
+    return {"target": "ldm.training.callbacks.LoraCheckpoint",
+            "params": {"dirpath": os.path.join(paths.logdir, "lora"), "name": name,
+                       "every_n_train_steps": model.lora_config.get("save_every"), "base_model": base}}
 
 
 def build_callbacks(lightning_config: DictConfig, paths: RunPaths, config: DictConfig, model) -> List:

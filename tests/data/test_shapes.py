@@ -183,6 +183,7 @@ def test_scene_for_builds_the_prompted_objects():
     (dict(crop_size=30), "crop_size must be a multiple of 4"),
     (dict(relations=["under"]), "relations must be a non-empty list of above"),
     (dict(relations=[]), "relations must be a non-empty list"),
+    (dict(style="outline"), "style must be one of default, dark"),
 ])
 def test_bad_parameters_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(DatasetError, match=message):
@@ -192,3 +193,19 @@ def test_bad_parameters_are_refused_with_a_clear_message(kwargs, message):
 def test_out_of_range_index_raises_index_error():
     with pytest.raises(IndexError):
         ShapesDataset(length=3)[3]
+
+
+def test_dark_style_draws_the_same_scenes_on_near_black_backgrounds():
+    default, dark = ShapesDataset(length=8), ShapesDataset(length=8, style="dark")
+    for i in range(8):
+        a, b = default[i], dark[i]
+        assert a["txt"] == b["txt"] and default.scene(i).objects == dark.scene(i).objects
+        np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+        alphas = render_scene(dark.scene(i)).alphas
+        background = alphas.sum(axis=0) == 0
+        dark_values = ((b["image"] + 1) / 2).max(axis=-1)[background]
+        default_values = ((a["image"] + 1) / 2).max(axis=-1)[background]
+        assert dark_values.max() <= 0.05 + 1 / 255 and default_values.min() >= 0.12 - 1 / 255
+        inside = alphas.max(axis=0) == 1.0
+        assert inside.any()
+        np.testing.assert_array_equal(a["image"][inside], b["image"][inside])

@@ -132,7 +132,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
                  l_simple_weight=1., conditioning_key=None, parameterization="eps",
                  scheduler_config=None, use_positional_encodings=False, learn_logvar=False,
                  logvar_init=0., make_it_fit=False, ucg_training=None, reset_ema=False,
-                 reset_num_ema_updates=False):
+                 reset_num_ema_updates=False, lora_config=None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of eps, x0, v; got '{parameterization}'")
@@ -147,6 +147,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
         self.image_size, self.channels = image_size, channels
         self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self.lora_layers, self.lora_config = None, None
         count_params(self.model, verbose=True)
         self.use_ema = use_ema
         if self.use_ema:
@@ -173,6 +174,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
         self.ucg_training = ucg_training or dict()
         if self.ucg_training:
             self.ucg_prng = np.random.RandomState()
+        self.add_lora_layers(lora_config)
 
     def _reset_ema_after_loading(self, ckpt_path, reset_ema: bool, reset_num_ema_updates: bool) -> None:
         """``reset_ema``: restart the EMA from the loaded weights (for EMA-only checkpoints);
@@ -183,7 +185,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
             if ckpt_path is None:
                 raise ValueError("reset_ema needs a ckpt_path to take the weights from")
             print("Resetting ema to pure model weights. This is useful when restoring from an ema-only checkpoint.")
-            self.model_ema = LitEma(self.model)
+            self.model_ema = LitEma(self.ema_module())
         if reset_num_ema_updates:
             print(" +++++++++++ WARNING: RESETTING NUM_EMA UPDATES TO ZERO +++++++++++ ")
             self.model_ema.reset_num_updates()
@@ -448,21 +450,25 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
 
     def on_train_batch_end(self, *args, **kwargs):
         if self.use_ema:
-            self.model_ema(self.model)
+            self.model_ema(self.ema_module())
+
+    def ema_module(self) -> nn.Module:
+        """What the EMA follows: the diffusion model, or only the LoRA layers when they are trained."""
+        return self.model if self.lora_layers is None else self.lora_layers
 
     @contextmanager
     def ema_scope(self, context: Optional[str] = None):
         """Run the block with the EMA weights in ``self.model``; put the training weights back after."""
         if self.use_ema:
-            self.model_ema.store(self.model.parameters())
-            self.model_ema.copy_to(self.model)
+            self.model_ema.store(self.ema_module().parameters())
+            self.model_ema.copy_to(self.ema_module())
             if context is not None:
                 print(f"{context}: Switched to EMA weights")
         try:
             yield None
         finally:
             if self.use_ema:
-                self.model_ema.restore(self.model.parameters())
+                self.model_ema.restore(self.ema_module().parameters())
                 if context is not None:
                     print(f"{context}: Restored training weights")
 
@@ -511,8 +517,39 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
                                  "model.base_learning_rate, set it yourself when training another way")
         return self.learning_rate
 
+    def add_lora_layers(self, lora_config: Optional[Mapping]) -> None:
+        """With ``lora_config`` (``rank``, ``alpha``, ``targets``, ``save_every``): freeze every weight
+        of the model and add trainable LoRA layers (:class:`~ldm.modules.lora.training.TrainableLora`),
+        the only parameters the optimizer and the EMA see (docs/LORA.md, "Training a LoRA")."""
+        if not lora_config:
+            return
+        from ldm.modules.lora.training import TrainableLora
+
+        options = dict(lora_config)
+        unknown = sorted(set(options) - set(LORA_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"lora_config has unknown keys {unknown}; it takes {', '.join(LORA_CONFIG_KEYS)}")
+        if self.learn_logvar:
+            raise ValueError("lora_config trains only LoRA layers; it cannot be combined with learn_logvar")
+        targets = list(options.get("targets", ["attn"]))
+        if "text" in targets and not getattr(self, "cond_stage_trainable", False):
+            raise ValueError("lora_config targets 'text' need cond_stage_trainable: true (only then is the "
+                             "conditioning encoded with gradients; the encoder's own weights stay frozen)")
+        self.requires_grad_(False)
+        self.lora_layers = TrainableLora(self, rank=options.get("rank", 4), alpha=options.get("alpha"),
+                                         targets=targets)
+        self.lora_config = options
+        if self.use_ema:
+            self.model_ema = LitEma(self.lora_layers)
+        print(f"{self.__class__.__name__}: training {len(self.lora_layers.pairs)} LoRA layers of rank "
+              f"{self.lora_layers.rank} ({sum(p.numel() for p in self.lora_layers.parameters())} parameters); "
+              "every other weight is frozen")
+
     def trainable_parameters(self) -> List[torch.Tensor]:
-        """What the optimizer updates: the diffusion model (+ ``logvar`` when learned)."""
+        """What the optimizer updates: the diffusion model (+ ``logvar`` when learned), or only the
+        LoRA layers (``lora_config``)."""
+        if self.lora_layers is not None:
+            return list(self.lora_layers.parameters())
         params = list(self.model.parameters())
         if self.learn_logvar:
             params.append(self.logvar)
@@ -537,6 +574,7 @@ class DDPM(DiffusionImageLogging, pl.LightningModule):
 # ---------------------------------------------------------------------------------------------
 
 
+LORA_CONFIG_KEYS = ("rank", "alpha", "targets", "save_every")
 _LAZY_MODELS = {"LatentDiffusion": "latent_diffusion"}
 _TASK_MODELS = ("LatentUpscaleDiffusion", "LatentFinetuneDiffusion", "LatentInpaintDiffusion",
                 "LatentDepth2ImageDiffusion", "LatentUpscaleFinetuneDiffusion",

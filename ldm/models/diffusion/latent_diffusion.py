@@ -46,6 +46,7 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, PatchwiseProc
         reset_ema = kwargs.pop("reset_ema", False)
         reset_num_ema_updates = kwargs.pop("reset_num_ema_updates", False)
         ignore_keys = kwargs.pop("ignore_keys", [])
+        lora_config = kwargs.pop("lora_config", None)
         super().__init__(conditioning_key=conditioning_key, *args, **kwargs)
         self.concat_mode = concat_mode
         self.cond_stage_trainable = cond_stage_trainable
@@ -67,6 +68,7 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, PatchwiseProc
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys)
             self.restarted_from_ckpt = True
+        self.add_lora_layers(lora_config)
         self._reset_ema_after_loading(ckpt_path, reset_ema, reset_num_ema_updates)
 
     # -- schedule ---------------------------------------------------------------------------
@@ -304,7 +306,10 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, PatchwiseProc
         print(f"setting self.scale_factor to {self.scale_factor}")
 
     def trainable_parameters(self) -> List[torch.Tensor]:
-        """The diffusion model, the conditioning encoder when trainable, ``logvar`` when learned."""
+        """The diffusion model, the conditioning encoder when trainable, ``logvar`` when learned; or
+        only the LoRA layers (``lora_config``)."""
+        if self.lora_layers is not None:
+            return super().trainable_parameters()
         params = list(self.model.parameters())
         if self.cond_stage_trainable:
             print(f"{self.__class__.__name__}: Also optimizing conditioner params!")
