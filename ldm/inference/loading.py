@@ -34,6 +34,7 @@ SD_CONFIGS = "configs/stable-diffusion"
 DEFAULT_MODELS: Dict[str, Tuple[str, str]] = {
     "txt2img": ("checkpoints/shapes-txt2img.yaml", "checkpoints/shapes-txt2img.safetensors"),
     "img2img": ("checkpoints/shapes-txt2img.yaml", "checkpoints/shapes-txt2img.safetensors"),
+    "edit": ("checkpoints/shapes-txt2img.yaml", "checkpoints/shapes-txt2img.safetensors"),
     "inpaint": ("checkpoints/shapes-inpainting.yaml", "checkpoints/shapes-inpainting.safetensors"),
     "depth2img": ("checkpoints/shapes-depth.yaml", "checkpoints/shapes-depth.safetensors"),
     "upscale": ("checkpoints/shapes-x4-upscaler.yaml", "checkpoints/shapes-x4-upscaler.safetensors"),

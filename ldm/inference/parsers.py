@@ -27,6 +27,20 @@ def _image_and_strength(strength: float, meaning: str) -> Callable[[argparse.Arg
     return add
 
 
+def _edit_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init-img", type=str, default=None,
+                        help="the image to edit; resized down to multiples of 64 (required)")
+    parser.add_argument("--source-prompt", "--source_prompt", dest="source_prompt", type=str, default=None,
+                        help="a prompt that describes --init-img, used to invert it (required)")
+    parser.add_argument("--inversion-steps", "--inversion_steps", dest="inversion_steps", type=int, default=50,
+                        help="DDIM steps of the inversion, at guidance scale 1 (default: %(default)s)")
+    parser.add_argument("--keep", type=float, default=0.4,
+                        help="fraction of the --steps regeneration steps taken from the inverted trajectory, "
+                             "in [0, 1]: the regeneration starts from the inverted latent round(keep * steps) "
+                             "steps below the top; 0 regenerates from the inverted noise, 1 returns the image "
+                             "(default: %(default)s)")
+
+
 def _inpaint_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-img", type=str, default=None,
                         help="the image to inpaint; resized down to multiples of 64 (required)")
@@ -114,6 +128,9 @@ _SCRIPTS: Dict[str, ScriptFlags] = {
                            "a blue square", _image_and_strength(0.8, ": 1 ignores it, 0 keeps it"),
                            dict(steps=50, scale=9.0, n_iter=1, n_samples=2, sampler_choice=False),
                            loss_guidance=True),
+    "edit": ScriptFlags("Edit an image by DDIM inversion: invert it with a prompt that describes it, then "
+                        "regenerate it with the new prompt.", "a photograph of a dog", "a blue circle", _edit_inputs,
+                        dict(steps=50, scale=5.0, n_iter=1, n_samples=1, sampler_choice=False)),
     "inpaint": ScriptFlags("Repaint the masked part of an image.", "", "", _inpaint_inputs,
                            dict(steps=50, scale=10.0, n_iter=1, n_samples=1)),
     "depth2img": ScriptFlags("Redraw an image following a prompt, keeping its depth layout.",

@@ -42,6 +42,7 @@ from ldm.inference.pipeline import (
     sample_from_noise,
 )
 from ldm.inference.sampler_choice import chosen_sampler
+from ldm.models.diffusion.inversion import edit_latent, plan_edit
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
@@ -236,6 +237,45 @@ class ImageToImage(Task):
 
     def extra_parameters(self):
         return {"Denoising strength": self.opt.strength}
+
+
+class Edit(Task):
+    """Editing by DDIM inversion (:mod:`~ldm.models.diffusion.inversion`): invert ``--init-img``
+    with ``--source-prompt`` at guidance scale 1, then regenerate with ``--prompt`` at ``--scale``,
+    reusing the inverted trajectory for the first ``--keep`` fraction of the ``--steps`` steps."""
+    name = "edit"
+    needs_partial_denoising = True
+
+    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
+        super().__init__(opt, spec)
+        if not isinstance(opt.source_prompt, str) or not opt.source_prompt:
+            raise UsageError("--source-prompt is required: the prompt that describes --init-img (one string)")
+        if opt.inversion_steps < 1:
+            raise UsageError(f"--inversion-steps must be at least 1, got {opt.inversion_steps}")
+        try:
+            self.plan = plan_edit(opt.keep, opt.steps, opt.inversion_steps, spec.timesteps)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        self.image = self._inputs(opt.init_img, "--init-img", "the image to edit",
+                                  lambda source: load_image(source, spec.pixel_multiple))
+
+    def output_size(self):
+        return self.image.shape[-1], self.image.shape[-2]
+
+    def to_device(self, device):
+        self.image = self.image.to(device)
+
+    def generate(self, model, sampler, batch, noise):
+        c, uc = self._text(model, batch)
+        source = model.get_learned_conditioning([self.opt.source_prompt] * len(batch))
+        init_latent = encode_image(model, rows_for(self.image, batch), noise)
+        z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
+                        noise.generators)
+        return self._decode(model, z)
+
+    def extra_parameters(self):
+        return {"Source prompt": self.opt.source_prompt, "Inversion steps": self.opt.inversion_steps,
+                "Keep": self.opt.keep}
 
 
 class Inpainting(Task):
@@ -700,8 +740,9 @@ class ClassConditionalSampling(_SamplingWithoutPrompt):
         return self._sample(model, sampler, noise, c, uc)
 
 
-TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Inpainting, DepthToImage, Upscaling,
-                                                      UnCLIP, UnconditionalSampling, ClassConditionalSampling)}
+TASKS: Dict[str, type] = {task.name: task for task in (TextToImage, ImageToImage, Edit, Inpainting, DepthToImage,
+                                                      Upscaling, UnCLIP, UnconditionalSampling,
+                                                      ClassConditionalSampling)}
 
 
 def _required(value: Any, flag: str, what: str) -> Any:

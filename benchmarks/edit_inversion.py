@@ -1,0 +1,103 @@
+"""Editing by DDIM inversion on the shipped shapes model (checkpoints/shapes-txt2img.*), measured
+against the ground truth the shapes world renders.
+
+Cases: every (colour, shape) of the shapes world rendered as one medium object (``scene_for``,
+case k seeded k), each edited to two other colours (the palette colour ``+1`` and ``+3`` places on:
+"a red circle" -> "an orange circle" and "a green circle", ...), shape kept: 48 cases. Each edit goes
+through ``ldm.load("edit")`` as ``scripts/edit.py`` runs it. Scored per case:
+
+- mask IoU: the edited image's foreground (the detector's saturation/value test) against the
+  source render's object mask (coverage > 0.5); kept when IoU >= 0.8;
+- colour: the detector's largest object has the target colour.
+
+Printed: the rate of each, of both together, the mean IoU, and the cases that failed.
+
+    python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
+                                       [--cases 48] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import ldm  # noqa: E402
+from ldm.data.shapes import COLOURS, SHAPES, noun_phrase, render_scene, scene_for  # noqa: E402
+from ldm.evaluation.detector import SATURATION_MIN, VALUE_MIN, detect_objects, hsv  # noqa: E402
+
+IOU_KEPT = 0.8
+TARGET_OFFSETS = (1, 3)  # palette places from the source colour to the target colour
+
+
+def edit_cases(count: int) -> List[Tuple[str, str, str]]:
+    """``(source colour, target colour, shape)`` of the first ``count`` cases."""
+    names = list(COLOURS)
+    cases = [(colour, names[(index + offset) % len(names)], shape)
+             for offset in TARGET_OFFSETS for index, colour in enumerate(names) for shape in SHAPES]
+    return cases[:count]
+
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    """The pixels the detector counts as object (saturated and not dark)."""
+    _, saturation, value = hsv(np.asarray(image, dtype=np.float32) / 255.0)
+    return (saturation > SATURATION_MIN) & (value > VALUE_MIN)
+
+
+def iou(first: np.ndarray, second: np.ndarray) -> float:
+    union = (first | second).sum()
+    return float((first & second).sum() / union) if union else 1.0
+
+
+def run(args: argparse.Namespace) -> None:
+    pipe = ldm.load("edit", device=args.device)
+    rows, start = [], time.perf_counter()
+    for seed, (source, target, shape) in enumerate(edit_cases(args.cases)):
+        render = render_scene(scene_for([(source, shape)], seed=seed))
+        image = Image.fromarray((render.image * 255).round().astype(np.uint8))
+        edited, = pipe(noun_phrase(target, shape), source_prompt=noun_phrase(source, shape), image=image,
+                       seed=seed, steps=args.steps, inversion_steps=args.inversion_steps, scale=args.scale,
+                       keep=args.keep)
+        pixels = np.asarray(edited)
+        overlap = iou(foreground(pixels), render.alphas[0] > 0.5)
+        found = detect_objects(pixels)
+        colour = found[0].colour if found else None
+        rows.append((source, target, shape, overlap, colour))
+    seconds = time.perf_counter() - start
+    kept = np.array([row[3] >= IOU_KEPT for row in rows])
+    recoloured = np.array([row[4] == row[1] for row in rows])
+    print(f"keep {args.keep}, scale {args.scale}, steps {args.steps}, inversion steps {args.inversion_steps}: "
+          f"{len(rows)} cases in {seconds:.0f} s")
+    print(f"  mask kept (IoU >= {IOU_KEPT}): {kept.mean():.1%}   mean IoU {np.mean([r[3] for r in rows]):.3f}")
+    print(f"  new colour read:            {recoloured.mean():.1%}")
+    print(f"  both:                       {(kept & recoloured).mean():.1%}")
+    for (source, target, shape, overlap, colour), ok in zip(rows, kept & recoloured):
+        if not ok:
+            print(f"  failed: {source} {shape} -> {target}: IoU {overlap:.2f}, colour read {colour}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=float, default=None, help="default: edit.py's")
+    parser.add_argument("--scale", type=float, default=None, help="default: edit.py's")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--inversion-steps", type=int, default=50)
+    parser.add_argument("--cases", type=int, default=48)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    from ldm.inference.parsers import default_options
+    defaults = default_options("edit")
+    args.keep = defaults.keep if args.keep is None else args.keep
+    args.scale = defaults.scale if args.scale is None else args.scale
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

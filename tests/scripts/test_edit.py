@@ -1,0 +1,57 @@
+"""scripts/edit.py (editing by DDIM inversion) end to end on a tiny random-weight model, the same
+request through ``ldm.load("edit")``, and bad inputs."""
+import numpy as np
+from PIL import Image
+
+import ldm
+from tests.scripts.helpers import bad_input_failures, files_under, main_exit_code, png_parameters, write_test_image
+
+
+def edit_flags(tmp_path, tiny_models):
+    init = write_test_image(tmp_path / "in.png", size=(34, 27))  # rounded down to 32x24
+    return ["--init-img", str(init), "--source-prompt", "a red circle", "--prompt", "a blue circle",
+            "--steps", "4", "--inversion-steps", "8", "--keep", "0.5", "--scale", "3", "--seed", "7",
+            *tiny_models["txt2img"].flags()]
+
+
+def test_edit_writes_the_edited_image_with_its_parameters_and_equals_the_api(tiny_models, tmp_path, capsys):
+    flags = edit_flags(tmp_path, tiny_models)
+    assert main_exit_code("edit.py", [*flags, "--outdir", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    written = [p.relative_to(tmp_path / "out").as_posix() for p in files_under(tmp_path / "out")]
+    assert written == ["grid-0000.png", "samples/00000.png"]
+    sample = tmp_path / "out" / "samples" / "00000.png"
+    assert Image.open(sample).size == (32, 24)
+    parsed = png_parameters(sample)
+    assert (parsed["Prompt"], parsed["Source prompt"], parsed["Seed"], parsed["Sampler"]) == (
+        "a blue circle", "a red circle", "7", "DDIM")
+    assert (parsed["Steps"], parsed["Inversion steps"], float(parsed["Keep"]), float(parsed["CFG scale"])) == (
+        "4", "8", 0.5, 3.0)
+
+    model = tiny_models["txt2img"]
+    pipe = ldm.load("edit", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    image, = pipe("a blue circle", source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4,
+                  inversion_steps=8, keep=0.5, scale=3.0, seed=7)
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(sample)))
+    assert image.info["parameters"] == Image.open(sample).info["parameters"]
+    # the target prompt matters, and keep 1 gives back the (VAE round trip of the) image unchanged by the prompt
+    other, = pipe("a green star", source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4,
+                  inversion_steps=8, keep=0.5, scale=3.0, seed=7)
+    assert not np.array_equal(np.asarray(other), np.asarray(image))
+    kept = [pipe(prompt, source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4, inversion_steps=8,
+                 keep=1.0, seed=7)[0] for prompt in ("a blue circle", "a green star")]
+    assert np.array_equal(np.asarray(kept[0]), np.asarray(kept[1]))
+
+
+def test_edit_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_models, tmp_path, capsys):
+    flags = edit_flags(tmp_path, tiny_models)
+    without_source = [flag for flag in flags if flag not in ("--source-prompt", "a red circle")]
+    without_image = flags[2:]
+    cases = [
+        (without_source, r"--source-prompt is required"),
+        (without_image, r"--init-img is required"),
+        ([*flags, "--keep", "1.5"], r"--keep must be in \[0, 1\], got 1.5"),
+        ([*flags, "--inversion-steps", "0"], r"--inversion-steps must be at least 1, got 0"),
+        ([*flags, "--steps", "50", "--keep", "0"], r"starts at timestep 981 .* 8-step inversion does not reach"),
+        ([*flags, "--init-img", str(tmp_path / "missing.png")], r"missing\.png"),
+    ]
+    assert bad_input_failures("edit.py", cases, "--outdir", tmp_path, capsys) == []
