@@ -23,7 +23,7 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 AUTOENCODER = "shapes-autoencoder-kl-f4"
 DIFFUSION_MODELS = ["shapes-txt2img", "shapes-inpainting", "shapes-depth", "shapes-x4-upscaler",
                     "shapes-class-conditional"]
-PIXEL_MODELS = []
+PIXEL_MODELS = ["shapes-pixel-ddpm"]
 SHIPPED = [AUTOENCODER, *DIFFUSION_MODELS, *PIXEL_MODELS]
 SIZE_BUDGET_BYTES = 80 * 10 ** 6
 
@@ -194,3 +194,11 @@ def test_sample_class_runs_on_its_default_model(tmp_path):
     run = run_script("sample_class.py", "--n_samples", "1", "--steps", "4", "--outdir", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
     assert len(_saved_images(tmp_path / "out" / "samples")) == 4  # four classes spread over the 24
+
+
+def test_sample_diffusion_runs_on_its_default_model(tmp_path):
+    run = run_script("sample_diffusion.py", "-n", "2", "--batch_size", "2", "-c", "4", "-l", str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr
+    images = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "out").rglob("sample_*.png"))]
+    assert len(images) == 2 and images[0].shape == (32, 32, 3)
+    assert len(list((tmp_path / "out").rglob("*-samples.npz"))) == 1
