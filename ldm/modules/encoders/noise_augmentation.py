@@ -14,14 +14,20 @@ from ldm.modules.diffusionmodules.upscaling import ImageConcatWithNoiseAugmentat
 from ldm.util import CheckpointError, in_cwd_or_repository, load_tensors
 
 
-def _clip_stats(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` from a statistics file, read with the checkpoint loader's checks (a hostile
-    file named by a config cannot allocate more than it holds or run code)."""
+def read_clip_stats(path: str, dim: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` float32 of CLIP image embeddings from a statistics file such as Karlo's
+    ``ViT-L-14_stats.th`` (each ``[dim]`` when ``dim`` is given; std positive), read with the
+    checkpoint loader's checks (a hostile file named by a config cannot run code)."""
     stats = load_tensors(path)
+    width = f"{dim}-d " if dim is not None else ""
     if not (isinstance(stats, (tuple, list)) and len(stats) == 2
-            and all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in stats)):
-        raise CheckpointError(f"{path} does not hold the (mean, std) pair of CLIP embedding statistics")
-    return stats[0].float(), stats[1].float()
+            and all(isinstance(t, torch.Tensor) and t.dim() == 1 and (dim is None or t.shape[0] == dim)
+                    for t in stats)):
+        raise CheckpointError(f"{path} does not hold the (mean, std) pair of {width}CLIP embedding statistics")
+    mean, std = (t.float() for t in stats)
+    if not bool((std > 0).all()):
+        raise CheckpointError(f"{path}: the standard deviations of the CLIP embedding statistics are not all positive")
+    return mean, std
 
 
 class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
@@ -35,7 +41,7 @@ class CLIPEmbeddingNoiseAugmentation(ImageConcatWithNoiseAugmentation):
         super().__init__(*args, **kwargs)
         self.missing_stats_path = None
         if clip_stats_path is not None and os.path.isfile(in_cwd_or_repository(clip_stats_path)):
-            clip_mean, clip_std = _clip_stats(in_cwd_or_repository(clip_stats_path))
+            clip_mean, clip_std = read_clip_stats(in_cwd_or_repository(clip_stats_path))
         else:
             self.missing_stats_path = clip_stats_path
             clip_mean, clip_std = torch.zeros(timestep_dim), torch.ones(timestep_dim)

@@ -21,8 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ldm.modules.encoders.noise_augmentation import read_clip_stats as _read_embedding_stats
 from ldm.modules.encoders.openclip import CLIPArch
-from ldm.util import CheckpointError, compare_state_dict, in_cwd_or_repository, load_checkpoint, load_tensors
+from ldm.util import CheckpointError, compare_state_dict, in_cwd_or_repository, load_checkpoint
 
 PRIOR_HPARAMS = ("text_ctx", "xf_width", "xf_layers", "xf_heads", "xf_final_ln", "clip_dim")
 DIFFUSION_KEYS = ("steps", "learn_sigma", "sigma_small", "noise_schedule", "use_kl", "predict_xstart",
@@ -92,21 +93,13 @@ def read_prior_state_dict(path: str, prior: torch.nn.Module) -> Dict[str, torch.
 
 # -- CLIP image-embedding statistics ----------------------------------------------------------
 def read_clip_stats(path: str, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` of the CLIP image embeddings, each ``[dim]`` float32 (``ViT-L-14_stats.th``)."""
-    what = (f"the (mean, std) pair of {dim}-d CLIP image-embedding statistics (ViT-L-14_stats.th from "
-            "kakaobrain/karlo-v1-alpha)")
+    """``(mean, std)`` of the CLIP image embeddings, each ``[dim]`` float32 (``ViT-L-14_stats.th``),
+    read by the reader unCLIP's noise augmentation uses; errors name the file Karlo needs."""
     path = _require_file(path, "CLIP statistics file (ViT-L-14_stats.th)")
     try:
-        stats = load_tensors(path)
+        return _read_embedding_stats(path, dim)
     except CheckpointError as err:
-        raise KarloFileError(f"{err} (expected {what})") from None
-    if not (isinstance(stats, (tuple, list)) and len(stats) == 2
-            and all(isinstance(t, torch.Tensor) and tuple(t.shape) == (dim,) for t in stats)):
-        raise KarloFileError(f"{path} does not hold {what}")
-    mean, std = (t.float() for t in stats)
-    if not bool((std > 0).all()):
-        raise KarloFileError(f"{path}: the standard deviations are not all positive; expected {what}")
-    return mean, std
+        raise KarloFileError(f"{err} (expected ViT-L-14_stats.th of the Karlo v1.0.alpha release)") from None
 
 
 # -- CLIP weights -----------------------------------------------------------------------------

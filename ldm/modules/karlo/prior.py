@@ -2,7 +2,7 @@
 unCLIP uses (the embeddings are what Stable unCLIP-L takes as ``c_adm``).
 
     prior = load_prior("configs/karlo/prior_1B_vit_l.yaml", "prior-ckpt-step=01000000-of-01000000.ckpt",
-                       "clip-vit-large-patch14/", "ViT-L-14_stats.th", device="cuda")
+                       "clip-vit-large-patch14/", "ViT-L-14_stats.th", device="cpu")
     embeddings = prior.sample(["a teddy bear on a skateboard"], seeds=[42])   # [1, 768]
 
 Sampling as Karlo's ``PriorSampler`` with its "default" settings: 25 respaced steps of ancestral
