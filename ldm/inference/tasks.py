@@ -213,21 +213,33 @@ class TextToImage(Task):
         return self._decode(model, sample_from_noise(sampler, self.guided_settings(model), shape, c, uc, noise))
 
 
-class ImageToImage(Task):
-    name = "img2img"
+class _FromInitImage(Task):
+    """What the tasks that start from ``--init-img`` share: the image (per prompt) read at the
+    model's pixel multiple, its size as the output size."""
     needs_partial_denoising = True
+    init_image_role = "the image to start from"
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
-        check_strength(opt.strength)
-        self.image = self._inputs(opt.init_img, "--init-img", "the image to start from",
+        self._check_options()
+        self.image = self._inputs(opt.init_img, "--init-img", self.init_image_role,
                                   lambda source: load_image(source, spec.pixel_multiple))
+
+    def _check_options(self) -> None:
+        """The task's own option checks, after the model kind's and before the image is read."""
 
     def output_size(self):
         return self.image.shape[-1], self.image.shape[-2]
 
     def to_device(self, device):
         self.image = self.image.to(device)
+
+
+class ImageToImage(_FromInitImage):
+    name = "img2img"
+
+    def _check_options(self) -> None:
+        check_strength(self.opt.strength)
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
@@ -239,31 +251,23 @@ class ImageToImage(Task):
         return {"Denoising strength": self.opt.strength}
 
 
-class Edit(Task):
+class Edit(_FromInitImage):
     """Editing by DDIM inversion (:mod:`~ldm.models.diffusion.inversion`): invert ``--init-img``
     with ``--source-prompt`` at guidance scale 1, then regenerate with ``--prompt`` at ``--scale``,
     reusing the inverted trajectory for the first ``--keep`` fraction of the ``--steps`` steps."""
     name = "edit"
-    needs_partial_denoising = True
+    init_image_role = "the image to edit"
 
-    def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
-        super().__init__(opt, spec)
+    def _check_options(self) -> None:
+        opt = self.opt
         if not isinstance(opt.source_prompt, str) or not opt.source_prompt:
             raise UsageError("--source-prompt is required: the prompt that describes --init-img (one string)")
         if opt.inversion_steps < 1:
             raise UsageError(f"--inversion-steps must be at least 1, got {opt.inversion_steps}")
         try:
-            self.plan = plan_edit(opt.keep, opt.steps, opt.inversion_steps, spec.timesteps)
+            self.plan = plan_edit(opt.keep, opt.steps, opt.inversion_steps, self.spec.timesteps)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        self.image = self._inputs(opt.init_img, "--init-img", "the image to edit",
-                                  lambda source: load_image(source, spec.pixel_multiple))
-
-    def output_size(self):
-        return self.image.shape[-1], self.image.shape[-2]
-
-    def to_device(self, device):
-        self.image = self.image.to(device)
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
