@@ -53,6 +53,27 @@ class PromptCase:
         return "single" if len(self.objects) == 1 else "two"
 
 
+def _parse_noun_phrase(words: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """("red", "circle") of ["a", "small", "red", "circle"] (size word optional), else None."""
+    words = [w for w in words if w not in ("small", "large")]
+    if len(words) == 3 and words[0] in ("a", "an") and words[1] in COLOURS and words[2] in SHAPES:
+        return words[1], words[2]
+    return None
+
+
+def parse_prompt(text: str) -> Optional[PromptCase]:
+    """The case a shapes-world caption asks for ("a red circle", "a small blue star", "a red circle
+    to the left of a green square"), or None when the text is not such a caption."""
+    text = " ".join(text.lower().split())
+    for relation in RELATIONS:
+        first, sep, second = text.partition(f" {relation} ")
+        if sep:
+            objects = (_parse_noun_phrase(first.split()), _parse_noun_phrase(second.split()))
+            return PromptCase(objects, relation) if None not in objects else None
+    single = _parse_noun_phrase(text.split())
+    return PromptCase((single,)) if single else None
+
+
 def single_object_cases(repeats: int = 1) -> List[PromptCase]:
     """Every (colour, shape) pair ``repeats`` times: 24 pairs, 4 of them held out."""
     return [PromptCase((pair,)) for _ in range(repeats) for pair in combinations()]

@@ -8,6 +8,7 @@ from ldm.evaluation.adherence import (
     Score,
     format_table,
     mirrored,
+    parse_prompt,
     psnr,
     same_layout,
     score_detections,
@@ -108,3 +109,22 @@ def test_psnr_of_known_errors_and_masks():
     assert psnr(a, c, mask=mask) == float("inf")
     with pytest.raises(ValueError, match="shape"):
         psnr(a, np.zeros((2, 2, 3)))
+
+
+@pytest.mark.parametrize("text, case", [
+    ("a red circle", PromptCase((("red", "circle"),))),
+    ("A small  Orange star", PromptCase((("orange", "star"),))),
+    ("a red circle to the left of a blue square", PromptCase((("red", "circle"), ("blue", "square")),
+                                                             "to the left of")),
+    ("a green triangle below an orange star", PromptCase((("green", "triangle"), ("orange", "star")), "below")),
+    ("a photo of a cat", None),
+    ("a red circle beside a blue square", None),
+    ("a pink circle", None),
+])
+def test_parse_prompt_reads_shapes_captions_and_nothing_else(text, case):
+    assert parse_prompt(text) == case
+
+
+def test_parse_prompt_reads_every_caption_of_the_prompt_sets():
+    for case in single_object_cases() + two_object_cases(8, held_out=False) + two_object_cases(8, held_out=True):
+        assert parse_prompt(case.text) == case
