@@ -64,7 +64,7 @@ class SampleArray:
             for start in range(0, self.shape[0], batch_size):
                 rows = min(batch_size, self.shape[0] - start)
                 data = member.read(rows * row_bytes)
-                yield np.frombuffer(data, dtype=np.uint8).reshape(rows, *self.shape[1:])
+                yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(rows, *self.shape[1:])
 
 
 ImageSet = Union[ImageFolder, SampleArray]

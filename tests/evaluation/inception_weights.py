@@ -12,7 +12,9 @@ def save_random_fid_inception(path: Path, seed: int = 0) -> Path:
     model = FIDInceptionV3()
     with torch.no_grad():
         for name, value in model.state_dict().items():
-            if name.endswith(("bn.bias", "running_mean", "fc.bias")):
+            if name.endswith("conv.weight"):   # He-normal: activations stay of order one through 94 layers
+                value.normal_(0.0, (2.0 / value[0].numel()) ** 0.5)
+            elif name.endswith(("bn.bias", "running_mean", "fc.bias")):
                 value.normal_(0.0, 0.1)
             elif name.endswith(("bn.weight", "running_var")):
                 value.uniform_(0.5, 1.5)
