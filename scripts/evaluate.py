@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _checked(opt: argparse.Namespace):
     """Inputs opened and the metric list, or UsageError before any work."""
     from ldm.evaluation import suite
+    from ldm.evaluation.fidelity import GaussianStats
     from ldm.evaluation.image_sets import open_input
     from ldm.inference.errors import UsageError
 
@@ -78,7 +79,7 @@ def _checked(opt: argparse.Namespace):
     if "shapes" in metrics and not opt.prompts:
         raise UsageError("shapes scores need --prompts FILE (one shapes-world caption per image)")
     stats_target = reference if reference is not None else generated
-    if opt.save_stats and not hasattr(stats_target, "batches"):
+    if opt.save_stats and isinstance(stats_target, GaussianStats):
         raise UsageError("--save-stats needs images; the input is already a statistics file")
     return generated, reference, metrics
 
