@@ -61,3 +61,14 @@ def test_unusable_inputs_are_one_clear_error(tmp_path, name, content, message):
         Image.new("RGB", (4, 4)).save(path)
     with pytest.raises(UsageError, match=message):
         open_input(str(path))
+
+
+def test_the_npz_sample_diffusion_streams_out_is_read_back(tmp_path):
+    from ldm.inference.logdir_sampling import NpzStream
+
+    samples = np.random.default_rng(1).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    stream = NpzStream(tmp_path / "3x4x4x3-samples.npz", samples.shape)
+    stream.append(samples[:2])
+    stream.append(samples[2:])
+    images = open_input(str(stream.close()))
+    np.testing.assert_array_equal(np.concatenate(list(images.batches(2))), samples)
