@@ -2,7 +2,13 @@
 holds only what can run, and a missing Inception file is a reason, not a failure."""
 from argparse import Namespace
 
-from benchmarks.fid_vs_guidance import inception_or_reason, print_rows, row_for_scale, shapes_prompt_set, shapes_reference
+from benchmarks.fid_vs_guidance import (
+    inception_or_reason,
+    print_rows,
+    row_for_scale,
+    shapes_prompt_set,
+    shapes_reference,
+)
 
 
 def test_a_row_of_the_shapes_reference_itself_scores_full_adherence_and_leaves_fid_out(tmp_path, capsys):

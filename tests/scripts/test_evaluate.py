@@ -34,9 +34,9 @@ def _error_line(capsys) -> str:
 def test_metrics_table_json_and_saved_statistics_give_the_same_fid(inputs, tmp_path, capsys):
     root, weights = inputs
     common = ["--inception", str(weights), "--batch-size", "2"]
-    code = main_exit_code("evaluate.py", [str(root / "generated"), str(root / "reference.npz"), *common, "--k", "1", "--splits", "2",
-                                          "--json", str(tmp_path / "all.json"), "--save-stats",
-                                          str(tmp_path / "reference_stats.npz")])
+    code = main_exit_code("evaluate.py", [str(root / "generated"), str(root / "reference.npz"), *common,
+                                          "--k", "1", "--splits", "2", "--json", str(tmp_path / "all.json"),
+                                          "--save-stats", str(tmp_path / "reference_stats.npz")])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "| FID |" in out and "| recall |" in out and "| Inception Score (mean) |" in out
