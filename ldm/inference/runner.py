@@ -8,22 +8,44 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ldm.inference import cli
-from ldm.inference.api import Pipeline, prepare_run
-from ldm.inference.errors import RunInterrupted
-from ldm.inference.images import OutputWriter, grid_rows, to_uint8
-from ldm.inference.loading import choose_model_paths, read_config, read_model_spec
+from ldm.inference.api import Pipeline, Run, prepare_run
+from ldm.inference.distributed import Ranks, make_share, process_group, share_of
+from ldm.inference.errors import RunInterrupted, UsageError
+from ldm.inference.images import (
+    GRID_NAME,
+    SAMPLE_NAME,
+    SAMPLES_DIRNAME,
+    OutputWriter,
+    check_output_folder,
+    grid_of_uint8,
+    grid_rows,
+    read_parameters,
+    read_png_pixels,
+    to_uint8,
+)
+from ldm.inference.loading import ModelPaths, choose_model_paths, read_config, read_model_spec
 from ldm.inference.parsers import build_parser
 
 
 def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
-    """Run a script's task with its parsed flags; returns the files written."""
-    paths = choose_model_paths(task, opt.config, opt.ckpt)
-    opt.config, opt.ckpt = paths.config, paths.ckpt
-    run = prepare_run(task, opt, read_model_spec(read_config(opt.config), opt.config))
+    """Run a script's task with its parsed flags; returns the files written. Under ``torchrun``,
+    this process's share of the images (:mod:`ldm.inference.distributed`)."""
+    with process_group(opt) as ranks:
+        paths = choose_model_paths(task, opt.config, opt.ckpt)
+        opt.config, opt.ckpt = paths.config, paths.ckpt
+        run = prepare_run(task, opt, read_model_spec(read_config(opt.config), opt.config))
+        if ranks is not None:
+            return _run_across_processes(opt, task, paths, run, ranks)
+        return _run_in_one_process(opt, task, paths, run)
+
+
+def _run_in_one_process(opt: argparse.Namespace, task: str, paths: ModelPaths, run: Run) -> List[Path]:
+    """Samples numbered on from those in ``samples/``, written batch by batch, then the grid."""
     writer = OutputWriter(opt.outdir, skip_save=opt.skip_save, skip_grid=opt.skip_grid)
     pipeline = Pipeline.from_options(task, opt, paths)
     made, grid_parameters = [], None
@@ -39,6 +61,52 @@ def run_task(opt: argparse.Namespace, task: str) -> List[Path]:
         raise RunInterrupted(writer.samples_written, writer.outdir) from None
     _report(writer, run.image_count, run.task.side_outputs)
     return writer.written + run.task.side_outputs
+
+
+def _run_across_processes(opt: argparse.Namespace, task: str, paths: ModelPaths, run: Run, ranks: Ranks) -> List[Path]:
+    """This rank's share of the run as ``samples/<index in the run>.png`` (skipping images made
+    already), then, on rank 0 once every rank is done, the grid of all of them from the files."""
+    _check_distributable(opt)
+    outdir = Path(opt.outdir)
+    samples = outdir / SAMPLES_DIRNAME
+    check_output_folder(outdir, samples)
+    pipeline = Pipeline.from_options(task, opt, paths)
+    describe = pipeline.batch_parameters(run)
+
+    def path_of(index: int) -> Path:
+        return samples / SAMPLE_NAME.format(index)
+
+    share = share_of(ranks, run.batches, describe, path_of)
+    written = make_share(pipeline, run, share, path_of, ranks)
+    ranks.barrier()
+    if not ranks.is_main:
+        return written
+    if not opt.skip_grid:
+        written.extend(_grid_of_the_run(opt, run, describe, path_of))
+    print(f"{run.image_count} image(s) in {samples}: {run.image_count - share.made_before} made by "
+          f"{ranks.world_size} process(es), {share.made_before} made before")
+    return written
+
+
+def _check_distributable(opt: argparse.Namespace) -> None:
+    if opt.skip_save:
+        raise UsageError("--skip_save: under torchrun the grid is put together from the saved samples; leave "
+                         "out --skip_save")
+    if getattr(opt, "save_depth", None):
+        raise UsageError("--save-depth cannot be used under torchrun; save the depth maps in a run of one process")
+
+
+def _grid_of_the_run(opt: argparse.Namespace, run: Run, describe, path_of) -> List[Path]:
+    """The grid of every image of the run, read back from the files: written under the next free
+    grid name, unless a grid with the same pixels and parameters is there already (a rerun)."""
+    grid = grid_of_uint8(np.stack([read_png_pixels(path_of(index)) for index in range(run.image_count)]),
+                         grid_rows(opt.n_rows, opt.n_samples))
+    parameters = describe(run.batches[0])[0]
+    outdir = Path(opt.outdir)
+    for existing in sorted(outdir.glob(GRID_NAME.replace("{:04}", "*"))):
+        if read_parameters(str(existing)) == parameters and np.array_equal(read_png_pixels(existing), grid):
+            return []
+    return [OutputWriter(opt.outdir).save_grid_array(grid, parameters)]
 
 
 def main(task: str, argv: Optional[Sequence[str]] = None) -> None:
