@@ -95,9 +95,10 @@ def rank_device(requested: str, local_rank: int) -> str:
 
 @contextlib.contextmanager
 def process_group(opt: argparse.Namespace) -> Iterator[Optional[Ranks]]:
-    """Join the group ``torchrun`` started (NCCL on GPUs, gloo otherwise) and set ``opt.device`` to
-    this rank's device and ``opt.seed`` to the one rank 0 chose (``--seed -1`` draws it there);
-    yields None, changing nothing, in a process ``torchrun`` did not start."""
+    """Join the group ``torchrun`` started (NCCL on GPUs, gloo otherwise; a group the caller has
+    started already is used as it is) and set ``opt.device`` to this rank's device and ``opt.seed``
+    to the one rank 0 chose (``--seed -1`` draws it there); yields None, changing nothing, in a
+    process ``torchrun`` did not start."""
     if not launched_by_torchrun():
         yield None
         return
@@ -105,15 +106,18 @@ def process_group(opt: argparse.Namespace) -> Iterator[Optional[Ranks]]:
     on_gpu = device.startswith("cuda:")
     if on_gpu:
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT,
-                            device_id=torch.device(device) if on_gpu else None)
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT,
+                                device_id=torch.device(device) if on_gpu else None)
     try:
         ranks = Ranks(dist.get_rank(), dist.get_world_size())
         opt.device = device
         opt.seed = ranks.from_main(lambda: resolve_seed(opt.seed))
         yield ranks
     finally:
-        dist.destroy_process_group()
+        if joined:
+            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------

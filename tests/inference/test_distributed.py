@@ -2,6 +2,8 @@
 between them, the very files one process makes (byte for byte), and a rerun makes only what is
 missing; plus the sharing out and the detection of images made already, in this process."""
 import os
+import re
+import socket
 
 import numpy as np
 import pytest
@@ -87,6 +89,31 @@ def _npz(run):
     (path,) = (run / "numpy").glob("*.npz")
     with np.load(path) as loaded:
         return path.name, loaded["arr_0"].tobytes()
+
+
+@pytest.fixture
+def group_of_one(monkeypatch):
+    """The variables torchrun sets, for a group of this process alone (gloo on a free port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_foreign_file_under_an_images_name_stops_the_run_before_sampling(tiny_models, tmp_path, capsys,
+                                                                            group_of_one):
+    samples = tmp_path / "out" / "samples"
+    samples.mkdir(parents=True)
+    (samples / "00001.png").write_bytes(b"my notes")
+    code = _in_one_process("txt2img.py", ["--prompt", "a red circle", *TXT2IMG, *tiny_models["txt2img"].flags(),
+                                          "--outdir", str(tmp_path / "out")])
+    assert code == 2
+    assert re.fullmatch(r"txt2img\.py: error: \S+00001\.png exists but is not this run's image .*",
+                        capsys.readouterr().err.strip().splitlines()[-1])
+    assert files_under(tmp_path / "out") == [samples / "00001.png"]
+    assert (samples / "00001.png").read_bytes() == b"my notes"
 
 
 def test_first_indices_count_the_images_of_the_batches_before():
