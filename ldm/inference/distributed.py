@@ -147,31 +147,37 @@ def already_made(path: Path, parameters: str) -> bool:
     return True
 
 
-def unmade_batches(batches: List[Batch], describe: Described, path_of: PathOf) -> List[int]:
-    """Positions of the batches with at least one image not made yet (every file is checked, so a
-    foreign file anywhere stops the run before any sampling)."""
-    unmade = []
+def unmade_batches(batches: List[Batch], describe: Described, path_of: PathOf) -> Tuple[List[int], int]:
+    """Positions of the batches with at least one image not made yet, and how many images are made
+    (every file is checked, so a foreign file anywhere stops the run before any sampling)."""
+    unmade, made_count = [], 0
     for position, (first, batch) in enumerate(zip(first_indices(batches), batches)):
         made = [already_made(path_of(first + offset), text) for offset, text in enumerate(describe(batch))]
+        made_count += sum(made)
         if not all(made):
             unmade.append(position)
-    return unmade
+    return unmade, made_count
 
 
 @dataclass
 class Share:
-    """The batches of one rank, each with the run index of its first image, and how many images of
-    the whole run were made already (by an earlier, interrupted run)."""
+    """The batches of one rank, each with the run index of its first image; for the whole run, the
+    images there already (from an earlier, interrupted run) and the batches left to sample."""
     batches: List[Tuple[int, Batch]]
     made_before: int
+    batches_left: int
+
+    def summary(self, image_count: int, world_size: int) -> str:
+        return (f"{self.made_before} of {image_count} image(s) were there already; {world_size} process(es) "
+                f"sampled the {self.batches_left} batch(es) with the others")
 
 
 def share_of(ranks: Ranks, batches: List[Batch], describe: Described, path_of: PathOf) -> Share:
     """Rank 0 looks for the images made already; the batches still to make are dealt in turn."""
-    unmade = ranks.from_main(lambda: unmade_batches(batches, describe, path_of))
+    unmade, made = ranks.from_main(lambda: unmade_batches(batches, describe, path_of))
     firsts = first_indices(batches)
     mine = [(firsts[position], batches[position]) for position in unmade[ranks.rank::ranks.world_size]]
-    return Share(mine, sum(len(batch) for batch in batches) - sum(len(batches[position]) for position in unmade))
+    return Share(mine, made, len(unmade))
 
 
 def make_share(pipeline, run, share: Share, path_of: PathOf, ranks: Ranks) -> List[Path]:

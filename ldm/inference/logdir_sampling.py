@@ -313,8 +313,8 @@ def _sample_across_processes(folder: SampleFolder, pipeline: Pipeline, run: Run,
     ranks.barrier()
     if ranks.is_main:
         npz = folder.assemble_npz(run.image_count)
-        print(f"{run.image_count} samples in {folder.root / 'img'} ({run.image_count - share.made_before} made by "
-              f"{ranks.world_size} process(es), {share.made_before} before); all of them in {npz}")
+        print(f"{share.summary(run.image_count, ranks.world_size)}; all {run.image_count} samples in "
+              f"{folder.root / 'img'} and {npz}")
     return folder
 
 

@@ -83,8 +83,7 @@ def _run_across_processes(opt: argparse.Namespace, task: str, paths: ModelPaths,
         return written
     if not opt.skip_grid:
         written.extend(_grid_of_the_run(opt, run, describe, path_of))
-    print(f"{run.image_count} image(s) in {samples}: {run.image_count - share.made_before} made by "
-          f"{ranks.world_size} process(es), {share.made_before} made before")
+    print(f"{share.summary(run.image_count, ranks.world_size)}; all of them in {samples}")
     return written
 
 

@@ -55,13 +55,14 @@ def test_txt2img_two_processes_write_the_files_of_one_and_a_rerun_makes_only_the
     kept = _untouched(sorted(samples.iterdir()) + [tmp_path / "shared" / "grid-0000.png"])
     rerun = run_script("txt2img.py", *flags, "--outdir", str(tmp_path / "shared"), processes=2)
     assert rerun.returncode == 0, rerun.stderr
-    assert "6 image(s) in" in rerun.stdout and "4 made before" in rerun.stdout  # its batch (2 images) again
+    assert "5 of 6 image(s) were there already; 2 process(es) sampled the 1 batch(es)" in rerun.stdout
     assert _contents(tmp_path / "shared") == expected  # the grid equal to the one there is not written twice
     assert _untouched(kept) == kept
 
 
 @pytest.mark.slow
-def test_sample_diffusion_two_processes_write_the_samples_and_npz_of_one_and_resume(tiny_sampling_models, tmp_path):
+def test_sample_diffusion_two_processes_write_the_samples_and_npz_of_one_and_resume(tiny_sampling_models, tmp_path,
+                                                                                     monkeypatch, capsys):
     model = tiny_sampling_models["ddpm"]
     flags = ["-r", str(model.ckpt), "-n", "5", "--batch_size", "2", "-c", "2", "--seed", "3", "--device", "cpu"]
     assert _in_one_process("sample_diffusion.py", [*flags, "-l", str(tmp_path / "single")]) == 0
@@ -77,10 +78,10 @@ def test_sample_diffusion_two_processes_write_the_samples_and_npz_of_one_and_res
     (npz,) = (run / "numpy").glob("*.npz")
     npz.unlink()  # an interrupted run: no .npz yet, one sample missing
     (run / "img" / "sample_000002.png").unlink()
-    again = run_script("sample_diffusion.py", *flags, "-l", str(tmp_path / "shared"), processes=2)
-    assert again.returncode == 0, again.stderr
+    _join_group_of_one(monkeypatch)  # the rerun as one torchrun process, in this one (no interpreter to start)
+    assert _in_one_process("sample_diffusion.py", [*flags, "-l", str(tmp_path / "shared")]) == 0
     assert list((tmp_path / "shared").glob("*/samples/*/*")) == [run]  # carried on, no new folder
-    assert "3 before" in again.stdout
+    assert "4 of 5 image(s) were there already; 1 process(es) sampled the 1 batch(es)" in capsys.readouterr().out
     assert {path.name: path.read_bytes() for path in sorted((run / "img").iterdir())} == pngs
     assert _npz(run) == _npz(one)
 
@@ -91,8 +92,7 @@ def _npz(run):
         return path.name, loaded["arr_0"].tobytes()
 
 
-@pytest.fixture
-def group_of_one(monkeypatch):
+def _join_group_of_one(monkeypatch):
     """The variables torchrun sets, for a group of this process alone (gloo on a free port)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -100,6 +100,11 @@ def group_of_one(monkeypatch):
     for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                             MASTER_PORT=str(port)).items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def group_of_one(monkeypatch):
+    _join_group_of_one(monkeypatch)
 
 
 def test_a_foreign_file_under_an_images_name_stops_the_run_before_sampling(tiny_models, tmp_path, capsys,
@@ -131,12 +136,12 @@ def test_a_batch_is_unmade_until_every_image_is_there_with_its_parameters(tmp_pa
         return tmp_path / f"{index}.png"
 
     pixels = np.zeros((4, 4, 3), dtype=np.uint8)
-    assert unmade_batches(batches, describe, path_of) == [0, 1]
+    assert unmade_batches(batches, describe, path_of) == ([0, 1], 0)
     save_png(pixels, path_of(2), "c seed 2")
     save_png(pixels, path_of(0), "a seed 0")
-    assert unmade_batches(batches, describe, path_of) == [0]
+    assert unmade_batches(batches, describe, path_of) == ([0], 2)
     save_png(pixels, path_of(1), "b seed 1")
-    assert unmade_batches(batches, describe, path_of) == []
+    assert unmade_batches(batches, describe, path_of) == ([], 3)
 
 
 def test_a_file_of_another_run_under_an_images_name_stops_the_run_and_stays(tmp_path):
