@@ -102,10 +102,17 @@ def _grid_of_the_run(opt: argparse.Namespace, run: Run, describe, path_of) -> Li
                          grid_rows(opt.n_rows, opt.n_samples))
     parameters = describe(run.batches[0])[0]
     outdir = Path(opt.outdir)
-    for existing in sorted(outdir.glob(GRID_NAME.replace("{:04}", "*"))):
-        if read_parameters(str(existing)) == parameters and np.array_equal(read_png_pixels(existing), grid):
-            return []
+    if any(_holds(existing, grid, parameters) for existing in sorted(outdir.glob(GRID_NAME.replace("{:04}", "*")))):
+        return []
     return [OutputWriter(opt.outdir).save_grid_array(grid, parameters)]
+
+
+def _holds(path: Path, pixels: np.ndarray, parameters: str) -> bool:
+    """Whether ``path`` is a PNG of these pixels with these generation parameters."""
+    try:
+        return read_parameters(str(path)) == parameters and np.array_equal(read_png_pixels(path), pixels)
+    except (OSError, ValueError):
+        return False
 
 
 def main(task: str, argv: Optional[Sequence[str]] = None) -> None:
