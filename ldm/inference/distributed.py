@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ldm.inference.api import Pipeline, Run
 from ldm.inference.errors import RunInterrupted, UsageError
 from ldm.inference.images import read_parameters, save_png, to_uint8
 from ldm.inference.pipeline import Batch, resolve_seed
@@ -180,9 +181,9 @@ def share_of(ranks: Ranks, batches: List[Batch], describe: Described, path_of: P
     return Share(mine, made, len(unmade))
 
 
-def make_share(pipeline, run, share: Share, path_of: PathOf, ranks: Ranks) -> List[Path]:
+def make_share(pipeline: Pipeline, run: Run, share: Share, path_of: PathOf, ranks: Ranks) -> List[Path]:
     """Sample this rank's batches of ``run`` and write each image not made yet under its name;
-    the files written. ``pipeline`` is an :class:`~ldm.inference.api.Pipeline` and ``run`` its Run."""
+    the files written."""
     written: List[Path] = []
     mine = dataclasses.replace(run, batches=[batch for _, batch in share.batches])
     batches = tqdm(pipeline.generate(mine), desc=f"batches (rank {ranks.rank})", total=len(share.batches),

@@ -19,9 +19,7 @@ from ldm.inference.errors import RunInterrupted, UsageError
 from ldm.inference.images import (
     GRID_NAME,
     SAMPLE_NAME,
-    SAMPLES_DIRNAME,
     OutputWriter,
-    check_output_folder,
     grid_of_uint8,
     grid_rows,
     read_parameters,
@@ -67,9 +65,7 @@ def _run_across_processes(opt: argparse.Namespace, task: str, paths: ModelPaths,
     """This rank's share of the run as ``samples/<index in the run>.png`` (skipping images made
     already), then, on rank 0 once every rank is done, the grid of all of them from the files."""
     _check_distributable(opt)
-    outdir = Path(opt.outdir)
-    samples = outdir / SAMPLES_DIRNAME
-    check_output_folder(outdir, samples)
+    samples = OutputWriter(opt.outdir).samples_dir  # checks --outdir as a run of one process does
     pipeline = Pipeline.from_options(task, opt, paths)
     describe = pipeline.batch_parameters(run)
 
