@@ -66,7 +66,13 @@ from ldm.inference.pipeline import (
     resolve_seed,
 )
 from ldm.inference.precision import autocast_dtype, precision_scope
-from ldm.inference.sampler_choice import build_sampler, check_sampler_options, chosen_sampler, sampler_takes_eta
+from ldm.inference.sampler_choice import (
+    build_sampler,
+    check_sampler_options,
+    chosen_sampler,
+    sampler_display_name,
+    sampler_takes_eta,
+)
 from ldm.inference.tasks import TASKS, Task
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.modules.encoders.textual_inversion import EmbeddingHandle
@@ -223,13 +229,19 @@ class Pipeline:
         per batch of ``run``; every random draw of an image comes from its own seed."""
         sampler = build_sampler(run.sampler, self.model)
         run.task.to_device(self.device)
-        describe = self._parameters_writer(run, sampler.display_name)
+        describe = self.batch_parameters(run)
         with torch.no_grad(), precision_scope(self.device, self.dtype), self._weights_scope():
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
                 images = run.task.generate(self.model, sampler.sampler, batch, ImageNoise(batch.seeds, self.device))
-                yield batch, images.cpu(), [describe(p, s) for p, s in zip(batch.prompts, batch.seeds)]
+                yield batch, images.cpu(), describe(batch)
+
+    def batch_parameters(self, run: Run) -> Callable[[Batch], List[str]]:
+        """``batch -> the parameters text of each of its images``, as :meth:`generate` gives them
+        (without sampling: a resumed run compares them with the files already written)."""
+        describe = self._parameters_writer(run, sampler_display_name(run.sampler))
+        return lambda batch: [describe(prompt, seed) for prompt, seed in zip(batch.prompts, batch.seeds)]
 
     # -- helpers ---------------------------------------------------------------------------------
     @property

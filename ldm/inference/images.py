@@ -16,6 +16,8 @@ from ldm.inference.errors import UsageError
 from ldm.util.images import make_grid
 
 SAMPLES_DIRNAME = "samples"
+SAMPLE_NAME = "{:05}.png"     # samples/<number>.png, as the originals name them
+GRID_NAME = "grid-{:04}.png"  # <outdir>/grid-<number>.png
 PARAMETERS_KEY = "parameters"
 
 
@@ -164,6 +166,14 @@ def pixels_for_output(image: torch.Tensor) -> torch.Tensor:
     return (levels + 0.5) / 255.0
 
 
+def grid_of_uint8(arrays: np.ndarray, nrow: int) -> np.ndarray:
+    """The grid of ``[N, H, W, 3]`` uint8 images, pixel for pixel the one that
+    ``to_uint8(make_grid(images))`` gives of the float images they were made from (a grid only
+    places pixels, and its padding is 0 either way)."""
+    tiles = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2)
+    return make_grid(tiles, nrow).permute(1, 2, 0).numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +224,12 @@ def read_parameters(path: str) -> Optional[str]:
         return image.info.get(PARAMETERS_KEY)
 
 
+def read_png_pixels(path: Path) -> np.ndarray:
+    """The pixels of a PNG that :func:`save_png` wrote, as the uint8 array it was given (``[H, W, 3]``)."""
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 class OutputWriter:
     """Numbered outputs as the originals name them: ``<outdir>/samples/00000.png`` counting on from
     the number of files already in ``samples/``, and ``<outdir>/grid-0000.png`` counting on from
@@ -239,14 +255,17 @@ class OutputWriter:
     def save_sample(self, array: np.ndarray, parameters: Optional[str]) -> Optional[Path]:
         if self.skip_save:
             return None
-        path, self._next_sample = self._write(self.samples_dir, "{:05}.png", self._next_sample, array, parameters)
+        path, self._next_sample = self._write(self.samples_dir, SAMPLE_NAME, self._next_sample, array, parameters)
         return path
 
     def save_grid(self, images: torch.Tensor, nrow: int, parameters: Optional[str]) -> Optional[Path]:
         if self.skip_grid or len(images) == 0:
             return None
-        array = to_uint8(make_grid(images, nrow)[None])[0]
-        path, self._next_grid = self._write(self.outdir, "grid-{:04}.png", self._next_grid, array, parameters)
+        return self.save_grid_array(to_uint8(make_grid(images, nrow)[None])[0], parameters)
+
+    def save_grid_array(self, array: np.ndarray, parameters: Optional[str]) -> Path:
+        """Write a grid made already (``[H, W, 3]`` uint8) under the next free grid name."""
+        path, self._next_grid = self._write(self.outdir, GRID_NAME, self._next_grid, array, parameters)
         return path
 
     def _write(self, folder: Path, pattern: str, number: int, array: np.ndarray,

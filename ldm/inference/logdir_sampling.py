@@ -9,7 +9,10 @@ checkpoint), sampled through the one generation path, written in the CompVis scr
 ``<logdir>`` is the run's folder (the logdir holding ``checkpoints/``, else the checkpoint's folder),
 or ``LOGDIR/<its name>`` with ``-l LOGDIR``. Nothing is replaced: a run gets a new time folder,
 and the ``.npz`` is streamed to a hidden file (not all samples in memory) that takes its name only
-when every sample is in it.
+when every sample is in it. Under ``torchrun`` (:mod:`ldm.inference.distributed`) every process
+writes its share into one time folder, a rerun of the same command carries on the newest unfinished
+folder of its run (same ``sampling_config.yaml``, no ``.npz`` yet), and rank 0 writes the ``.npz``
+from the PNGs once all are made.
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ import yaml
 from tqdm import tqdm
 
 from ldm.inference import cli
-from ldm.inference.api import Pipeline, prepare_run
+from ldm.inference.api import Pipeline, Run, prepare_run
+from ldm.inference.distributed import Ranks, make_share, process_group, share_of
 from ldm.inference.errors import RunInterrupted, UsageError
-from ldm.inference.images import check_output_folder, place_without_replacing, save_png, to_uint8
+from ldm.inference.images import check_output_folder, place_without_replacing, read_png_pixels, save_png, to_uint8
 from ldm.inference.loading import (
     ModelPaths,
     config_for_checkpoint,
@@ -41,6 +45,8 @@ from ldm.util import CheckpointError, checkpoint_metadata, in_cwd_or_repository
 
 TASK = "unconditional"
 TIME_FORMAT = "%Y-%m-%d-%H-%M-%S"  # the original's folder names
+SAMPLE_NAME = "sample_{:06}.png"
+NPZ_SUFFIX = "-samples.npz"
 RESUME_FLAG = "-r/--resume"
 
 
@@ -196,14 +202,41 @@ class SampleFolder:
     def add(self, images: np.ndarray, texts: Sequence[str], total: int) -> None:
         """A batch of uint8 ``[B, H, W, C]`` images, ``total`` in the run."""
         with self._failing_in_one_line():
-            if self._npz is None:
-                shape = (total, *images.shape[1:])
-                self._npz = NpzStream(self.root / "numpy" / f"{'x'.join(map(str, shape))}-samples.npz", shape)
             for array, text in zip(images, texts):
-                path = self.root / "img" / f"sample_{self.images_saved:06}.png"
+                path = self.sample_path(self.images_saved)
                 save_png(array, path, text)
                 self.written.append(path)
-            self._npz.append(images)
+            self._stream(images, total)
+
+    def sample_path(self, index: int) -> Path:
+        return self.root / "img" / SAMPLE_NAME.format(index)
+
+    def resume_or_start(self, options: dict) -> Path:
+        """The newest unfinished folder (no ``.npz`` yet) of a run with these very options, else a
+        new one (:meth:`start`): under torchrun a rerun of the same command carries on its run."""
+        recorded = yaml.safe_load(yaml.safe_dump(options, sort_keys=False))
+        for candidate in sorted(self.parent.glob("*"), reverse=True):
+            config = candidate / "sampling_config.yaml"
+            if config.is_file() and not any((candidate / "numpy").glob(f"*{NPZ_SUFFIX}")) and \
+                    yaml.safe_load(config.read_text(encoding="utf-8")) == recorded:
+                self.root = candidate
+                return self.root
+        self.start(options)
+        return self.root
+
+    def assemble_npz(self, total: int) -> Path:
+        """The ``.npz`` of every sample of the run, read back from the PNGs in order (rank 0, once
+        every rank has written its share)."""
+        with self._failing_in_one_line():
+            for index in range(total):
+                self._stream(read_png_pixels(self.sample_path(index))[None], total)
+            return self._npz.close()
+
+    def _stream(self, images: np.ndarray, total: int) -> None:
+        if self._npz is None:
+            shape = (total, *images.shape[1:])
+            self._npz = NpzStream(self.root / "numpy" / f"{'x'.join(map(str, shape))}{NPZ_SUFFIX}", shape)
+        self._npz.append(images)
 
     @contextlib.contextmanager
     def _failing_in_one_line(self) -> Iterator[None]:
@@ -236,18 +269,28 @@ def _recorded_options(opt: argparse.Namespace, sampler: str, step: int) -> dict:
 
 
 def run_unconditional(opt: argparse.Namespace) -> SampleFolder:
-    """Check everything, load the model, then write every batch as it comes."""
-    resumed = resolve_resume(opt.resume, opt.config)
-    opt.config, opt.ckpt = resumed.paths.config, resumed.paths.ckpt
-    run = prepare_run(TASK, opt, read_model_spec(read_config(opt.config), opt.config))
-    step = global_step(opt.ckpt)
-    folder = SampleFolder(samples_logdir(resumed.logdir, opt.logdir), step)
-    check_output_folder(folder.root)
-    pipeline = Pipeline.from_options(TASK, opt, resumed.paths)
-    eta = f", eta {opt.ddim_eta}" if opt.ddim_eta else ""
-    print(f"{run.image_count} samples with {run.sampler} ({opt.steps} steps{eta}), "
-          f"batches of {run.task.batch_size}, from {opt.ckpt} (global step {step})")
-    folder.start(_recorded_options(opt, run.sampler, step))
+    """Check everything, load the model, then write every batch as it comes (under ``torchrun``,
+    this process's share of them: :mod:`ldm.inference.distributed`)."""
+    with process_group(opt) as ranks:
+        resumed = resolve_resume(opt.resume, opt.config)
+        opt.config, opt.ckpt = resumed.paths.config, resumed.paths.ckpt
+        run = prepare_run(TASK, opt, read_model_spec(read_config(opt.config), opt.config))
+        step = global_step(opt.ckpt)
+        folder = SampleFolder(samples_logdir(resumed.logdir, opt.logdir), step)
+        check_output_folder(folder.root)
+        pipeline = Pipeline.from_options(TASK, opt, resumed.paths)
+        if ranks is None or ranks.is_main:
+            eta = f", eta {opt.ddim_eta}" if opt.ddim_eta else ""
+            print(f"{run.image_count} samples with {run.sampler} ({opt.steps} steps{eta}), "
+                  f"batches of {run.task.batch_size}, from {opt.ckpt} (global step {step})")
+        options = _recorded_options(opt, run.sampler, step)
+        if ranks is not None:
+            return _sample_across_processes(folder, pipeline, run, options, ranks)
+        return _sample_in_one_process(folder, pipeline, run, options)
+
+
+def _sample_in_one_process(folder: SampleFolder, pipeline: Pipeline, run: Run, options: dict) -> SampleFolder:
+    folder.start(options)
     batches = tqdm(pipeline.generate(run), desc="batches", total=len(run.batches), disable=len(run.batches) < 2)
     try:
         for _, images, texts in batches:
@@ -257,6 +300,21 @@ def run_unconditional(opt: argparse.Namespace) -> SampleFolder:
         folder.discard_npz()
         raise RunInterrupted(folder.images_saved, folder.root / "img") from None
     print(f"{folder.images_saved} samples written to {folder.root / 'img'}; all of them in {npz}")
+    return folder
+
+
+def _sample_across_processes(folder: SampleFolder, pipeline: Pipeline, run: Run, options: dict,
+                             ranks: Ranks) -> SampleFolder:
+    """Rank 0 picks the folder (the unfinished one of the same run, else a new one); each rank
+    writes its share as ``img/sample_<index in the run>.png``; rank 0 then makes the ``.npz``."""
+    folder.root = ranks.from_main(lambda: folder.resume_or_start(options))
+    share = share_of(ranks, run.batches, pipeline.batch_parameters(run), folder.sample_path)
+    folder.written = make_share(pipeline, run, share, folder.sample_path, ranks)
+    ranks.barrier()
+    if ranks.is_main:
+        npz = folder.assemble_npz(run.image_count)
+        print(f"{share.summary(run.image_count, ranks.world_size)}; all {run.image_count} samples in "
+              f"{folder.root / 'img'} and {npz}")
     return folder
 
 

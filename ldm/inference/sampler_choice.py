@@ -57,5 +57,9 @@ class ChosenSampler:
 
 def build_sampler(name: str, model: torch.nn.Module) -> ChosenSampler:
     """The sampler instance for ``model`` (device from the model) and its A1111-style name."""
-    return ChosenSampler(name=name, display_name=registry.display_name(name),
-                         sampler=registry.get_sampler(name, model))
+    return ChosenSampler(name=name, display_name=sampler_display_name(name), sampler=registry.get_sampler(name, model))
+
+
+def sampler_display_name(name: str) -> str:
+    """The A1111-style name of sampler ``name`` written into the PNG parameters (e.g. "DDIM")."""
+    return registry.display_name(name)

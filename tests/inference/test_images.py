@@ -8,6 +8,7 @@ from ldm.inference.images import (
     DepthMapWriter,
     OutputWriter,
     depth_to_uint16,
+    grid_of_uint8,
     load_depth,
     load_image,
     load_mask,
@@ -28,6 +29,11 @@ def test_make_grid_places_images_row_major_with_padding():
     assert grid.shape == (3, 2 * (4 + 2) + 2, 2 * (5 + 2) + 2)
     assert grid[0, 2, 2] == 1 and grid[0, 2, 2 + 7] == 2 and grid[0, 2 + 6, 2] == 3
     assert grid[0, 0, 0] == 0 and grid[0, 2 + 6, 2 + 7] == 0  # padding and the empty cell
+
+
+def test_grid_of_uint8_images_equals_the_grid_of_the_float_images_they_came_from():
+    images = torch.rand(5, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(grid_of_uint8(to_uint8(images), 2), to_uint8(make_grid(images, 2)[None])[0])
 
 
 def test_make_grid_caps_columns_at_image_count():

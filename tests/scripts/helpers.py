@@ -151,13 +151,15 @@ class ScriptRun:
     stderr: str
 
 
-def run_script(script: str, *args: str, cwd: Path = None) -> ScriptRun:
-    """Run ``scripts/<script>`` with ``args`` in a fresh interpreter on the CPU (no GPU visible)."""
+def run_script(script: str, *args: str, cwd: Path = None, processes: int = 0) -> ScriptRun:
+    """Run ``scripts/<script>`` with ``args`` in a fresh interpreter on the CPU (no GPU visible);
+    with ``processes``, as that many processes that ``torchrun`` starts on this machine (gloo)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], cwd=cwd or REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes else []
+    done = subprocess.run([sys.executable, *launcher, str(REPO_ROOT / "scripts" / script), *args],
+                          cwd=cwd or REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     return ScriptRun(done.returncode, done.stdout, done.stderr)
 
 
