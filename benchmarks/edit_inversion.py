@@ -14,7 +14,7 @@ Printed: the rate of each, of both together, the mean IoU, and the cases that fa
 
     python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
                                        [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
-                                       [--mask-noises 10] [--cases 48] [--device cpu]
+                                       [--mask-noises 10] [--cases 48 | --only 8,13,...] [--device cpu]
 """
 from __future__ import annotations
 
@@ -64,10 +64,11 @@ def edit_options(args: argparse.Namespace) -> dict:
                 mask_noises=args.mask_noises)
 
 
-def score_cases(pipe, count: int, options: dict) -> List[Tuple[str, str, str, float, object]]:
-    """``(source, target, shape, mask IoU, colour read)`` of the first ``count`` cases edited with ``options``."""
-    rows = []
-    for seed, (source, target, shape) in enumerate(edit_cases(count)):
+def score_cases(pipe, indices: List[int], options: dict) -> List[Tuple[str, str, str, float, object]]:
+    """``(source, target, shape, mask IoU, colour read)`` of the cases at ``indices`` edited with ``options``."""
+    rows, cases = [], edit_cases(max(indices) + 1)
+    for seed in indices:
+        source, target, shape = cases[seed]
         render = render_scene(scene_for([(source, shape)], seed=seed))
         image = Image.fromarray((render.image * 255).round().astype(np.uint8))
         edited, = pipe(noun_phrase(target, shape), source_prompt=noun_phrase(source, shape), image=image,
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> None:
     pipe = ldm.load("edit", device=args.device)
     options = edit_options(args)
     start = time.perf_counter()
-    rows = score_cases(pipe, args.cases, options)
+    indices = [int(index) for index in args.only.split(",")] if args.only else list(range(args.cases))
+    rows = score_cases(pipe, indices, options)
     report(rows, options, time.perf_counter() - start)
 
 
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--inversion-steps", type=int, default=50)
     parser.add_argument("--cases", type=int, default=48)
+    parser.add_argument("--only", default=None, help="comma-separated case indices (0-47) instead of --cases")
     parser.add_argument("--device", default="auto")
     for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises"):
         parser.add_argument(f"--{flag}", type=str if flag == "mask-mode" else float, default=None,
