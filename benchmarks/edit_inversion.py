@@ -13,7 +13,8 @@ through ``ldm.load("edit")`` as ``scripts/edit.py`` runs it. Scored per case:
 Printed: the rate of each, of both together, the mean IoU, and the cases that failed.
 
     python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
-                                       [--cases 48] [--device cpu]
+                                       [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
+                                       [--mask-noises 10] [--cases 48 | --only 8,13,...] [--device cpu]
 """
 from __future__ import annotations
 
@@ -56,31 +57,51 @@ def iou(first: np.ndarray, second: np.ndarray) -> float:
     return float((first & second).sum() / union) if union else 1.0
 
 
-def run(args: argparse.Namespace) -> None:
-    pipe = ldm.load("edit", device=args.device)
-    rows, start = [], time.perf_counter()
-    for seed, (source, target, shape) in enumerate(edit_cases(args.cases)):
+def edit_options(args: argparse.Namespace) -> dict:
+    """The keywords of ``ldm.load("edit")`` the command line sets."""
+    return dict(steps=args.steps, inversion_steps=args.inversion_steps, scale=args.scale, keep=args.keep,
+                mask_mode=args.mask_mode, mask_threshold=args.mask_threshold, mask_strength=args.mask_strength,
+                mask_noises=args.mask_noises)
+
+
+def score_cases(pipe, indices: List[int], options: dict) -> List[Tuple[str, str, str, float, object]]:
+    """``(source, target, shape, mask IoU, colour read)`` of the cases at ``indices`` edited with ``options``."""
+    rows, cases = [], edit_cases(max(indices) + 1)
+    for seed in indices:
+        source, target, shape = cases[seed]
         render = render_scene(scene_for([(source, shape)], seed=seed))
         image = Image.fromarray((render.image * 255).round().astype(np.uint8))
         edited, = pipe(noun_phrase(target, shape), source_prompt=noun_phrase(source, shape), image=image,
-                       seed=seed, steps=args.steps, inversion_steps=args.inversion_steps, scale=args.scale,
-                       keep=args.keep)
+                       seed=seed, **options)
         pixels = np.asarray(edited)
         overlap = iou(foreground(pixels), render.alphas[0] > 0.5)
         found = detect_objects(pixels)
-        colour = found[0].colour if found else None
-        rows.append((source, target, shape, overlap, colour))
-    seconds = time.perf_counter() - start
+        rows.append((source, target, shape, overlap, found[0].colour if found else None))
+    return rows
+
+
+def report(rows, options: dict, seconds: float) -> None:
     kept = np.array([row[3] >= IOU_KEPT for row in rows])
     recoloured = np.array([row[4] == row[1] for row in rows])
-    print(f"keep {args.keep}, scale {args.scale}, steps {args.steps}, inversion steps {args.inversion_steps}: "
-          f"{len(rows)} cases in {seconds:.0f} s")
+    mask = (f"mask mode diffedit (threshold {options['mask_threshold']}, strength {options['mask_strength']}, "
+            f"{options['mask_noises']} noises)" if options["mask_mode"] == "diffedit" else "mask mode none")
+    print(f"keep {options['keep']}, scale {options['scale']}, steps {options['steps']}, inversion steps "
+          f"{options['inversion_steps']}, {mask}: {len(rows)} cases in {seconds:.0f} s")
     print(f"  mask kept (IoU >= {IOU_KEPT}): {kept.mean():.1%}   mean IoU {np.mean([r[3] for r in rows]):.3f}")
     print(f"  new colour read:            {recoloured.mean():.1%}")
     print(f"  both:                       {(kept & recoloured).mean():.1%}")
     for (source, target, shape, overlap, colour), ok in zip(rows, kept & recoloured):
         if not ok:
             print(f"  failed: {source} {shape} -> {target}: IoU {overlap:.2f}, colour read {colour}")
+
+
+def run(args: argparse.Namespace) -> None:
+    pipe = ldm.load("edit", device=args.device)
+    options = edit_options(args)
+    start = time.perf_counter()
+    indices = [int(index) for index in args.only.split(",")] if args.only else list(range(args.cases))
+    rows = score_cases(pipe, indices, options)
+    report(rows, options, time.perf_counter() - start)
 
 
 def main() -> None:
@@ -90,12 +111,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--inversion-steps", type=int, default=50)
     parser.add_argument("--cases", type=int, default=48)
+    parser.add_argument("--only", default=None, help="comma-separated case indices (0-47) instead of --cases")
     parser.add_argument("--device", default="auto")
+    for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises"):
+        parser.add_argument(f"--{flag}", type=str if flag == "mask-mode" else float, default=None,
+                            help="default: edit.py's")
     args = parser.parse_args()
     from ldm.inference.parsers import default_options
-    defaults = default_options("edit")
-    args.keep = defaults.keep if args.keep is None else args.keep
-    args.scale = defaults.scale if args.scale is None else args.scale
+    defaults = vars(default_options("edit"))
+    for name in ("keep", "scale", "mask_mode", "mask_threshold", "mask_strength", "mask_noises"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    args.mask_noises = int(args.mask_noises)
     run(args)
 
 

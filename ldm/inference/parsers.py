@@ -39,6 +39,19 @@ def _edit_inputs(parser: argparse.ArgumentParser) -> None:
                              "in [0, 1]: the regeneration starts from the inverted latent round(keep * steps) "
                              "steps below the top; 0 regenerates from the inverted noise, 1 returns the image "
                              "(default: %(default)s)")
+    parser.add_argument("--mask-mode", "--mask_mode", dest="mask_mode", choices=("none", "diffedit"),
+                        default="none",
+                        help="'diffedit': edit only where the noise predictions for the two prompts differ "
+                             "(DiffEdit, Couairon et al. 2022) and keep the inverted source latents elsewhere at "
+                             "every step; 'none': regenerate the whole image (default: %(default)s)")
+    parser.add_argument("--mask-threshold", "--mask_threshold", dest="mask_threshold", type=float, default=0.5,
+                        help="diffedit: the mask is where the prediction difference, rescaled to [0, 1], reaches "
+                             "this, in (0, 1) (default: %(default)s)")
+    parser.add_argument("--mask-strength", "--mask_strength", dest="mask_strength", type=float, default=0.5,
+                        help="diffedit: noise level, as a fraction of the timesteps in (0, 1], at which the "
+                             "predictions are compared (default: %(default)s)")
+    parser.add_argument("--mask-noises", "--mask_noises", dest="mask_noises", type=int, default=10,
+                        help="diffedit: noise draws the difference is averaged over (default: %(default)s)")
 
 
 def _inpaint_inputs(parser: argparse.ArgumentParser) -> None:

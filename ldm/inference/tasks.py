@@ -42,7 +42,7 @@ from ldm.inference.pipeline import (
     sample_from_noise,
 )
 from ldm.inference.sampler_choice import chosen_sampler
-from ldm.models.diffusion.inversion import edit_latent, plan_edit
+from ldm.models.diffusion.inversion import blend_levels, check_diffedit, diffedit_mask, edit_latent, plan_edit
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
@@ -266,6 +266,9 @@ class Edit(_FromInitImage):
             raise UsageError(f"--inversion-steps must be at least 1, got {opt.inversion_steps}")
         try:
             self.plan = plan_edit(opt.keep, opt.steps, opt.inversion_steps, self.spec.timesteps)
+            if opt.mask_mode == "diffedit":
+                check_diffedit(opt.mask_threshold, opt.mask_strength, opt.mask_noises)
+                blend_levels(self.plan, self.spec.timesteps)
         except ValueError as err:
             raise UsageError(str(err)) from None
 
@@ -273,13 +276,26 @@ class Edit(_FromInitImage):
         c, uc = self._text(model, batch)
         source = model.get_learned_conditioning([self.opt.source_prompt] * len(batch))
         init_latent = encode_image(model, rows_for(self.image, batch), noise)
+        mask = self._mask(sampler, init_latent, source, c, noise)
         z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
-                        noise.generators)
+                        noise.generators, mask=mask)
         return self._decode(model, z)
 
+    def _mask(self, sampler, init_latent, source, c, noise) -> Optional[torch.Tensor]:
+        """DiffEdit's mask with ``--mask-mode diffedit``, None (edit everywhere) otherwise."""
+        opt = self.opt
+        if opt.mask_mode != "diffedit":
+            return None
+        return diffedit_mask(sampler, init_latent, source, c, opt.mask_threshold, opt.mask_strength,
+                             opt.mask_noises, noise.generators)
+
     def extra_parameters(self):
-        return {"Source prompt": self.opt.source_prompt, "Inversion steps": self.opt.inversion_steps,
-                "Keep": self.opt.keep}
+        parameters = {"Source prompt": self.opt.source_prompt, "Inversion steps": self.opt.inversion_steps,
+                      "Keep": self.opt.keep}
+        if self.opt.mask_mode == "diffedit":
+            parameters.update({"Mask mode": "diffedit", "Mask threshold": self.opt.mask_threshold,
+                               "Mask strength": self.opt.mask_strength, "Mask noises": self.opt.mask_noises})
+        return parameters
 
 
 class Inpainting(Task):

@@ -46,6 +46,7 @@ def test_edit_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_models, tmp
     flags = edit_flags(tmp_path, tiny_models)
     without_source = [flag for flag in flags if flag not in ("--source-prompt", "a red circle")]
     without_image = flags[2:]
+    diffedit = [*flags, "--mask-mode", "diffedit"]
     cases = [
         (without_source, r"--source-prompt is required"),
         (without_image, r"--init-img is required"),
@@ -53,5 +54,31 @@ def test_edit_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_models, tmp
         ([*flags, "--inversion-steps", "0"], r"--inversion-steps must be at least 1, got 0"),
         ([*flags, "--steps", "50", "--keep", "0"], r"starts at timestep 981 .* 8-step inversion does not reach"),
         ([*flags, "--init-img", str(tmp_path / "missing.png")], r"missing\.png"),
+        ([*flags, "--mask-mode", "attention"], r"--mask-mode.* invalid choice: 'attention'"),
+        ([*diffedit, "--mask-threshold", "1"], r"--mask-threshold must be in \(0, 1\), got 1.0"),
+        ([*diffedit, "--mask-strength", "0"], r"--mask-strength must be in \(0, 1\], got 0.0"),
+        ([*diffedit, "--mask-noises", "0"], r"--mask-noises must be at least 1, got 0"),
+        ([*diffedit, "--steps", "8", "--inversion-steps", "4", "--keep", "0.625"],
+         r"masked regeneration passes timestep 126 .* 4-step inversion does not reach"),
     ]
     assert bad_input_failures("edit.py", cases, "--outdir", tmp_path, capsys) == []
+
+
+def test_diffedit_mode_writes_its_parameters_equals_the_api_and_differs_from_the_plain_edit(
+        tiny_models, tmp_path, capsys):
+    flags = [*edit_flags(tmp_path, tiny_models), "--mask-mode", "diffedit", "--mask-threshold", "0.6",
+             "--mask-noises", "2"]
+    assert main_exit_code("edit.py", [*flags, "--outdir", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    sample = tmp_path / "out" / "samples" / "00000.png"
+    parsed = png_parameters(sample)
+    assert (parsed["Mask mode"], float(parsed["Mask threshold"]), float(parsed["Mask strength"]),
+            parsed["Mask noises"]) == ("diffedit", 0.6, 0.5, "2")
+    model = tiny_models["txt2img"]
+    pipe = ldm.load("edit", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    request = dict(source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4, inversion_steps=8,
+                   keep=0.5, scale=3.0, seed=7)
+    masked, = pipe("a blue circle", mask_mode="diffedit", mask_threshold=0.6, mask_noises=2, **request)
+    assert np.array_equal(np.asarray(masked), np.asarray(Image.open(sample)))
+    plain, = pipe("a blue circle", **request)
+    assert "Mask mode" not in plain.info["parameters"] and "Mask mode: diffedit" in masked.info["parameters"]
+    assert not np.array_equal(np.asarray(masked), np.asarray(plain))

@@ -14,6 +14,16 @@ Implicit Models", eq. 13 run backwards; the null-text-free variant of Mokady et 
 
 The regeneration grid (``steps``) and the inversion grid (``inversion_steps``) may differ when the
 level the regeneration starts from lies on both (e.g. 25 regeneration steps on a 50-step inversion).
+
+**DiffEdit masking** (Couairon, Verbeek, Schwenk & Cord 2022, "DiffEdit: Diffusion-based semantic
+image editing with mask guidance", arXiv:2210.11427), optional: the region to edit is where the
+model's noise predictions for the two prompts differ. The image latent is noised to timestep
+``strength * T`` with ``noises`` draws; the map is ``|eps(x_t, target) - eps(x_t, source)|``,
+averaged over channels and draws, rescaled per image to [0, 1] (min to 0, max to 1), and the mask is
+where it reaches ``threshold`` (:func:`diffedit_mask`). The regeneration then blends after every
+step: inside the mask its own latent, outside the inverted source latent of the same level
+(:func:`regenerate` with ``mask``), so the unmasked region ends exactly at the image latent. The
+paper's encoding ratio ``r`` is ``1 - keep`` here.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import torch
 
+from ldm.models.diffusion.sampling_util import check_finite, randn
 from ldm.modules.diffusionmodules.util import make_ddim_timesteps
 
 
@@ -56,6 +67,61 @@ def plan_edit(keep: float, steps: int, inversion_steps: int, num_timesteps: int)
     return EditPlan(steps, inversion_steps, level, int(found[0]) + 1)
 
 
+def blend_levels(plan: EditPlan, num_timesteps: int) -> List[int]:
+    """For each level ``j < plan.regeneration_steps`` of the regeneration grid, the level of the
+    inversion grid at the same timestep (0 for the image): where a masked regeneration takes the
+    source latent it keeps. Raises ValueError when a level is not on the inversion grid."""
+    regeneration_grid = make_ddim_timesteps("uniform", plan.steps, num_timesteps, verbose=False)
+    inversion_grid = make_ddim_timesteps("uniform", plan.inversion_steps, num_timesteps, verbose=False)
+    levels = [0]
+    for timestep in regeneration_grid[:plan.regeneration_steps - 1]:
+        found = np.nonzero(inversion_grid == timestep)[0]
+        if not len(found):
+            raise ValueError(f"the masked regeneration passes timestep {timestep} (--steps {plan.steps}), which the "
+                             f"{plan.inversion_steps}-step inversion does not reach; give --inversion-steps equal "
+                             "to --steps or a multiple of it")
+        levels.append(int(found[0]) + 1)
+    return levels[:plan.regeneration_steps]
+
+
+def check_diffedit(threshold: float, strength: float, noises: int) -> None:
+    """Raise ValueError, naming the flag, for DiffEdit settings outside their ranges."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"--mask-threshold must be in (0, 1), got {threshold}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"--mask-strength must be in (0, 1], got {strength}")
+    if noises < 1:
+        raise ValueError(f"--mask-noises must be at least 1, got {noises}")
+
+
+@torch.no_grad()
+def difference_map(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, strength: float = 0.5,
+                   noises: int = 10, generator: Any = None) -> torch.Tensor:
+    """DiffEdit's map, shape ``(B, 1, H, W)`` in [0, 1]: ``|eps(x_t, cond) - eps(x_t, source_cond)|``
+    (conditional predictions, no guidance) averaged over channels and ``noises`` draws of ``x_t``,
+    ``x0`` noised to timestep ``round(strength * (T - 1))``, then min-max rescaled per image."""
+    model = sampler.model
+    timestep = int(round(strength * (model.num_timesteps - 1)))
+    t = torch.full((x0.shape[0],), timestep, device=x0.device, dtype=torch.long)
+    total = torch.zeros_like(x0[:, :1])
+    for _ in range(noises):
+        x_t = model.q_sample(x0, t, randn(x0.shape, generator, device=x0.device, dtype=x0.dtype).to(x0.device))
+        _, target_eps = sampler.model_output_and_eps(x_t, t, cond)
+        _, source_eps = sampler.model_output_and_eps(x_t, t, source_cond)
+        total += (target_eps - source_eps).abs().mean(dim=1, keepdim=True)
+    low = total.amin(dim=(1, 2, 3), keepdim=True)
+    high = total.amax(dim=(1, 2, 3), keepdim=True)
+    return (total - low) / (high - low).clamp_min(torch.finfo(total.dtype).tiny)
+
+
+def diffedit_mask(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, threshold: float = 0.5,
+                  strength: float = 0.5, noises: int = 10, generator: Any = None) -> torch.Tensor:
+    """DiffEdit's binary mask ``(B, 1, H, W)``: 1 where :func:`difference_map` reaches
+    ``threshold`` (the region to edit), 0 elsewhere; never empty (the map's maximum is 1)."""
+    check_diffedit(threshold, strength, noises)
+    return (difference_map(sampler, x0, source_cond, cond, strength, noises, generator) >= threshold).to(x0.dtype)
+
+
 @dataclass
 class InvertedTrajectory:
     """``latents[i]``: the latent at level ``i`` of the inversion's DDIM grid (``latents[0]`` the
@@ -86,22 +152,38 @@ def ddim_invert(sampler: Any, x0: torch.Tensor, cond: Any, steps: int, count: Op
 @torch.no_grad()
 def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, cond: Any,
                unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
-               generator: Any = None, callback: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+               generator: Any = None, callback: Optional[Callable[[int], None]] = None,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The edited latent: ``plan.regeneration_steps`` DDIM steps with ``cond`` (guided by
-    ``scale`` against ``unconditional_conditioning``) from the inverted latent of ``plan``."""
+    ``scale`` against ``unconditional_conditioning``) from the inverted latent of ``plan``. With
+    ``mask`` (1: edit), each step's latent is kept only inside it and is the inverted latent of the
+    same level outside (DiffEdit's blending); the trajectory must hold those levels."""
     start = trajectory.latents[plan.inversion_count]
     if plan.regeneration_steps == 0:
         return start
     sampler.make_schedule(ddim_num_steps=plan.steps, ddim_eta=eta, verbose=False)
-    return sampler.decode(start, cond, plan.regeneration_steps, unconditional_guidance_scale=scale,
-                          unconditional_conditioning=unconditional_conditioning, callback=callback,
-                          verbose=False, generator=generator)
+    if mask is None:
+        return sampler.decode(start, cond, plan.regeneration_steps, unconditional_guidance_scale=scale,
+                              unconditional_conditioning=unconditional_conditioning, callback=callback,
+                              verbose=False, generator=generator)
+    levels = blend_levels(plan, sampler.ddpm_num_timesteps)
+    x = start
+    for done, index in enumerate(reversed(range(plan.regeneration_steps))):
+        t = torch.full((x.shape[0],), int(sampler.ddim_timesteps[index]), device=x.device, dtype=torch.long)
+        x, _ = sampler.p_sample_ddim(x, cond, t, index, unconditional_guidance_scale=scale,
+                                     unconditional_conditioning=unconditional_conditioning, generator=generator)
+        check_finite(x, done + 1, plan.regeneration_steps, sampler.label)
+        x = mask * x + (1 - mask) * trajectory.latents[levels[index]]
+        if callback:
+            callback(done)
+    return x
 
 
 def edit_latent(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, plan: EditPlan,
                 unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
-                generator: Any = None) -> torch.Tensor:
+                generator: Any = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Invert ``x0`` with ``source_cond`` at scale 1 as far as ``plan`` needs, then regenerate
-    with ``cond`` at ``scale``: the whole edit on latents."""
+    with ``cond`` at ``scale`` (blended outside ``mask`` when given): the whole edit on latents."""
     trajectory = ddim_invert(sampler, x0, source_cond, plan.inversion_steps, plan.inversion_count)
-    return regenerate(sampler, trajectory, plan, cond, unconditional_conditioning, scale, eta, generator)
+    return regenerate(sampler, trajectory, plan, cond, unconditional_conditioning, scale, eta, generator,
+                      mask=mask)

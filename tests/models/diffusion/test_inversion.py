@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.models.diffusion.inversion import EditPlan, ddim_invert, edit_latent, plan_edit, regenerate
+from ldm.models.diffusion.inversion import (
+    EditPlan,
+    blend_levels,
+    check_diffedit,
+    ddim_invert,
+    diffedit_mask,
+    difference_map,
+    edit_latent,
+    plan_edit,
+    regenerate,
+)
 from ldm.util import instantiate_from_config
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, relative_error
 from tests.tiny_configs import TINY_CONTEXT_DIM, TINY_CONTEXT_TOKENS, tiny_latent_diffusion_config
@@ -92,3 +102,78 @@ def test_tiny_v_model_inversion_with_the_same_prompt_at_scale_one_reconstructs_t
     other = torch.randn(2, TINY_CONTEXT_TOKENS, TINY_CONTEXT_DIM, generator=generator)
     edited = edit_latent(DDIMSampler(tiny_v_model), x0, cond, other, plan_edit(0.0, 50, 50, 1000))
     assert float((edited - x0).norm() / x0.norm()) > 2 * errors[50, 0.0]
+
+
+def test_blend_levels_map_each_regeneration_level_to_the_inversion_level_at_its_timestep():
+    assert blend_levels(plan_edit(0.4, 50, 50, 1000), 1000) == list(range(30))
+    # 25 regeneration steps on 50: regeneration level j (timestep 40 (j - 1) + 1) is inversion level 2 j - 1
+    assert blend_levels(plan_edit(0.4, 25, 50, 1000), 1000) == [0] + [2 * j - 1 for j in range(1, 15)]
+    with pytest.raises(ValueError, match=r"masked regeneration passes timestep 21 .* 25-step inversion"):
+        blend_levels(plan_edit(0.94, 50, 25, 1000), 1000)  # starts at 41, on both grids
+
+
+@pytest.mark.parametrize("threshold, strength, noises, message", [
+    (0.0, 0.5, 10, r"--mask-threshold must be in \(0, 1\), got 0.0"),
+    (1.0, 0.5, 10, r"--mask-threshold must be in \(0, 1\), got 1.0"),
+    (0.5, 0.0, 10, r"--mask-strength must be in \(0, 1\], got 0.0"),
+    (0.5, 0.5, 0, r"--mask-noises must be at least 1, got 0"),
+])
+def test_diffedit_settings_outside_their_ranges_are_refused(threshold, strength, noises, message):
+    with pytest.raises(ValueError, match=message):
+        check_diffedit(threshold, strength, noises)
+
+
+def two_conditionings(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, TINY_CONTEXT_TOKENS, TINY_CONTEXT_DIM, generator=generator) for _ in range(2)]
+
+
+def test_diffedit_map_is_in_the_unit_range_per_image_and_zero_for_equal_prompts(tiny_v_model):
+    sampler = DDIMSampler(tiny_v_model)
+    x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3))
+    source, target = two_conditionings(4)
+    found = difference_map(sampler, x0, source, target, noises=3, generator=torch.Generator().manual_seed(5))
+    assert found.shape == (2, 1, *SHAPE[1:])
+    for image in found:
+        assert float(image.min()) == 0.0 and float(image.max()) == 1.0
+    assert torch.count_nonzero(difference_map(sampler, x0, source, source, noises=2)) == 0
+    # the same generator seed gives the same map; the binary mask is the map at the threshold
+    again = difference_map(sampler, x0, source, target, noises=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(found, again)
+    mask = diffedit_mask(sampler, x0, source, target, threshold=0.5, noises=3,
+                         generator=torch.Generator().manual_seed(5))
+    assert torch.equal(mask, (found >= 0.5).float()) and 0 < float(mask.mean()) < 1
+
+
+def test_masked_regeneration_keeps_the_inverted_source_latents_outside_the_mask_at_every_step(tiny_v_model):
+    sampler = DDIMSampler(tiny_v_model)
+    x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(6))
+    source, target = two_conditionings(7)
+    mask = torch.zeros(2, 1, *SHAPE[1:])
+    mask[:, :, 2:6, 1:5] = 1
+    plan = plan_edit(0.5, 10, 20, 1000)
+    trajectory = ddim_invert(sampler, x0, source, plan.inversion_steps, plan.inversion_count)
+    seen = []  # the latent each step starts from: the start, then the blended latent of each level
+    step = sampler.p_sample_ddim
+
+    def recording_step(x, *args, **kwargs):
+        seen.append(x.clone())
+        return step(x, *args, **kwargs)
+
+    sampler.p_sample_ddim = recording_step
+    edited = regenerate(sampler, trajectory, plan, target, scale=3.0, mask=mask)
+    levels = blend_levels(plan, 1000)
+    reached = seen[1:] + [edited]  # after the step at index j: level j
+    assert len(reached) == plan.regeneration_steps == 5
+    outside = mask.expand_as(x0) == 0
+    for index, latent in zip(reversed(range(plan.regeneration_steps)), reached):
+        assert torch.equal(latent[outside], trajectory.latents[levels[index]][outside])
+    assert torch.equal(edited[outside], x0[outside])
+    # inside the mask the target prompt edits; without a mask the whole latent differs from the image
+    assert not torch.allclose(edited[~outside], x0[~outside], atol=1e-3)
+    sampler.p_sample_ddim = step
+    unmasked = regenerate(sampler, trajectory, plan, target, scale=3.0)
+    assert not torch.allclose(unmasked[outside], x0[outside], atol=1e-3)
+    # an all-ones mask is the unmasked regeneration
+    assert torch.allclose(regenerate(sampler, trajectory, plan, target, scale=3.0, mask=torch.ones_like(mask)),
+                          unmasked)
