@@ -2,7 +2,8 @@
 
 Each tensor views its own private (copy-on-write) mapping of the file, so nothing is read until
 the tensor is used, the file never changes, and a tensor's pages leave the process's memory when
-the tensor is dropped (say, after it has been cast to another dtype). A file of float32 weights
+the tensor is dropped: a loader that casts the tensors one by one, dropping each source, never
+holds the whole file and the whole cast model at once. A file of float32 weights
 loaded into a float32 model is used in place: the weights are the file's pages, never copied.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ _DTYPES = {
 _HEADER_LENGTH = struct.Struct("<Q")
 # The safetensors library has checked the header (offsets inside the file, sizes that match the
 # shapes) before these functions read it.
-CAN_MAP = sys.byteorder == "little" and hasattr(mmap, "MADV_DONTNEED")
+CAN_MAP = sys.byteorder == "little"
 
 
 def header(path: str) -> Tuple[Dict[str, dict], int]:
@@ -38,30 +39,28 @@ def header(path: str) -> Tuple[Dict[str, dict], int]:
 
 def map_tensors(path: str, check: Optional[Callable[[str, torch.Tensor], None]] = None
                 ) -> Dict[str, torch.Tensor]:
-    """Every tensor of ``path`` on its own mapping, in file order. ``check(key, tensor)`` runs on
-    each as it is mapped; the pages it read are then given back (they stay in the page cache)."""
+    """Every tensor of ``path`` on its own mapping, in file order; ``check(key, tensor)`` runs on
+    each as it is mapped."""
     entries, data_start = header(path)
     tensors: Dict[str, torch.Tensor] = {}
     with open(path, "rb") as handle:
         for key, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"][0]):
-            tensor, mapping = _map_one(handle.fileno(), entry, data_start)
+            tensor = _map_one(handle.fileno(), entry, data_start)
             if check is not None:
                 check(key, tensor)
-            if mapping is not None:
-                mapping.madvise(mmap.MADV_DONTNEED)
             tensors[key] = tensor
     return tensors
 
 
-def _map_one(fileno: int, entry: dict, data_start: int) -> Tuple[torch.Tensor, Optional[mmap.mmap]]:
+def _map_one(fileno: int, entry: dict, data_start: int) -> torch.Tensor:
     dtype = _DTYPES.get(entry["dtype"])
     if dtype is None:
         raise ValueError(f"unsupported dtype {entry['dtype']}")
     shape = tuple(entry["shape"])
     begin, end = (data_start + offset for offset in entry["data_offsets"])
     if end == begin:
-        return torch.empty(shape, dtype=dtype), None
+        return torch.empty(shape, dtype=dtype)
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
     mapping = mmap.mmap(fileno, end - start, access=mmap.ACCESS_COPY, offset=start)
     count = (end - begin) // torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(mapping, dtype=dtype, count=count, offset=begin - start).view(shape), mapping
+    return torch.frombuffer(mapping, dtype=dtype, count=count, offset=begin - start).view(shape)
