@@ -2,9 +2,11 @@
 ``StableDiffusionPipeline.from_single_file`` on the same file.
 
 Measured per file and side in a fresh subprocess (so imports, page faults and allocator state are
-not shared): the wall-clock time from the parent starting the command to the first UNet call of
-a one-step text-to-image run, and the peak resident set size of the process up to that moment
-(``VmHWM`` from ``/proc/self/status``), next to the size of the loaded weights in memory.
+not shared): the wall-clock time from the parent starting the command to the start of the first
+UNet call of a one-step text-to-image run (256 px, classifier-free guidance as by default), and
+the peak resident set size of the process once that call is done (``VmHWM`` from
+``/proc/self/status``; a lazily loaded UNet has then been read too), next to the size of the
+loaded weights in memory.
 
 The checkpoints hold random weights of the SD 1.5 layout (the keys and shapes of
 ``configs/stable-diffusion/v1-inference.yaml``'s model; schedule buffers as computed): float32
@@ -39,6 +41,7 @@ SD1_CONFIG = REPO_ROOT / "configs/stable-diffusion/v1-inference.yaml"
 FILES = ("sd15-random-fp32.safetensors", "sd15-random-fp16.safetensors", "sd15-random-fp32.ckpt")
 DIFFUSERS_CONFIG = "diffusers-config"
 PROMPT = "a red circle"
+SIDE = 256  # image side of the one step: every weight is read as at 512, the step is 4x shorter
 GIB = 1024 ** 3
 
 
@@ -111,13 +114,20 @@ def make_diffusers_config(folder: Path, skeleton) -> None:
 # One measurement (in a subprocess)
 # ---------------------------------------------------------------------------------------------
 class FirstStep(Exception):
-    """Raised from the first UNet call: what was to be measured is over."""
+    """Raised after the first UNet call: what was to be measured is over."""
 
 
-def _stop_at_first_call(cls) -> None:
-    def forward(self, *args, **kwargs):
+def _stop_after_first_call(cls, times: Dict[str, float]) -> None:
+    """The time the first UNet call of ``cls`` begins, and the peak RSS once it is done (all
+    weights of the UNet have then been read, whether or not the loader touched them before)."""
+    forward = cls.forward
+
+    def first_call(self, *args, **kwargs):
+        times["at"] = time.time()
+        forward(self, *args, **kwargs)
+        times["peak"] = _peak_rss_bytes()
         raise FirstStep()
-    cls.forward = forward
+    cls.forward = first_call
 
 
 def _peak_rss_bytes() -> int:
@@ -135,12 +145,13 @@ def run_ours(ckpt: str) -> Dict[str, float]:
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     pipe = ldm.load("txt2img", ckpt=ckpt, config=str(SD1_CONFIG), device="cpu")
-    _stop_at_first_call(UNetModel)
+    times: Dict[str, float] = {}
+    _stop_after_first_call(UNetModel, times)
     try:
-        pipe(PROMPT, steps=1, n=1)
+        pipe(PROMPT, steps=1, n=1, H=SIDE, W=SIDE)
     except FirstStep:
         pass
-    return {"at": time.time(), "peak": _peak_rss_bytes(), "weights": _weights_bytes(pipe.model)}
+    return {**times, "weights": _weights_bytes(pipe.model)}
 
 
 def run_diffusers(ckpt: str) -> Dict[str, float]:
@@ -149,13 +160,13 @@ def run_diffusers(ckpt: str) -> Dict[str, float]:
     config = str(Path(ckpt).parent / DIFFUSERS_CONFIG)
     pipe = StableDiffusionPipeline.from_single_file(ckpt, config=config, local_files_only=True,
                                                     safety_checker=None, requires_safety_checker=False)
-    _stop_at_first_call(UNet2DConditionModel)
+    times: Dict[str, float] = {}
+    _stop_after_first_call(UNet2DConditionModel, times)
     try:
-        pipe(PROMPT, num_inference_steps=1, num_images_per_prompt=1)
+        pipe(PROMPT, num_inference_steps=1, num_images_per_prompt=1, height=SIDE, width=SIDE)
     except FirstStep:
         pass
-    return {"at": time.time(), "peak": _peak_rss_bytes(),
-            "weights": _weights_bytes(pipe.unet, pipe.vae, pipe.text_encoder)}
+    return {**times, "weights": _weights_bytes(pipe.unet, pipe.vae, pipe.text_encoder)}
 
 
 def measure(side: str, ckpt: str) -> Dict[str, float]:

@@ -26,6 +26,9 @@ _HEADER_LENGTH = struct.Struct("<Q")
 # The safetensors library has checked the header (offsets inside the file, sizes that match the
 # shapes) before these functions read it.
 CAN_MAP = sys.byteorder == "little"
+# Pages read by the check are given back to the page cache: a tensor then holds memory only once
+# it is used (the VAE not before decoding, EMA copies never).
+_GIVE_BACK = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def header(path: str) -> Tuple[Dict[str, dict], int]:
@@ -40,27 +43,29 @@ def header(path: str) -> Tuple[Dict[str, dict], int]:
 def map_tensors(path: str, check: Optional[Callable[[str, torch.Tensor], None]] = None
                 ) -> Dict[str, torch.Tensor]:
     """Every tensor of ``path`` on its own mapping, in file order; ``check(key, tensor)`` runs on
-    each as it is mapped."""
+    each as it is mapped, and the pages it read are then given back (they stay in the page cache)."""
     entries, data_start = header(path)
     tensors: Dict[str, torch.Tensor] = {}
     with open(path, "rb") as handle:
         for key, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"][0]):
-            tensor = _map_one(handle.fileno(), entry, data_start)
+            tensor, mapping = _map_one(handle.fileno(), entry, data_start)
             if check is not None:
                 check(key, tensor)
+                if mapping is not None and _GIVE_BACK is not None:
+                    mapping.madvise(_GIVE_BACK)
             tensors[key] = tensor
     return tensors
 
 
-def _map_one(fileno: int, entry: dict, data_start: int) -> torch.Tensor:
+def _map_one(fileno: int, entry: dict, data_start: int) -> Tuple[torch.Tensor, Optional[mmap.mmap]]:
     dtype = _DTYPES.get(entry["dtype"])
     if dtype is None:
         raise ValueError(f"unsupported dtype {entry['dtype']}")
     shape = tuple(entry["shape"])
     begin, end = (data_start + offset for offset in entry["data_offsets"])
     if end == begin:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype), None
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
     mapping = mmap.mmap(fileno, end - start, access=mmap.ACCESS_COPY, offset=start)
     count = (end - begin) // torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(mapping, dtype=dtype, count=count, offset=begin - start).view(shape)
+    return torch.frombuffer(mapping, dtype=dtype, count=count, offset=begin - start).view(shape), mapping
