@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -117,17 +117,24 @@ class FirstStep(Exception):
     """Raised after the first UNet call: what was to be measured is over."""
 
 
-def _stop_after_first_call(cls, times: Dict[str, float]) -> None:
-    """The time the first UNet call of ``cls`` begins, and the peak RSS once it is done (all
-    weights of the UNet have then been read, whether or not the loader touched them before)."""
-    forward = cls.forward
+def _until_first_step(unet_class, generate: Callable[[], object]) -> Dict[str, float]:
+    """Run ``generate`` up to the end of its first call of ``unet_class``: the time that call
+    begins, and the peak RSS once it is done (all weights of the UNet have then been read,
+    whether or not the loader touched them before)."""
+    forward = unet_class.forward
+    times: Dict[str, float] = {}
 
     def first_call(self, *args, **kwargs):
         times["at"] = time.time()
         forward(self, *args, **kwargs)
         times["peak"] = _peak_rss_bytes()
         raise FirstStep()
-    cls.forward = first_call
+    unet_class.forward = first_call
+    try:
+        generate()
+    except FirstStep:
+        pass
+    return times
 
 
 def _peak_rss_bytes() -> int:
@@ -145,12 +152,7 @@ def run_ours(ckpt: str) -> Dict[str, float]:
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     pipe = ldm.load("txt2img", ckpt=ckpt, config=str(SD1_CONFIG), device="cpu")
-    times: Dict[str, float] = {}
-    _stop_after_first_call(UNetModel, times)
-    try:
-        pipe(PROMPT, steps=1, n=1, H=SIDE, W=SIDE)
-    except FirstStep:
-        pass
+    times = _until_first_step(UNetModel, lambda: pipe(PROMPT, steps=1, n=1, H=SIDE, W=SIDE))
     return {**times, "weights": _weights_bytes(pipe.model)}
 
 
@@ -160,12 +162,8 @@ def run_diffusers(ckpt: str) -> Dict[str, float]:
     config = str(Path(ckpt).parent / DIFFUSERS_CONFIG)
     pipe = StableDiffusionPipeline.from_single_file(ckpt, config=config, local_files_only=True,
                                                     safety_checker=None, requires_safety_checker=False)
-    times: Dict[str, float] = {}
-    _stop_after_first_call(UNet2DConditionModel, times)
-    try:
-        pipe(PROMPT, num_inference_steps=1, num_images_per_prompt=1, height=SIDE, width=SIDE)
-    except FirstStep:
-        pass
+    times = _until_first_step(UNet2DConditionModel, lambda: pipe(PROMPT, num_inference_steps=1,
+                                                                 num_images_per_prompt=1, height=SIDE, width=SIDE))
     return {**times, "weights": _weights_bytes(pipe.unet, pipe.vae, pipe.text_encoder)}
 
 
