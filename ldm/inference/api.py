@@ -257,13 +257,16 @@ class Pipeline:
         width, height = run.task.output_size()
         ckpt = self.settings.ckpt
         common = dict(negative_prompt=opt.negative_prompt, steps=opt.steps, sampler=sampler_name,
-                      cfg_scale=opt.scale, width=width, height=height, model_hash=self.model_hash,
+                      cfg_scale=opt.scale, width=width, height=height,
                       model_name=model_name(ckpt) if ckpt else None)
         extra = {**run.task.extra_parameters(), **run.task.guidance_parameters(), **lora_parameters(self.loras)}
 
         def describe(prompt: str, seed: int) -> str:
+            # The hash reads the whole file (seconds for an SD-size one): asked for once the first
+            # images exist, so that sampling does not wait for it.
             used = embedding_parameters(self.embeddings, prompt, opt.negative_prompt)
-            return GenerationParameters(prompt=prompt, seed=seed, extra={**extra, **used}, **common).to_text()
+            return GenerationParameters(prompt=prompt, seed=seed, extra={**extra, **used}, model_hash=self.model_hash,
+                                        **common).to_text()
         return describe
 
     def _weights_scope(self) -> ContextManager:

@@ -1,7 +1,8 @@
 """The one checkpoint reader and writer: ``.safetensors`` and torch ``.ckpt``/``.pt``/``.pth``/``.bin``
 files, with or without the original ``state_dict`` wrapper, told apart by their content, read
 safely: no code runs, nothing is allocated beyond what the file holds, and only plain dense
-tensors of finite numbers come out. A bad file is a :class:`~ldm.util.errors.CheckpointError`
+tensors of finite numbers come out. Tensors are memory-mapped where the format allows (safetensors,
+torch zip files): read when used, never copied. A bad file is a :class:`~ldm.util.errors.CheckpointError`
 with a one-line reason (docs/SECURITY.md)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ldm.util import mapped_safetensors
 from ldm.util.atomic_write import write_atomically
 from ldm.util.checkpoint_files import SAFETENSORS, TORCH_ZIP, check_torch_file, not_a_checkpoint, sniff_format
 from ldm.util.errors import CheckpointError, first_line
@@ -33,20 +35,37 @@ def _describe_load_failure(path: str, err: Exception) -> str:
     return str(not_a_checkpoint(path, first_line(err, after="WeightsUnpickler error:")))
 
 
-def _load_safetensors(path: str, shapes_only: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The tensors (``shapes_only``: their shapes, from the header) and metadata of a safetensors file."""
+def _load_safetensors(path: str, shapes_only: bool = False,
+                      checked: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The tensors (``shapes_only``: their shapes, from the header) and metadata of a safetensors
+    file. The tensors are memory-mapped (:mod:`ldm.util.mapped_safetensors`); ``checked``: each is
+    checked as :func:`load_checkpoint` does while it is mapped, so that reading them for the check
+    leaves none of them resident."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    non_finite: List[str] = []
+
+    def check(key: str, tensor: torch.Tensor) -> None:
+        _check_tensors(path, {key: tensor})
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            non_finite.append(key)
+
     try:
-        with safe_open(path, framework="pt") as handle:
+        with safe_open(path, framework="pt") as handle:  # checks the header before we read it
             raw_meta = handle.metadata() or {}
             if shapes_only:
                 state_dict = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-        if not shapes_only:
+        if not shapes_only and mapped_safetensors.CAN_MAP:
+            state_dict = mapped_safetensors.map_tensors(path, check if checked else None)
+        elif not shapes_only:
             state_dict = load_file(path, device="cpu")
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(_describe_load_failure(path, err)) from None
+    if non_finite:
+        raise _non_finite_error(path, non_finite)
     metadata: Dict[str, Any] = {}
     for key, value in raw_meta.items():
         metadata[key] = int(value) if key in _METADATA_KEYS and value.lstrip("-").isdigit() else value
@@ -111,10 +130,14 @@ def _check_finite(path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
     bad: List[str] = [key for key, value in state_dict.items()
                       if value.is_floating_point() and not _all_finite(value)]
     if bad:
-        named = ", ".join(bad[:_NAMED_AT_MOST]) + (f" and {len(bad) - _NAMED_AT_MOST} more" if len(bad) >
-                                                   _NAMED_AT_MOST else "")
-        raise CheckpointError(f"{path} holds NaN or infinite weights in {len(bad)} tensor(s) ({named}); "
-                              "refusing to load it (the images would be black or noise)")
+        raise _non_finite_error(path, bad)
+
+
+def _non_finite_error(path: str, bad: List[str]) -> CheckpointError:
+    named = ", ".join(bad[:_NAMED_AT_MOST]) + (f" and {len(bad) - _NAMED_AT_MOST} more" if len(bad) >
+                                               _NAMED_AT_MOST else "")
+    return CheckpointError(f"{path} holds NaN or infinite weights in {len(bad)} tensor(s) ({named}); "
+                           "refusing to load it (the images would be black or noise)")
 
 
 def _all_finite(value: torch.Tensor) -> bool:
@@ -147,7 +170,12 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     """
     path = _readable_checkpoint_path(path)
     kind = sniff_format(path)
-    state_dict, metadata = _load_safetensors(path) if kind == SAFETENSORS else _load_torch(path, kind)
+    if kind == SAFETENSORS:
+        state_dict, metadata = _load_safetensors(path, checked=True)
+        if not state_dict:
+            raise CheckpointError(f"{path} holds no tensors")
+        return state_dict, metadata
+    state_dict, metadata = _load_torch(path, kind, mmap=True)
     _check_tensors(path, state_dict)
     _check_finite(path, state_dict)
     return state_dict, metadata

@@ -159,9 +159,14 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             print(line)
     if strict and not report.ok:
         raise _mismatch_error(report)
-    expected = model.state_dict()
-    usable = {k: v for k, v in state_dict.items()
-              if k in expected and tuple(expected[k].shape) == tuple(v.shape)
-              and not (expected[k].is_floating_point() and not v.is_floating_point())}
-    model.load_state_dict(usable, strict=False)
+    model.load_state_dict(usable_tensors(model, state_dict), strict=False)
     return report
+
+
+def usable_tensors(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The entries of ``state_dict`` that ``model.load_state_dict`` can take: a key of the model,
+    the same shape, and a float wherever the model has a float."""
+    expected = model.state_dict()
+    return {k: v for k, v in state_dict.items()
+            if k in expected and tuple(expected[k].shape) == tuple(v.shape)
+            and not (expected[k].is_floating_point() and not v.is_floating_point())}

@@ -1,5 +1,7 @@
 """ldm/util/checkpoints.py on mistaken (not hostile) files (issue 18): the format is told by the
 content, not the name; NaN/inf weights, complex and non-float weights are one line up front."""
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -123,3 +125,23 @@ def test_plain_values_may_stand_beside_tensors_when_allowed(tmp_path):
     torch.save({"name": "style", "step": 3000}, tmp_path / "no-tensors.pt")
     with pytest.raises(CheckpointError, match="holds no tensors"):
         load_tensors(tmp_path / "no-tensors.pt", allow_plain_values=True)
+
+
+def _mappings_of(path) -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(str(path)))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads the memory map of the process (Linux)")
+def test_safetensors_weights_are_memory_mapped_one_mapping_per_tensor_until_dropped(tmp_path):
+    weights = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.float16), "empty": torch.zeros(0)}
+    path = tmp_path / "w.safetensors"
+    save_file(weights, str(path))
+    loaded, _ = load_checkpoint(path)
+    assert _mappings_of(path) == 2, "each non-empty tensor should view its own mapping of the file"
+    for key, value in weights.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value)
+    loaded["a"].add_(1)  # a private mapping: the file is never written
+    assert torch.equal(load_checkpoint(path)[0]["a"], weights["a"])
+    del loaded
+    assert _mappings_of(path) == 0

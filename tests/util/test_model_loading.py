@@ -1,6 +1,8 @@
-"""ldm/util/model_loading.py: a checkpoint is compared with the model's layout, built on the meta
-device, before the real model is built (issue 18), keeping EMA selection, preloaded first stages,
-legacy keys and the benign position_ids; a config the user did not name builds only model classes."""
+"""ldm/util/model_loading.py: the model is built with its parameters on the meta device and given
+the checkpoint's tensors (issue 24), the same in every tensor and output as one built and loaded
+normally; its layout is compared with the checkpoint first (issue 18), keeping EMA selection,
+preloaded first stages, legacy keys and the benign position_ids; weights the file lacks get the
+usual build; a config the user did not name builds only model classes."""
 import time
 
 import pytest
@@ -14,20 +16,29 @@ from ldm.util import (
     UntrustedConfigError,
     fit_state_dict,
     instantiate_from_config,
+    load_checkpoint,
     load_model_from_config,
     save_checkpoint,
 )
-from tests.tiny_configs import tiny_autoencoder_config, tiny_latent_diffusion_config, tiny_unet_config
+from tests.tiny_configs import (
+    tiny_autoencoder_config,
+    tiny_ddpm_config,
+    tiny_latent_diffusion_batch,
+    tiny_latent_diffusion_config,
+    tiny_unclip_config,
+    tiny_unet_config,
+    tiny_upscaler_config,
+)
 
 
 @pytest.fixture()
 def builds(monkeypatch):
-    """The device each model construction of load_model_from_config happens on, in order."""
+    """The device of the parameters of each model construction of load_model_from_config, in order."""
     devices = []
     real = model_loading.instantiate_from_config
 
     def recording(config):
-        devices.append(torch.empty(0).device.type)
+        devices.append(torch.nn.Linear(1, 1).weight.device.type)
         return real(config)
 
     monkeypatch.setattr(model_loading, "instantiate_from_config", recording)
@@ -48,11 +59,98 @@ def test_a_checkpoint_that_does_not_fit_is_found_before_the_model_is_built(tmp_p
     assert "\n" not in str(err.value)
 
 
-def test_a_checkpoint_that_fits_is_built_once_for_real_after_the_layout_check(tmp_path, builds):
+def test_a_checkpoint_that_fits_is_built_once_with_parameters_on_meta_then_given_the_files_tensors(
+        tmp_path, builds):
     config = tiny_latent_diffusion_config()
     model = load_model_from_config(config, _saved(config, tmp_path / "m.ckpt"), device="cpu", verbose=False)
-    assert builds == ["meta", "cpu"]
+    assert builds == ["meta"], "the model was initialised for real before the checkpoint was loaded"
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def _normally_built_and_loaded(config, path):
+    """The model as loaded before meta building: initialised, then the checkpoint copied in."""
+    model = instantiate_from_config(config)
+    model.load_state_dict(load_checkpoint(path)[0], strict=True)
+    return model.eval()
+
+
+def _all_tensors(model):
+    """Parameters, buffers (non-persistent ones too) and tensors kept as plain attributes."""
+    tensors = dict(model.state_dict(keep_vars=True))
+    tensors.update(model.named_buffers())
+    for name, module in model.named_modules():
+        tensors.update({f"{name}.{attr}": value for attr, value in vars(module).items()
+                        if isinstance(value, torch.Tensor)})
+    return tensors
+
+
+def _random_checkpoint(config, path):
+    """A checkpoint of ``config``'s model with random weights (zero-initialised layers too)."""
+    generator = torch.Generator().manual_seed(0)
+    state_dict = instantiate_from_config(config).state_dict()
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not key.startswith(("betas", "alphas", "sqrt", "log", "posterior",
+                                                             "low_scale_model.")):
+            state_dict[key] = torch.randn(value.shape, generator=generator) * 0.1
+    save_checkpoint(state_dict, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, config", [
+    ("latent diffusion", tiny_latent_diffusion_config()),
+    ("pixel DDPM", tiny_ddpm_config()),
+    ("x4 upscaler", tiny_upscaler_config()),
+    ("unCLIP-H", tiny_unclip_config("h").model),
+])
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_meta_built_model_equals_one_built_normally_in_every_tensor(tmp_path, name, config, suffix):
+    path = _random_checkpoint(config, tmp_path / f"m{suffix}")
+    reference = _all_tensors(_normally_built_and_loaded(config, path))
+    loaded = _all_tensors(load_model_from_config(config, path, device="cpu", verbose=False))
+    assert loaded.keys() == reference.keys()
+    for key, value in reference.items():
+        assert not loaded[key].is_meta, f"{name}: {key} was left on the meta device"
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), f"{name}: {key} differs"
+
+
+def test_a_meta_built_model_gives_the_outputs_of_one_built_normally(tmp_path):
+    config = tiny_latent_diffusion_config()
+    path = _random_checkpoint(config, tmp_path / "m.safetensors")
+    reference = _normally_built_and_loaded(config, path)
+    loaded = load_model_from_config(config, path, device="cpu", verbose=False)
+    batch = tiny_latent_diffusion_batch(generator=torch.Generator().manual_seed(1))
+    noisy = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        for model in (reference, loaded):
+            model.outputs = (model.apply_model(noisy, t, batch["txt"]), model.decode_first_stage(noisy),
+                             model.q_sample(noisy, t, noise=noisy))
+    for ours, theirs in zip(loaded.outputs, reference.outputs):
+        assert torch.equal(ours, theirs)
+
+
+def test_half_precision_weights_are_cast_once_to_the_models_dtype(tmp_path, builds):
+    config = tiny_latent_diffusion_config()
+    state_dict = instantiate_from_config(config).state_dict()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_checkpoint(half, tmp_path / "half.safetensors")
+    model = load_model_from_config(config, str(tmp_path / "half.safetensors"), device="cpu", verbose=False)
+    assert builds == ["meta"]
+    for key, value in model.state_dict().items():
+        assert value.dtype == state_dict[key].dtype and torch.equal(value, half[key].to(value.dtype)), key
+
+
+def test_weights_missing_from_a_lenient_load_are_initialised_as_before(tmp_path, builds, capsys):
+    config = tiny_latent_diffusion_config()
+    full = instantiate_from_config(config).state_dict()
+    save_checkpoint({k: v for k, v in full.items() if not k.startswith("model.diffusion_model.out.")},
+                    tmp_path / "partial.safetensors")
+    model = load_model_from_config(config, str(tmp_path / "partial.safetensors"), device="cpu", strict=False)
+    assert builds == ["meta", "cpu"], "parameters the file lacks need the usual initialisation"
+    assert "UNet (model.diffusion_model): 4 tensors missing from the checkpoint" in capsys.readouterr().out
+    assert not any(t.is_meta for t in model.state_dict().values())
+    assert torch.equal(model.state_dict()["model.diffusion_model.input_blocks.0.0.weight"],
+                       full["model.diffusion_model.input_blocks.0.0.weight"])
 
 
 def test_the_layout_check_names_non_float_weights_before_building(tmp_path, builds):
@@ -83,7 +181,7 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_is_still_loaded(tmp_pat
     real = model_loading.instantiate_from_config
 
     def no_meta(node):
-        if torch.empty(0).device.type == "meta":
+        if torch.nn.Linear(1, 1).weight.is_meta:
             raise NotImplementedError("Cannot copy out of meta tensor")
         return real(node)
 
@@ -91,7 +189,7 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_is_still_loaded(tmp_pat
     assert load_model_from_config(config, path, device="cpu", verbose=False) is not None
 
 
-def test_a_preloaded_first_stage_may_be_absent_from_the_checkpoint(tmp_path):
+def test_a_preloaded_first_stage_may_be_absent_from_the_checkpoint(tmp_path, builds):
     autoencoder = instantiate_from_config(tiny_autoencoder_config())
     with torch.no_grad():
         for parameter in autoencoder.parameters():
@@ -103,6 +201,7 @@ def test_a_preloaded_first_stage_may_be_absent_from_the_checkpoint(tmp_path):
                  if not k.startswith("first_stage_model.")}
     save_checkpoint(unet_only, tmp_path / "unet.safetensors")
     model = load_model_from_config(config, str(tmp_path / "unet.safetensors"), device="cpu", verbose=False)
+    assert builds == ["meta", "cpu"], "its weights were copied into meta parameters: it needs the usual build"
     for key, value in autoencoder.state_dict().items():
         assert torch.equal(model.first_stage_model.state_dict()[key], value)
 
@@ -112,7 +211,7 @@ def test_ema_weights_are_selected_on_the_layout_check_too(tmp_path, builds):
     save_checkpoint(trained.state_dict(), tmp_path / "full.ckpt")
     inference = tiny_latent_diffusion_config()
     model = load_model_from_config(inference, str(tmp_path / "full.ckpt"), device="cpu", verbose=False, ema=True)
-    assert builds == ["meta", "cpu"] and not hasattr(model, "model_ema")
+    assert builds == ["meta"] and not hasattr(model, "model_ema")
     plain_only = {k: v for k, v in trained.state_dict().items() if not k.startswith("model_ema.")}
     save_checkpoint(plain_only, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="no EMA weights"):
