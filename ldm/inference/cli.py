@@ -152,7 +152,8 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
 def add_performance_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("precision and memory")
     group.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast",
-                       help="autocast: fp16 on CUDA/MPS (bf16 with --bf16), fp32 on CPU; "
+                       help="autocast: fp16 on CUDA/MPS (bf16 with --bf16), bf16 on a CPU with native "
+                            "bfloat16 (AMX/AVX512-BF16; LDM_CPU_BF16=0/1 overrides), else fp32; "
                             "full: fp32 everywhere (default: %(default)s)")
     group.add_argument("--bf16", action="store_true",
                        help="autocast in bfloat16 instead of float16 (also on CPU)")
