@@ -126,6 +126,8 @@ def check_counts_and_numbers(opt: argparse.Namespace) -> None:
     if opt.cache_interval is not None and opt.cache_interval < 1:
         raise UsageError(f"--cache-interval must be at least 1 (steps between full UNet passes), "
                          f"got {opt.cache_interval}")
+    if opt.cache_depth < 0:
+        raise UsageError(f"--cache-depth must be 0 or more (UNet blocks at each end), got {opt.cache_depth}")
     if opt.cache_interval is not None and opt.compile:
         raise UsageError("--cache-interval and --compile do not go together (the cache changes the UNet's "
                          "path from step to step); choose one")
@@ -235,7 +237,7 @@ class Pipeline:
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
-                with deep_cache(self.unet, run.opt.cache_interval):
+                with deep_cache(self.unet, run.opt.cache_interval, run.opt.cache_depth):
                     images = run.task.generate(self.model, sampler.sampler, batch,
                                                ImageNoise(batch.seeds, self.device))
                 yield batch, images.cpu(), [describe(p, s) for p, s in zip(batch.prompts, batch.seeds)]

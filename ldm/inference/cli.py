@@ -161,6 +161,11 @@ def add_performance_args(parser: argparse.ArgumentParser) -> None:
                        help="DeepCache (Ma et al. 2023): run the whole UNet every N steps and only its "
                             "shallow blocks in between, reusing the deep features (about 2x faster at N=3, "
                             "slightly different images; 1 is the same as off; default: off)")
+    group.add_argument("--cache-depth", type=int, default=1, metavar="D",
+                       help="with --cache-interval: the shallow branch recomputed between full steps is the "
+                            "first D+1 input and last D+1 output blocks of the UNet; 1 is DeepCache's branch 0 "
+                            "for Stable Diffusion, 0 recomputes only the input convolution's skip (faster, "
+                            "further from the full UNet) (default: %(default)s)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet (slow first batch, faster afterwards)")
     group.add_argument("--attention-slicing", type=int, nargs="?", const=1024, default=None,

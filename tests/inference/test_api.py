@@ -210,6 +210,8 @@ def test_a_bad_cache_interval_is_the_scripts_one_line_error(pipes, tiny_models, 
         pipes["txt2img"]("a cat", cache_interval=0)
     with pytest.raises(UsageError, match=r"^--cache-interval must be a whole number, got 2.5$"):
         pipes["txt2img"]("a cat", cache_interval=2.5)
+    with pytest.raises(UsageError, match=r"^--cache-depth must be 0 or more .*got -1$"):
+        pipes["txt2img"]("a cat", cache_interval=2, cache_depth=-1)
     code = main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), "--cache-interval", "3", "--compile",
                                          "--outdir", str(tmp_path / "out")])
     assert code == 2
