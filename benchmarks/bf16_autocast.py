@@ -50,7 +50,8 @@ def main() -> None:
 
     print(f"{args.model} UNet, latent {args.latent}, batch {args.batch}, t {args.timestep}, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), native bf16: {cpu_has_native_bf16()}")
-    with torch.inference_mode(), precision_scope(CPU, torch.bfloat16):
+    # no_grad as the pipeline samples: under inference_mode autocast casts the weights again at every call.
+    with torch.no_grad(), precision_scope(CPU, torch.bfloat16):
         full, half = forward(None), forward(torch.bfloat16)
         times = alternate({"fp32": lambda: forward(None), "bf16": lambda: forward(torch.bfloat16)},
                           args.repeats, CPU)
