@@ -46,6 +46,18 @@ def perturb_zero_parameters(model: torch.nn.Module, std: float = 0.02) -> None:
                 p.normal_(std=std)
 
 
+def random_unet(name: str, seed: int = 0) -> Tuple[torch.nn.Module, DictConfig]:
+    """Our UNet of the original config ``name`` (``CONFIGS``) in float32 with seeded random weights,
+    zero-initialised layers perturbed, in eval mode; and its config."""
+    from ldm.util import instantiate_from_config
+
+    torch.manual_seed(seed)
+    config = OmegaConf.load(CONFIGS[name])
+    unet = instantiate_from_config(config.model.params.unet_config)
+    perturb_zero_parameters(unet)
+    return unet.eval(), config
+
+
 def prefixed_state_dict(module: torch.nn.Module, prefix: str) -> Dict[str, torch.Tensor]:
     """``module``'s state dict under the key prefix it has inside a full LDM checkpoint."""
     return {prefix + k: v for k, v in module.state_dict().items()}

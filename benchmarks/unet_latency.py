@@ -16,15 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CONFIGS, DTYPES, alternate, diffusers_unet, median_times,  # noqa: E402
-                               perturb_zero_parameters, resolve_dtype)
+from benchmarks.common import CONFIGS, DTYPES, alternate, diffusers_unet, median_times, random_unet, resolve_dtype  # noqa: E402
 from ldm.inference.optimizations import compile_for_inference  # noqa: E402
 from ldm.modules import attention  # noqa: E402
-from ldm.util import instantiate_from_config, pick_device  # noqa: E402
+from ldm.util import pick_device  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,10 +45,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_pair(name: str, device: torch.device, dtype: torch.dtype, precision=None):
     """Our UNet from the original config and a diffusers UNet sharing its weight tensors."""
-    config = OmegaConf.load(CONFIGS[name])
-    ours = instantiate_from_config(config.model.params.unet_config)
-    perturb_zero_parameters(ours)
-    ours = ours.to(device=device, dtype=dtype).eval()
+    ours, config = random_unet(name)
+    ours = ours.to(device=device, dtype=dtype)
     if precision is not None:
         attention.set_attention_precision(ours, precision)
     theirs = diffusers_unet(ours, config)

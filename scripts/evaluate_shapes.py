@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise-level", type=int, default=20, help="upscale: noise level of the input (default 20)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    parser.add_argument("--precision", choices=["autocast", "full"], default="autocast",
+                        help="as the scripts' --precision (default autocast: bf16 on a CPU with native bfloat16)")
+    parser.add_argument("--cache-interval", type=int, default=None, metavar="N",
+                        help="sample with DeepCache, the whole UNet every N steps (as the scripts' flag)")
+    parser.add_argument("--cache-depth", type=int, default=1, metavar="D",
+                        help="DeepCache's shallow branch: D+1 blocks at each end of the UNet (default 1)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     return parser
 
@@ -78,6 +84,7 @@ def load_autoencoder(config: str, ckpt: str, device: str):
 def run(opt: argparse.Namespace):
     import ldm
     from ldm.evaluation import benchmarks
+    from ldm.modules.diffusionmodules.deepcache import deep_cache
 
     scale = opt.scale if opt.scale is not None else (3.0 if opt.task == "class" else 5.0)
     sampling = dict(seed=opt.seed, steps=opt.steps, scale=scale, batch_size=opt.batch_size)
@@ -88,7 +95,14 @@ def run(opt: argparse.Namespace):
         return benchmarks.autoencoder_psnr(load_autoencoder(opt.config, opt.ckpt, opt.device), opt.count or 256,
                                            opt.seed)
     config, ckpt = model_paths("txt2img" if opt.task == "relations" else opt.task, opt.config, opt.ckpt)
-    pipe = ldm.load(PIPELINE_TASKS[opt.task], ckpt=ckpt, config=config, device=opt.device)
+    pipe = ldm.load(PIPELINE_TASKS[opt.task], ckpt=ckpt, config=config, device=opt.device, precision=opt.precision)
+    with deep_cache(pipe.unet, opt.cache_interval, opt.cache_depth):  # a new cache per run: the timestep rises
+        return sample_and_measure(opt, pipe, count, sampling)
+
+
+def sample_and_measure(opt: argparse.Namespace, pipe, count: int, sampling: dict):
+    from ldm.evaluation import benchmarks
+
     if opt.task == "depth":
         return benchmarks.depth_adherence(pipe, count, **sampling)
     if opt.task == "pixel":
@@ -107,10 +121,13 @@ def run(opt: argparse.Namespace):
 
 def main(argv=None) -> int:
     opt = build_parser().parse_args(argv)
-    for name in ("steps", "count", "single_repeats", "two_count", "batch_size"):
+    for name in ("steps", "count", "single_repeats", "two_count", "batch_size", "cache_interval"):
         if getattr(opt, name) is not None and getattr(opt, name) < 1:
             print(f"evaluate_shapes.py: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if opt.cache_depth < 0:
+        print("evaluate_shapes.py: error: --cache-depth must be 0 or more", file=sys.stderr)
+        return 2
     from ldm.inference.errors import UsageError
     from ldm.util import CheckpointError
 

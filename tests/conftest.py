@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The same numbers on every machine: --precision autocast is fp32 on a CPU unless a test says otherwise
+# (it is bf16 where the CPU computes in bfloat16 natively; tests/inference/test_precision.py).
+os.environ.setdefault("LDM_CPU_BF16", "0")
 
 import pytest
 import torch

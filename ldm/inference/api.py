@@ -75,6 +75,7 @@ from ldm.inference.sampler_choice import (
 )
 from ldm.inference.tasks import TASKS, Task
 from ldm.models.diffusion.seeding import ImageNoise
+from ldm.modules.diffusionmodules.deepcache import deep_cache
 from ldm.modules.encoders.textual_inversion import EmbeddingHandle
 from ldm.modules.lora import LoraHandle
 from ldm.util import pick_device
@@ -128,6 +129,14 @@ def check_counts_and_numbers(opt: argparse.Namespace) -> None:
         warnings.warn(f"--repeat {opt.repeat} applies to the prompts of --from-file only; ignored", UserWarning,
                       stacklevel=3)
     check_sampling_numbers(opt.scale, 0.0 if opt.ddim_eta is None else opt.ddim_eta)  # None: the task's default
+    if opt.cache_interval is not None and opt.cache_interval < 1:
+        raise UsageError(f"--cache-interval must be at least 1 (steps between full UNet passes), "
+                         f"got {opt.cache_interval}")
+    if opt.cache_depth < 0:
+        raise UsageError(f"--cache-depth must be 0 or more (UNet blocks at each end), got {opt.cache_depth}")
+    if opt.cache_interval is not None and opt.compile:
+        raise UsageError("--cache-interval and --compile do not go together (the cache changes the UNet's "
+                         "path from step to step); choose one")
 
 
 def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
@@ -234,7 +243,9 @@ class Pipeline:
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
-                images = run.task.generate(self.model, sampler.sampler, batch, ImageNoise(batch.seeds, self.device))
+                with deep_cache(self.unet, run.opt.cache_interval, run.opt.cache_depth):
+                    images = run.task.generate(self.model, sampler.sampler, batch,
+                                               ImageNoise(batch.seeds, self.device))
                 yield batch, images.cpu(), describe(batch)
 
     def batch_parameters(self, run: Run) -> Callable[[Batch], List[str]]:
@@ -244,6 +255,12 @@ class Pipeline:
         return lambda batch: [describe(prompt, seed) for prompt, seed in zip(batch.prompts, batch.seeds)]
 
     # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoising UNet (the module ``torch.compile`` wrapped, when compiled)."""
+        network = self.model.model.diffusion_model
+        return getattr(network, "_orig_mod", network)
+
     @property
     def model_hash(self) -> Optional[str]:
         """A1111's model hash of the checkpoint file, computed once."""

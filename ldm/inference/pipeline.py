@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import UsageError
+from ldm.inference.precision import float32_scope
 from ldm.models.diffusion.sampling_util import CondFn
 from ldm.models.diffusion.seeding import ImageNoise, image_seeds
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
@@ -167,9 +168,17 @@ def encode_image(model: torch.nn.Module, image: torch.Tensor, noise: ImageNoise)
 
 def decode_latents(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] as the originals map the decoder output: ``clamp((x + 1) / 2, 0, 1)``; a
-    pixel-space DDPM (no first stage) samples the images themselves."""
-    x = model.decode_first_stage(z) if hasattr(model, "decode_first_stage") else z
+    pixel-space DDPM (no first stage) samples the images themselves. On a CPU the decoder runs
+    in float32 even under bf16 autocast (:func:`~ldm.inference.precision.float32_scope`)."""
+    x = _decode_float32_on_cpu(model, z) if hasattr(model, "decode_first_stage") else z
     return torch.clamp((x.float() + 1.0) / 2.0, min=0.0, max=1.0)
+
+
+def _decode_float32_on_cpu(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    if z.device.type != "cpu":
+        return model.decode_first_stage(z)
+    with float32_scope(z.device):
+        return model.decode_first_stage(z.float())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -192,3 +192,28 @@ def test_depth2img_without_a_depth_map_uses_the_models_midas_estimate(pipes, inp
     assert np.array_equal(np.asarray(estimated), np.asarray(given))
     flat = pipe("a red circle", depth=np.zeros_like(depth), **options)[0]
     assert not np.array_equal(np.asarray(estimated), np.asarray(flat))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "plms", "heun", "dpmpp_2m_sde", "unipc"])
+def test_cache_interval_one_makes_the_same_pixels_as_no_cache_and_two_changes_them(pipes, sampler):
+    pipe = pipes["txt2img"]
+    plain = pipe("a red circle", steps=4, n=2, sampler=sampler)
+    every_step = pipe("a red circle", steps=4, n=2, sampler=sampler, cache_interval=1)
+    cached = pipe("a red circle", steps=4, n=2, sampler=sampler, cache_interval=2)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, every_step))
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, cached))
+    assert pipe.unet.feature_cache is None
+
+
+def test_a_bad_cache_interval_is_the_scripts_one_line_error(pipes, tiny_models, tmp_path, capsys):
+    with pytest.raises(UsageError, match=r"^--cache-interval must be at least 1 .*got 0$"):
+        pipes["txt2img"]("a cat", cache_interval=0)
+    with pytest.raises(UsageError, match=r"^--cache-interval must be a whole number, got 2.5$"):
+        pipes["txt2img"]("a cat", cache_interval=2.5)
+    with pytest.raises(UsageError, match=r"^--cache-depth must be 0 or more .*got -1$"):
+        pipes["txt2img"]("a cat", cache_interval=2, cache_depth=-1)
+    code = main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), "--cache-interval", "3", "--compile",
+                                         "--outdir", str(tmp_path / "out")])
+    assert code == 2
+    assert "--cache-interval and --compile do not go together" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

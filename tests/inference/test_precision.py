@@ -1,25 +1,109 @@
 import pytest
 import torch
 
+import ldm
+from ldm.inference import precision
 from ldm.inference.errors import UsageError
-from ldm.inference.precision import autocast_dtype, precision_scope
+from ldm.inference.pipeline import decode_latents
+from ldm.inference.precision import autocast_dtype, cpu_has_native_bf16, float32_scope, precision_scope
+
+CPU = torch.device("cpu")
 
 
-def test_autocast_on_cpu_stays_fp32_unless_bf16_is_asked_for():
-    cpu = torch.device("cpu")
-    assert autocast_dtype(cpu, "autocast", bf16=False) is None
-    assert autocast_dtype(cpu, "autocast", bf16=True) is torch.bfloat16
+def test_the_environment_override_decides_native_bf16(monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    assert cpu_has_native_bf16() is True
+    monkeypatch.setenv("LDM_CPU_BF16", "0")
+    assert cpu_has_native_bf16() is False
+    monkeypatch.setenv("LDM_CPU_BF16", "yes")
+    with pytest.raises(UsageError, match="LDM_CPU_BF16 must be 0 or 1"):
+        cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx2", True),
+                                             ("fpu amx_tile amx_bf16", True),
+                                             ("fpu sse avx512f avx512_vnni", False)])
+def test_native_bf16_is_read_from_the_cpuinfo_flags(tmp_path, monkeypatch, flags, expected):
+    monkeypatch.delenv("LDM_CPU_BF16", raising=False)
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert precision._cpuinfo_has_native_bf16.__wrapped__(str(info)) is expected
+
+
+def test_without_cpuinfo_there_is_no_native_bf16(tmp_path):
+    assert precision._cpuinfo_has_native_bf16.__wrapped__(str(tmp_path / "missing")) is False
+
+
+def test_cpu_autocast_is_bf16_with_native_bf16_and_fp32_without(monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    assert autocast_dtype(CPU, "autocast", bf16=False) is torch.bfloat16
+    assert autocast_dtype(CPU, "full", bf16=False) is None
+    monkeypatch.setenv("LDM_CPU_BF16", "0")
+    assert autocast_dtype(CPU, "autocast", bf16=False) is None
+    assert autocast_dtype(CPU, "autocast", bf16=True) is torch.bfloat16
 
 
 def test_full_precision_is_fp32_and_refuses_bf16():
-    assert autocast_dtype(torch.device("cpu"), "full", bf16=False) is None
+    assert autocast_dtype(CPU, "full", bf16=False) is None
     with pytest.raises(UsageError, match="--bf16 needs --precision autocast"):
-        autocast_dtype(torch.device("cpu"), "full", bf16=True)
+        autocast_dtype(CPU, "full", bf16=True)
 
 
 def test_bf16_scope_runs_matmuls_in_bf16_on_cpu():
-    with precision_scope(torch.device("cpu"), torch.bfloat16):
+    with precision_scope(CPU, torch.bfloat16):
         out = torch.ones(2, 2) @ torch.ones(2, 2)
+        with float32_scope(CPU):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert out.dtype == torch.bfloat16
-    with precision_scope(torch.device("cpu"), None):
+    with precision_scope(CPU, None):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+class _RecordingDecoder(torch.nn.Module):
+    """A first stage that records the autocast state and input dtype of its decode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+        self.seen = None
+
+    def decode_first_stage(self, z):
+        self.seen = (torch.is_autocast_enabled("cpu"), z.dtype)
+        return self.conv(z)
+
+
+def test_the_vae_decodes_in_float32_under_bf16_autocast_on_cpu():
+    model = _RecordingDecoder()
+    with precision_scope(CPU, torch.bfloat16):
+        z = model.conv.weight.new_ones(1, 4, 2, 2).to(torch.bfloat16)
+        images = decode_latents(model, z)
+    assert model.seen == (False, torch.float32)
+    assert images.dtype == torch.float32
+
+
+def _unet_autocast_states(pipe):
+    """The (autocast enabled, autocast dtype) the UNet runs under in one call of ``pipe``."""
+    seen = []
+    unet = pipe.model.model.diffusion_model
+    handle = unet.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    try:
+        pipe("a red circle", steps=2, n=1)
+    finally:
+        handle.remove()
+    return set(seen)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("native, expected", [("1", {(True, torch.bfloat16)}), ("0", None)])
+def test_the_unet_samples_under_bf16_autocast_on_cpu_only_with_native_bf16(tiny_models, monkeypatch, native,
+                                                                            expected):
+    monkeypatch.setenv("LDM_CPU_BF16", native)
+    model = tiny_models["txt2img"]
+    pipe = ldm.load("txt2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    assert pipe.dtype is (torch.bfloat16 if native == "1" else None)
+    states = _unet_autocast_states(pipe)
+    if expected is not None:
+        assert states == expected
+    else:
+        assert {enabled for enabled, _ in states} == {False}

@@ -407,6 +407,8 @@ class UNetModel(nn.Module):
                                  zero_module(conv_nd(dims, ch, out_channels, 3, padding=1)))
         if self.predict_codebook_ids:
             self.id_predictor = nn.Sequential(normalization(ch), conv_nd(dims, ch, n_embed, 1))
+        # A DeepCache while sampling with feature caching (deepcache.deep_cache), else None.
+        self.feature_cache = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -499,12 +501,15 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y if not torch.is_floating_point(y) else y.to(dtype))
         context = _cast_context(context, dtype)
         h = x.to(dtype)
-        skips = []
-        for module in self.input_blocks:
-            h = module(h, emb, context)
-            skips.append(h)
-        h = self.middle_block(h, emb, context)
-        for module in self.output_blocks:
-            h = module(torch.cat([h, skips.pop()], dim=1), emb, context)
+        if self.feature_cache is not None:
+            h = self.feature_cache.run_blocks(self, h, emb, context, timesteps)
+        else:
+            skips = []
+            for module in self.input_blocks:
+                h = module(h, emb, context)
+                skips.append(h)
+            h = self.middle_block(h, emb, context)
+            for module in self.output_blocks:
+                h = module(torch.cat([h, skips.pop()], dim=1), emb, context)
         head = self.id_predictor if self.predict_codebook_ids else self.out
         return head(h).to(x.dtype)
