@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ldm.inference.errors import UsageError
 from ldm.models.diffusion.sampling_util import CondFn
 
-DEFAULT_GUIDE_SCALE = 100.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py
+DEFAULT_GUIDE_SCALE = 300.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py (README)
 # The default strength of --guide-clip: that of diffusers' CLIP-guided Stable Diffusion community
 # pipeline (the same spherical-distance loss on latents); not tuned here (no CLIP weights offline).
 DEFAULT_GUIDE_CLIP_SCALE = 100.0
