@@ -94,7 +94,7 @@ def _list_samplers(parser: argparse.ArgumentParser) -> None:
         f"  {line}" for line in describe_samplers().splitlines())
 
 
-def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float) -> None:
+def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, default_clip_scale: float) -> None:
     group = parser.add_argument_group(
         "loss guidance",
         "steer sampling with the gradient of a loss on the decoded predicted image (README: Loss guidance)")
@@ -103,6 +103,14 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float) -> 
                             "distance of its pixels to the colour, through the decoder (default: off)")
     group.add_argument("--guide-scale", type=float, default=default_scale,
                        help="strength of --guide-color; 0 changes nothing (default: %(default)s)")
+    group.add_argument("--guide-clip", type=str, default=None, metavar="TEXT",
+                       help="pull the image toward this text as CLIP sees it: the spherical distance of their "
+                            "CLIP embeddings, through CLIP and the decoder (default: off; needs --guide-clip-model)")
+    group.add_argument("--guide-clip-model", type=str, default=None, metavar="DIR",
+                       help="the CLIP model of --guide-clip: a local transformers CLIPModel directory "
+                            "(save_pretrained); nothing is downloaded")
+    group.add_argument("--guide-clip-scale", type=float, default=default_clip_scale,
+                       help="strength of --guide-clip; 0 changes nothing (default: %(default)s)")
 
 
 def add_size_args(parser: argparse.ArgumentParser) -> None:

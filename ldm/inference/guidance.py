@@ -1,43 +1,73 @@
 """Loss-guidance presets: ``cond_fn``s for the samplers' loss-guidance hook
-(``ldm.models.diffusion.sampling_util.LossGuidance``)."""
+(``ldm.models.diffusion.sampling_util.LossGuidance``): a colour (``--guide-color``) and a CLIP
+text prompt (``--guide-clip``, with a transformers CLIP model from a local directory)."""
 from __future__ import annotations
 
+import functools
+import json
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ldm.inference.errors import UsageError
 from ldm.models.diffusion.sampling_util import CondFn
 
-DEFAULT_GUIDE_SCALE = 100.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py
+DEFAULT_GUIDE_SCALE = 300.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py (README)
+# The default strength of --guide-clip: that of diffusers' CLIP-guided Stable Diffusion community
+# pipeline (the same spherical-distance loss on latents); not tuned here (no CLIP weights offline).
+DEFAULT_GUIDE_CLIP_SCALE = 100.0
+# CLIP's image normalisation (the OpenAI preprocessing), per RGB channel of images in [0, 1].
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def color_guidance(model: torch.nn.Module, rgb: Sequence[float], scale: float) -> CondFn:
+def decoded_image(model: torch.nn.Module, denoised: torch.Tensor) -> torch.Tensor:
+    """The predicted x0 as an image in [-1, 1] with gradients: through the first stage's decoder
+    for a latent model (``decode_first_stage`` is no_grad), the sample itself for a pixel model."""
+    decode = getattr(model, "differentiable_decode_first_stage", None)
+    return (decode(denoised) if decode is not None else denoised).float()
+
+
+ImageLoss = Callable[[torch.Tensor], torch.Tensor]
+"""A scaled loss of a batch of images in [-1, 1]: a scalar, the sum of the per-image losses (so
+each image's gradient does not depend on the batch)."""
+
+
+def image_loss_guidance(model: torch.nn.Module, image_loss: ImageLoss) -> CondFn:
+    """The cond_fn of ``image_loss`` on the decoded predicted x0 (``decoded_image``): minus its
+    gradient with respect to x (a log-probability-like objective), through the decoder."""
+    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        return -torch.autograd.grad(image_loss(decoded_image(model, denoised)), x)[0]
+
+    return cond_fn
+
+
+def color_loss(rgb: Sequence[float], scale: float) -> ImageLoss:
     """The colour loss of the diffusers guidance tutorial: ``scale`` times the mean squared
-    distance of the decoded image's pixels (in [0, 1]) to ``rgb`` (each in [0, 1]), per image.
-    The predicted x0 is decoded with the first stage (a pixel model uses it as the image) and
-    the gradient runs back through the decoder to the latent x; the cond_fn returns minus that
-    gradient (a log-probability-like objective)."""
+    distance of the image's pixels (in [0, 1]) to ``rgb`` (each in [0, 1]), per image."""
     if len(rgb) != 3 or not all(0. <= c <= 1. for c in rgb):
         raise ValueError(f"the guide colour must be three numbers in [0, 1], got {list(rgb)}")
 
-    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        decode = getattr(model, "differentiable_decode_first_stage", None)  # decode_first_stage is no_grad
-        image = decode(denoised) if decode is not None else denoised
-        image = (image.float() + 1) / 2
+    def loss(image: torch.Tensor) -> torch.Tensor:
         target = torch.tensor(list(rgb), device=image.device).view(1, 3, 1, 1)
-        loss = (image - target).pow(2).flatten(1).mean(1).sum()  # per image: independent of the batch
-        return -scale * torch.autograd.grad(loss, x)[0]
+        return scale * ((image + 1) / 2 - target).pow(2).flatten(1).mean(1).sum()
 
-    return cond_fn
+    return loss
+
+
+def color_guidance(model: torch.nn.Module, rgb: Sequence[float], scale: float) -> CondFn:
+    """Guidance toward the colour ``rgb`` (``color_loss``) of the decoded predicted x0."""
+    return image_loss_guidance(model, color_loss(rgb, scale))
 
 
 @dataclass(frozen=True)
 class ColorGuidanceRequest:
     """``--guide-color R,G,B`` (0-255) at ``--guide-scale``: checked before the model is loaded,
-    made into the colour-loss ``cond_fn`` of a model, and recorded in the images' parameters."""
+    made into the colour loss, and recorded in the images' parameters."""
     rgb: tuple
     scale: float
 
@@ -48,16 +78,20 @@ class ColorGuidanceRequest:
         color = getattr(opt, "guide_color", None)
         if color is None:
             return None
-        scale = opt.guide_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise UsageError(f"--guide-scale must be a finite number >= 0, got {scale!r}")
-        return cls(parse_color(color), float(scale))
+        return cls(parse_color(color), checked_scale(opt.guide_scale, "--guide-scale"))
 
-    def cond_fn(self, model: torch.nn.Module) -> CondFn:
-        return color_guidance(model, [c / 255.0 for c in self.rgb], self.scale)
+    def image_loss(self) -> ImageLoss:
+        return color_loss([c / 255.0 for c in self.rgb], self.scale)
 
     def parameters(self) -> Dict[str, object]:
         return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale}
+
+
+def checked_scale(value: Any, flag: str) -> float:
+    """A guidance strength: a finite number >= 0 (else a one-line UsageError naming ``flag``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UsageError(f"{flag} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def parse_color(value: Any) -> tuple:
@@ -71,3 +105,167 @@ def parse_color(value: Any) -> tuple:
     if not ok:
         raise UsageError(f"--guide-color must be three whole numbers 0-255 as R,G,B (e.g. 40,85,220), got {value!r}")
     return rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP guidance
+# ---------------------------------------------------------------------------------------------
+def clip_pixels(image: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's input of images in [-1, 1], differentiably: the shorter side resized to ``size``
+    (bicubic, antialiased when shrinking), the centre ``size`` x ``size`` crop, then CLIP's
+    mean/std normalisation."""
+    image = (image + 1) / 2
+    height, width = image.shape[-2:]
+    factor = size / min(height, width)
+    resized = F.interpolate(image, size=(max(size, round(height * factor)), max(size, round(width * factor))),
+                            mode="bicubic", align_corners=False, antialias=factor < 1)
+    top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
+    crop = resized[..., top:top + size, left:left + size]
+    mean = torch.tensor(CLIP_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=image.device).view(1, 3, 1, 1)
+    return (crop - mean) / std
+
+
+def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Half the squared great-circle distance between the directions of ``a`` and ``b`` (last
+    dimension), the loss of the CLIP-guided diffusion notebooks: 2 arcsin(|a - b| / 2)^2 of the
+    unit vectors; 0 for equal directions, monotone in their angle."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    return (a - b).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+
+
+class ClipGuide:
+    """A transformers ``CLIPModel`` and the embedding of a prompt: ``loss(image)`` is the
+    spherical distance, per image, between the CLIP embedding of images in [-1, 1] and the
+    prompt's, with gradients to the images."""
+
+    def __init__(self, clip: torch.nn.Module, tokenizer: Any, prompt: str):
+        self.clip = clip.eval().requires_grad_(False)
+        self.image_size = int(clip.config.vision_config.image_size)
+        length = int(clip.config.text_config.max_position_embeddings)
+        ids = tokenizer([prompt], padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            self.text_embedding = clip.text_projection(clip.text_model(input_ids=ids).pooler_output)
+
+    def to(self, device: torch.device) -> "ClipGuide":
+        if self.text_embedding.device != device:
+            self.clip.to(device)
+            self.text_embedding = self.text_embedding.to(device)
+        return self
+
+    def image_embedding(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = clip_pixels(image.float(), self.image_size)
+        return self.clip.visual_projection(self.clip.vision_model(pixel_values=pixels).pooler_output)
+
+    def loss(self, image: torch.Tensor) -> torch.Tensor:
+        self.to(image.device)
+        return spherical_distance(self.image_embedding(image), self.text_embedding)
+
+
+def clip_loss(guide: ClipGuide, scale: float) -> ImageLoss:
+    """``scale`` times the spherical distance between the CLIP embeddings of the images and of
+    the prompt (the CLIP-guided diffusion notebooks' loss), per image."""
+    return lambda image: scale * guide.loss(image).sum()
+
+
+def clip_guidance(model: torch.nn.Module, guide: ClipGuide, scale: float) -> CondFn:
+    """CLIP guidance toward ``guide``'s prompt (``clip_loss``) of the decoded predicted x0; the
+    gradient runs back through CLIP and the decoder (a pixel model's x0 is the image) to x."""
+    return image_loss_guidance(model, clip_loss(guide, scale))
+
+
+@functools.lru_cache(maxsize=2)
+def load_clip(directory: str):
+    """(``CLIPModel``, tokenizer) of a local transformers CLIP directory, nothing downloaded: the
+    directory's tokenizer, or the shipped CLIP vocabulary when it has no tokenizer files (every
+    OpenAI CLIP uses it). Anything else is a one-line UsageError."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ldm.modules.encoders.clip_text import TOKENIZER_FILES, load_offline, load_tokenizer_offline
+    from ldm.modules.encoders.tokenizer import build_clip_tokenizer
+
+    flag = f"--guide-clip-model {directory}"
+    if not os.path.isdir(directory):
+        raise UsageError(f"{flag}: no such directory (a local transformers CLIP model, saved with save_pretrained)")
+    model_type = _config_model_type(directory)
+    if model_type != "clip":
+        raise UsageError(f"{flag}: not a transformers CLIP model directory (its config.json has model_type "
+                         f"{model_type!r}, not 'clip')")
+    try:
+        clip = load_offline(CLIPModel, directory, "CLIP model")
+        has_tokenizer = any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES)
+        tokenizer = load_tokenizer_offline(CLIPTokenizer, directory, "CLIP tokenizer") if has_tokenizer \
+            else build_clip_tokenizer(int(clip.config.text_config.max_position_embeddings))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{flag}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
+    return clip.float(), tokenizer
+
+
+def _config_model_type(directory: str) -> Optional[str]:
+    """``model_type`` of the directory's config.json (None when it has none or cannot be read)."""
+    try:
+        with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+@dataclass(frozen=True)
+class ClipGuidanceRequest:
+    """``--guide-clip TEXT`` with the CLIP model of ``--guide-clip-model DIR`` at
+    ``--guide-clip-scale``: checked (and CLIP loaded) before the diffusion model is loaded, made
+    into the CLIP loss, and recorded in the images' parameters."""
+    prompt: str
+    directory: str
+    scale: float
+
+    @classmethod
+    def from_options(cls, opt: Any) -> Optional["ClipGuidanceRequest"]:
+        prompt, directory = getattr(opt, "guide_clip", None), getattr(opt, "guide_clip_model", None)
+        if prompt is None and directory is None:
+            return None
+        if prompt is None:
+            raise UsageError("--guide-clip-model is only used with --guide-clip TEXT")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError(f"--guide-clip must be a non-empty text, got {prompt!r}")
+        if directory is None:
+            raise UsageError("--guide-clip needs --guide-clip-model DIR, a local transformers CLIP model "
+                             "directory (nothing is downloaded)")
+        request = cls(prompt, str(directory), checked_scale(opt.guide_clip_scale, "--guide-clip-scale"))
+        load_clip(request.directory)  # a bad directory fails here, before the diffusion model loads
+        return request
+
+    def image_loss(self) -> ImageLoss:
+        return clip_loss(ClipGuide(*load_clip(self.directory), self.prompt), self.scale)
+
+    def parameters(self) -> Dict[str, object]:
+        return {"Guidance CLIP": self.prompt, "Guidance CLIP scale": self.scale,
+                "Guidance CLIP model": os.path.basename(os.path.normpath(self.directory))}
+
+
+# ---------------------------------------------------------------------------------------------
+# All the loss guidance of a run
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GuidanceRequests:
+    """The loss guidance asked for in ``opt`` (``--guide-color``, ``--guide-clip``, either or
+    both): one ``cond_fn`` summing their gradients, and their entries of the images' parameters."""
+    requests: List[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, opt: Any) -> "GuidanceRequests":
+        found = (ColorGuidanceRequest.from_options(opt), ClipGuidanceRequest.from_options(opt))
+        return cls([request for request in found if request is not None])
+
+    def cond_fn(self, model: torch.nn.Module) -> Optional[CondFn]:
+        """None without guidance; else the guidance by the sum of the requests' losses, all on
+        one decode of the predicted x0."""
+        if not self.requests:
+            return None
+        losses = [request.image_loss() for request in self.requests]
+        return image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses))
+
+    def parameters(self) -> Dict[str, object]:
+        return {key: value for request in self.requests for key, value in request.parameters().items()}

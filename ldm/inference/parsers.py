@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ldm.inference import cli, sampling_parsers
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import DEFAULT_GUIDE_SCALE
+from ldm.inference.guidance import DEFAULT_GUIDE_CLIP_SCALE, DEFAULT_GUIDE_SCALE
 from ldm.inference.loading import default_model_paths
 from ldm.util import in_cwd_or_repository
 
@@ -176,7 +176,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     cli.add_output_args(parser, outdir=f"outputs/{task}-samples")
     cli.add_sampling_args(parser, **flags.sampling)
     if flags.loss_guidance:
-        cli.add_guidance_args(parser, DEFAULT_GUIDE_SCALE)
+        cli.add_guidance_args(parser, DEFAULT_GUIDE_SCALE, DEFAULT_GUIDE_CLIP_SCALE)
     if flags.image_size:
         cli.add_size_args(parser)
     cli.add_model_args(parser, *default_model_paths(task))

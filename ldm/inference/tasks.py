@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ldm.inference.class_names import class_names_of, class_text, default_classes, parse_classes
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import ColorGuidanceRequest
+from ldm.inference.guidance import GuidanceRequests
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import (
     DepthMapWriter,
@@ -69,7 +69,7 @@ class Task:
         self.opt = opt
         self.spec = spec
         self._check_model()
-        self.guidance = ColorGuidanceRequest.from_options(opt)  # txt2img/img2img's --guide-color
+        self.guidance = GuidanceRequests.from_options(opt)  # txt2img/img2img's --guide-color/--guide-clip
 
     def _check_model(self) -> None:
         self.check_model_kind(self.spec, self.opt.config)
@@ -90,15 +90,15 @@ class Task:
         return SamplingSettings(steps=self.opt.steps, eta=self.opt.ddim_eta, scale=self.opt.scale)
 
     def guided_settings(self, model: torch.nn.Module) -> SamplingSettings:
-        """:attr:`settings` with the loss guidance asked for (``--guide-color``) on ``model``."""
+        """:attr:`settings` with the loss guidance asked for (``--guide-color``, ``--guide-clip``)
+        on ``model``."""
         settings = self.settings
-        if self.guidance is not None:
-            settings.cond_fn = self.guidance.cond_fn(model)
+        settings.cond_fn = self.guidance.cond_fn(model)
         return settings
 
     def guidance_parameters(self) -> Dict[str, object]:
         """The loss guidance's entries of the PNG parameters (none without it)."""
-        return {} if self.guidance is None else self.guidance.parameters()
+        return self.guidance.parameters()
 
     def output_size(self) -> Tuple[int, int]:
         """(width, height) of the images made."""

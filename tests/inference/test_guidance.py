@@ -87,3 +87,109 @@ def test_a_bad_guidance_value_is_one_line_and_exit_2(flags, message, txt2img, tm
 def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
     with pytest.raises(UsageError, match="--guide-color must be three whole numbers"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 2.5))
+
+
+# --- CLIP guidance: --guide-clip TEXT with a local transformers CLIP (--guide-clip-model) ------------
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random transformers CLIPModel (32-pixel images) and the CLIP tokenizer, saved as a
+    local directory."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from ldm.modules.encoders.tokenizer import build_clip_tokenizer
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  hidden_act="quick_gelu", projection_dim=16)
+    config = CLIPConfig(text_config=dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=49407, **common),
+                        vision_config=dict(image_size=32, patch_size=8, **common), projection_dim=16)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(config).save_pretrained(folder)
+    build_clip_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def clip_guide(tiny_clip_dir):
+    from ldm.inference.guidance import ClipGuide, load_clip
+
+    return ClipGuide(*load_clip(tiny_clip_dir), "a blue square")
+
+
+def _step_lowers_the_loss(loss_of, x, cond_fn, step=1e-2):
+    """A small step along the cond_fn's gradient (minus the loss gradient) lowers each image's loss."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        grad = cond_fn(x, torch.zeros(len(x), dtype=torch.long), x)
+    assert grad.abs().flatten(1).amax(1).min() > 0
+    moved = x.detach() + step * grad / grad.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
+    with torch.no_grad():
+        before, after = loss_of(x.detach()), loss_of(moved)
+    assert (after < before).all(), (before, after)
+
+
+def test_clip_guidance_gradient_lowers_the_clip_loss_of_pixels_and_of_decoded_latents(clip_guide, tiny_models):
+    from ldm.inference.guidance import clip_guidance
+
+    pixels = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1  # resized and cropped
+    _step_lowers_the_loss(clip_guide.loss, pixels, clip_guidance(GaussianDataModel(), clip_guide, 1.))
+    model = ldm.load("txt2img", ckpt=str(tiny_models["txt2img"].ckpt), config=str(tiny_models["txt2img"].config),
+                     device="cpu").model
+    latents = torch.randn(2, model.channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    _step_lowers_the_loss(lambda z: clip_guide.loss(model.decode_first_stage(z)), latents,
+                          clip_guidance(model, clip_guide, 1.))
+
+
+def test_clip_pixels_match_clip_preprocessing_of_a_square_image():
+    """The differentiable preprocessing: resize to the model's size, CLIP's mean/std."""
+    from ldm.inference.guidance import CLIP_MEAN, CLIP_STD, clip_pixels
+
+    image = torch.full((1, 3, 64, 64), 0.5)
+    expected = (torch.tensor([0.75] * 3) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    pixels = clip_pixels(image, 32)
+    assert pixels.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(pixels[0, :, 5, 7], expected)
+
+
+def test_clip_guidance_moves_a_pixel_models_samples(clip_guide):
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = GaussianDataModel(data_std=0.5, parameterization="eps", interpolation="log_sigma")
+    from ldm.inference.guidance import clip_guidance
+
+    plain = get_sampler("euler", model).sample(3, 2, (3, 16, 16), None, x_T=x_T, verbose=False)[0]
+    guided = get_sampler("euler", model).sample(3, 2, (3, 16, 16), None, x_T=x_T, verbose=False,
+                                                cond_fn=clip_guidance(model, clip_guide, 50.))[0]
+    assert (guided - plain).abs().amax() > 1e-3
+    assert clip_guide.loss(guided.float()).sum() < clip_guide.loss(plain.float()).sum()
+
+
+def test_guide_clip_changes_the_images_and_is_recorded(txt2img, tiny_clip_dir):
+    common = dict(steps=4, scale=3.0, seed=5, n=2)
+    plain = txt2img("a red circle", **common)
+    guided = txt2img("a red circle", guide_clip="a blue square", guide_clip_model=tiny_clip_dir,
+                     guide_clip_scale=5000, **common)
+    zero = txt2img("a red circle", guide_clip="a blue square", guide_clip_model=tiny_clip_dir,
+                   guide_clip_scale=0, **common)
+    assert not np.array_equal(_pixels(plain), _pixels(guided))
+    assert np.array_equal(_pixels(plain), _pixels(zero))
+    parameters = guided[0].info["parameters"]
+    assert "Guidance CLIP: a blue square" in parameters and "Guidance CLIP scale: 5000.0" in parameters
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--guide-clip", "a blue square"], "--guide-clip needs --guide-clip-model DIR"),
+    (["--guide-clip", "a blue square", "--guide-clip-model", "{missing}"], "no such directory"),
+    (["--guide-clip", "a blue square", "--guide-clip-model", "{empty}"], "not a transformers CLIP model directory"),
+    (["--guide-clip", "a blue square", "--guide-clip-model", "{clip}", "--guide-clip-scale", "-2"],
+     "--guide-clip-scale must be a finite number >= 0"),
+    (["--guide-clip-model", "{clip}"], "--guide-clip-model is only used with --guide-clip"),
+])
+def test_a_bad_clip_guidance_is_one_line_and_exit_2(flags, message, txt2img, tiny_clip_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    folders = dict(missing=str(tmp_path / "missing"), empty=str(tmp_path / "empty"), clip=tiny_clip_dir)
+    flags = [flag.format(**folders) for flag in flags]
+    code = main_exit_code("txt2img.py", [*flags, "--config", txt2img.settings.config, "--ckpt", txt2img.settings.ckpt,
+                                         "--outdir", str(tmp_path / "out"), "--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
