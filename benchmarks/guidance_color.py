@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[50.0, 100.0, 200.0])
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--region", default="image", choices=["image", "object"], help="--guide-region")
     args = parser.parse_args()
 
     pipe = ldm.load("txt2img", device=args.device)
@@ -90,7 +91,8 @@ def main() -> None:
     before = [object_hue(image) for image in plain]
     known = [h for h in before if h is not None]
     print(f"{PROMPT!r}, {args.seeds} seeds, {args.steps} steps, default sampler and CFG scale; target "
-          f"{','.join(map(str, BLUE))} (hue {target:.0f} deg)")
+          f"{','.join(map(str, BLUE))} (hue {target:.0f} deg), "
+          f"--guide-region {args.region}")
     print(f"without guidance: mean object hue {circular_mean(known):.0f} deg, circle read in "
           f"{np.mean([keeps_circle(i) for i in plain]):.0%}, round foreground in "
           f"{np.mean([round_foreground(i) for i in plain]):.0%}")
@@ -98,7 +100,8 @@ def main() -> None:
           f"{'circle kept':>11} | {'round foreground':>16} | {'seconds':>7}")
     for scale in args.scales:
         start = time.perf_counter()
-        guided = [np.asarray(image) for image in pipe(PROMPT, guide_color=BLUE, guide_scale=scale, **common)]
+        guided = [np.asarray(image) for image in pipe(PROMPT, guide_color=BLUE, guide_scale=scale,
+                                                     guide_region=args.region, **common)]
         seconds = time.perf_counter() - start
         after = [object_hue(image) for image in guided]
         moved = [b is not None and a is not None and hue_distance(a, target) < hue_distance(b, target)

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import RunInterrupted, UsageError
+from ldm.inference.guidance import DEFAULT_GUIDE_REGION, GUIDE_REGIONS
 from ldm.models.diffusion.samplers import describe_samplers
 from ldm.models.diffusion.sampling_util import NonFiniteSampleError
 from ldm.modules.diffusionmodules.util import StepCountError
@@ -103,6 +104,10 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
                             "distance of its pixels to the colour, through the decoder (default: off)")
     group.add_argument("--guide-scale", type=float, default=default_scale,
                        help="strength of --guide-color; 0 changes nothing (default: %(default)s)")
+    group.add_argument("--guide-region", choices=GUIDE_REGIONS, default=DEFAULT_GUIDE_REGION,
+                       help="where --guide-color pulls: 'object' weights each pixel by its saturation (the "
+                            "coloured object, not a grey background), 'image' every pixel alike, as the "
+                            "diffusers tutorial's colour loss (default: %(default)s)")
     group.add_argument("--guide-clip", type=str, default=None, metavar="TEXT",
                        help="pull the image toward this text as CLIP sees it: the spherical distance of their "
                             "CLIP embeddings, through CLIP and the decoder (default: off; needs --guide-clip-model)")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ldm.inference.errors import UsageError
 from ldm.models.diffusion.sampling_util import CondFn
 
+DEFAULT_GUIDE_REGION = "image"  # where --guide-color pulls: the whole image (the tutorial), or the coloured object
 DEFAULT_GUIDE_SCALE = 300.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py (README)
 # The default strength of --guide-clip: that of diffusers' CLIP-guided Stable Diffusion community
 # pipeline (the same spherical-distance loss on latents); not tuned here (no CLIP weights offline).
@@ -46,22 +47,44 @@ def image_loss_guidance(model: torch.nn.Module, image_loss: ImageLoss) -> CondFn
     return cond_fn
 
 
-def color_loss(rgb: Sequence[float], scale: float) -> ImageLoss:
-    """The colour loss of the diffusers guidance tutorial: ``scale`` times the mean squared
-    distance of the image's pixels (in [0, 1]) to ``rgb`` (each in [0, 1]), per image."""
+GUIDE_REGIONS = ("object", "image")
+
+
+def object_weights(image: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weights [B, 1, H, W] that pick out coloured objects: the HSV saturation
+    ``(max - min) / max`` of each pixel of an image in [0, 1], detached (the weights say where to
+    pull, they are not pulled on themselves). Grey and black backgrounds weigh about nothing."""
+    rgb = image.detach()
+    high, low = rgb.amax(dim=1, keepdim=True), rgb.amin(dim=1, keepdim=True)
+    return (high - low) / high.clamp_min(1e-3)
+
+
+def color_loss(rgb: Sequence[float], scale: float, region: str = "image") -> ImageLoss:
+    """``scale`` times the mean squared distance of the image's pixels (in [0, 1]) to ``rgb`` (each
+    in [0, 1]), per image. ``region="image"`` averages over every pixel, the colour loss of the
+    diffusers guidance tutorial (it tints the whole picture, background first); ``"object"``
+    weights each pixel by :func:`object_weights`, so the pull goes to the coloured object."""
     if len(rgb) != 3 or not all(0. <= c <= 1. for c in rgb):
         raise ValueError(f"the guide colour must be three numbers in [0, 1], got {list(rgb)}")
+    if region not in GUIDE_REGIONS:
+        raise ValueError(f"the guide region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
 
     def loss(image: torch.Tensor) -> torch.Tensor:
         target = torch.tensor(list(rgb), device=image.device).view(1, 3, 1, 1)
-        return scale * ((image + 1) / 2 - target).pow(2).flatten(1).mean(1).sum()
+        pixels = (image + 1) / 2
+        distance = (pixels - target).pow(2).mean(1, keepdim=True)
+        if region == "image":
+            return scale * distance.flatten(1).mean(1).sum()
+        weights = object_weights(pixels)
+        per_image = (weights * distance).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-6)
+        return scale * per_image.sum()
 
     return loss
 
 
-def color_guidance(model: torch.nn.Module, rgb: Sequence[float], scale: float) -> CondFn:
+def color_guidance(model: torch.nn.Module, rgb: Sequence[float], scale: float, region: str = "image") -> CondFn:
     """Guidance toward the colour ``rgb`` (``color_loss``) of the decoded predicted x0."""
-    return image_loss_guidance(model, color_loss(rgb, scale))
+    return image_loss_guidance(model, color_loss(rgb, scale, region))
 
 
 @dataclass(frozen=True)
@@ -70,21 +93,26 @@ class ColorGuidanceRequest:
     made into the colour loss, and recorded in the images' parameters."""
     rgb: tuple
     scale: float
+    region: str = DEFAULT_GUIDE_REGION
 
     @classmethod
     def from_options(cls, opt: Any) -> Optional["ColorGuidanceRequest"]:
-        """The request of ``opt`` (None without ``guide_color``); a bad colour or scale is a
-        one-line UsageError."""
+        """The request of ``opt`` (None without ``guide_color``); a bad colour, scale or region is
+        a one-line UsageError."""
         color = getattr(opt, "guide_color", None)
         if color is None:
             return None
-        return cls(parse_color(color), checked_scale(opt.guide_scale, "--guide-scale"))
+        region = getattr(opt, "guide_region", DEFAULT_GUIDE_REGION)
+        if region not in GUIDE_REGIONS:
+            raise UsageError(f"--guide-region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
+        return cls(parse_color(color), checked_scale(opt.guide_scale, "--guide-scale"), region)
 
     def image_loss(self) -> ImageLoss:
-        return color_loss([c / 255.0 for c in self.rgb], self.scale)
+        return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region)
 
     def parameters(self) -> Dict[str, object]:
-        return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale}
+        return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
+                "Guidance region": self.region}
 
 
 def checked_scale(value: Any, flag: str) -> float:

@@ -6,7 +6,7 @@ from PIL import Image
 
 import ldm
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import color_guidance
+from ldm.inference.guidance import color_guidance, color_loss
 from ldm.models.diffusion.samplers import get_sampler
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel
 from tests.scripts.helpers import files_under, main_exit_code, png_parameters, write_test_image
@@ -28,6 +28,30 @@ def test_color_guidance_pulls_each_channel_toward_the_target():
 def test_color_guidance_refuses_a_bad_colour():
     with pytest.raises(ValueError, match="three numbers in \\[0, 1\\]"):
         color_guidance(GaussianDataModel(), (0., 255., 0.), 1.)
+
+
+def _red_square_on_grey():
+    """A [1, 3, 8, 8] image in [-1, 1]: mid grey with a saturated red 4 x 4 square, needing gradients."""
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, 0, 2:6, 2:6], image[:, 1:, 2:6, 2:6] = 0.9, -0.9
+    return image.requires_grad_()
+
+
+def test_the_object_region_pulls_only_the_coloured_object_and_the_image_region_every_pixel():
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:6, 2:6] = True
+    gradients = {}
+    for region in ("object", "image"):
+        image = _red_square_on_grey()
+        color_loss((0., 0., 1.), 1., region)(image).backward()
+        gradients[region] = image.grad.abs().sum(1)[0]
+    assert gradients["object"][inside].min() > 0 and gradients["object"][~inside].max() < 1e-6
+    assert gradients["image"][~inside].min() > 0
+
+
+def test_color_loss_refuses_an_unknown_region():
+    with pytest.raises(ValueError, match="guide region must be one of object, image"):
+        color_loss((0., 0., 1.), 1., "background")
 
 
 # --- --guide-color / --guide-scale on txt2img and img2img, script and API -------------------------
@@ -54,6 +78,7 @@ def test_the_api_makes_the_scripts_guided_images_and_records_the_guidance(txt2im
     assert not np.array_equal(_pixels(images), _pixels(plain))
     parameters = png_parameters(written[0])
     assert parameters["Guidance color"] == "40,85,220" and parameters["Guidance scale"] == "5000.0"
+    assert parameters["Guidance region"] == "image"
     assert "Guidance" not in plain[0].info["parameters"]
 
 
@@ -87,6 +112,8 @@ def test_a_bad_guidance_value_is_one_line_and_exit_2(flags, message, txt2img, tm
 def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
     with pytest.raises(UsageError, match="--guide-color must be three whole numbers"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 2.5))
+    with pytest.raises(UsageError, match="--guide-region must be one of object, image, got 'sky'"):
+        txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_region="sky")
 
 
 # --- CLIP guidance: --guide-clip TEXT with a local transformers CLIP (--guide-clip-model) ------------
