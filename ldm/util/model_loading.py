@@ -13,6 +13,7 @@ from ldm.util.checkpoints import load_checkpoint
 from ldm.util.config import instantiate_from_config, non_model_targets, only_model_targets
 from ldm.util.devices import pick_device
 from ldm.util.errors import UntrustedConfigError
+from ldm.util.meta_init import no_random_init_on_meta
 from ldm.util.state_dicts import fit_state_dict, load_state_dict_checked, select_ema_weights
 
 
@@ -87,7 +88,8 @@ def _check_layout_before_building(model_config, state_dict: Mapping[str, torch.T
     What constructors print is held back here (the real build prints it); warnings are not, so a
     constructor that says something once per process should warn rather than print."""
     try:
-        with torch.device("meta"), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.device("meta"), no_random_init_on_meta(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.filterwarnings("ignore", message=".*to a meta parameter.*is a no-op")  # preloaded parts
             skeleton = instantiate_from_config(model_config)
     except Exception:  # noqa: BLE001 - the real build reports whatever is wrong with the config

@@ -39,6 +39,18 @@ def vocabulary_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
     return sorted({token for per_word in ids for token in per_word})
 
 
+def token_slots(token_ids: Sequence[int], start_id: int, end_id: int) -> torch.Tensor:
+    """The embedding slot of every CLIP token id: ``token_ids`` get slots 3, 4, ... in order, the
+    start and end tokens their own, any other token the unknown slot. Computed on the host, also
+    while the model is built on the meta device (where indexing runs torch's slow reference code)."""
+    slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long, device="cpu")
+    slots[torch.tensor(token_ids, dtype=torch.long, device="cpu")] = torch.arange(
+        3, 3 + len(token_ids), device="cpu")
+    slots[start_id] = START_SLOT
+    slots[end_id] = END_SLOT
+    return slots
+
+
 class ShapesTextEncoder(AbstractEncoder):
     """Prompts -> [B, max_length, width] token features, trained with the diffusion model
     (``cond_stage_trainable: true``). Rows are ``<start> tokens <end> <end> ...`` as in SD 1.x.
@@ -71,13 +83,12 @@ class ShapesTextEncoder(AbstractEncoder):
         self._checked_prompts: set = set()
         self._reports = 0
         token_ids = vocabulary_token_ids(self.tokenizer, words)
-        slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
-        slots[torch.tensor(token_ids)] = torch.arange(3, 3 + len(token_ids))
-        slots[self.tokenizer.bos_token_id] = START_SLOT
-        slots[self.tokenizer.eos_token_id] = END_SLOT
+        slots = token_slots(token_ids, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
         self.register_buffer("slot_of_token", slots, persistent=False)
         self.token_embedding = nn.Embedding(3 + len(token_ids), width)
-        self.positional_embedding = nn.Parameter(torch.randn(max_length, width) * 0.01)
+        # N(0, 0.01^2), the values of ``torch.randn(...) * 0.01``, drawn in place so that a build
+        # on the meta device does no arithmetic (ldm.util.meta_init).
+        self.positional_embedding = nn.Parameter(nn.init.normal_(torch.empty(max_length, width), std=0.01))
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
