@@ -66,15 +66,19 @@ class LazyLightningModule(nn.Module):
         return lightning_class(cls).load_from_checkpoint(*args, **kwargs)
 
 
+def _empty_instance(plain_class: Type[nn.Module]) -> nn.Module:
+    """An instance of ``plain_class`` as ``__new__`` makes it (a LightningModule where Lightning is
+    loaded), for unpickling to fill in."""
+    return plain_class.__new__(plain_class)
+
+
 def _rebuild_as(plain_class: Type[nn.Module]):
     """``__reduce_ex__`` of a Lightning variant: pickle and copy it under ``plain_class``, the class
     its path names, which unpickles as a LightningModule where Lightning is loaded."""
 
     def __reduce_ex__(self, protocol):
-        constructor, args, *rest = object.__reduce_ex__(self, protocol)
-        if args and args[0] is type(self):
-            args = (plain_class, *args[1:])
-        return (constructor, args, *rest)
+        _, _, *rest = object.__reduce_ex__(self, max(protocol, 2))  # (__newobj__, (cls,), state, ...)
+        return (_empty_instance, (plain_class,), *rest)
 
     return __reduce_ex__
 
