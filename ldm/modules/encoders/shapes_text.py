@@ -18,10 +18,10 @@ import torch.nn as nn
 from ldm.modules.encoders.base import AbstractEncoder
 from ldm.modules.encoders.tokenizer import (
     VOCAB_SIZE,
+    ClipTokenIds,
     Prompts,
     TruncationNotice,
     as_prompt_list,
-    build_clip_tokenizer,
     pack_rows,
 )
 
@@ -33,9 +33,9 @@ class UnknownWordsWarning(UserWarning):
     """A prompt holds words outside a closed-vocabulary encoder's vocabulary (read as "unknown")."""
 
 
-def vocabulary_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
+def vocabulary_token_ids(tokenizer: ClipTokenIds, words: Sequence[str]) -> List[int]:
     """The sorted distinct CLIP token ids that ``words`` tokenize to."""
-    ids = tokenizer(list(words), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tokenizer.content_ids(list(words))
     return sorted({token for per_word in ids for token in per_word})
 
 
@@ -75,7 +75,7 @@ class ShapesTextEncoder(AbstractEncoder):
             raise ValueError(f"causal must be true or false, got {causal!r}")
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (start, one token, end), got {max_length}")
-        self.tokenizer = build_clip_tokenizer(max_length)
+        self.tokenizer = ClipTokenIds()
         self.max_length = max_length
         self.device = device
         self.causal = causal
@@ -100,7 +100,7 @@ class ShapesTextEncoder(AbstractEncoder):
     def tokenize(self, text: Prompts) -> torch.Tensor:
         """CLIP token rows [prompts, max_length]: start, content (cut with a warning), end padding."""
         prompts = as_prompt_list(text)
-        content = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        content = self.tokenizer.content_ids(prompts)
         self.truncation.check(prompts, content)
         self._warn_about_unknown_words(prompts)
         tok = self.tokenizer
@@ -111,7 +111,7 @@ class ShapesTextEncoder(AbstractEncoder):
         words = re.findall(r"[\w'-]+", prompt.lower())
         if not words:
             return []
-        ids = self.tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer.content_ids(words)
         slots = self.slot_of_token.cpu()
         return [word for word, tokens in zip(words, ids) if any(int(slots[t]) == UNKNOWN_SLOT for t in tokens)]
 
