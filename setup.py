@@ -15,6 +15,7 @@ setup(
         "omegaconf>=2.1",
         "einops>=0.6",
         "transformers>=4.30",
+        "tokenizers>=0.13",  # imported directly by ldm.modules.encoders.tokenizer.ClipTokenIds
         "numpy",
         "pillow",
         "tqdm",

@@ -102,7 +102,8 @@ def check_something_to_test(opt: argparse.Namespace, config: DictConfig, resumin
     model_class = get_obj_from_str(config.model.target)
     from pytorch_lightning import LightningModule
 
-    has_test_step = getattr(model_class, "test_step", None) is not LightningModule.test_step
+    # ldm's models are LightningModules only once built with Lightning loaded (ldm.models.lazy_lightning)
+    has_test_step = getattr(model_class, "test_step", None) not in (None, LightningModule.test_step)
     if opt.no_test:
         why = "--no-test was given"
     elif OmegaConf.select(config, "data.params.test", default=None) is None:

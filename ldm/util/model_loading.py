@@ -14,6 +14,7 @@ from ldm.util.checkpoints import load_checkpoint
 from ldm.util.config import instantiate_from_config, non_model_targets, only_model_targets
 from ldm.util.devices import pick_device
 from ldm.util.errors import UntrustedConfigError
+from ldm.util.meta_init import no_random_init_on_meta
 from ldm.util.state_dicts import fit_state_dict, load_state_dict_checked, select_ema_weights, usable_tensors
 
 
@@ -90,7 +91,8 @@ def _build_with_checkpoint_tensors(model_config, state_dict: Dict[str, torch.Ten
     :class:`~ldm.util.errors.CheckpointMismatchError`."""
     printed = io.StringIO()
     try:
-        with parameters_on_meta(), warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+        with parameters_on_meta(), no_random_init_on_meta(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(printed):
             warnings.filterwarnings("ignore", message=".*to a meta parameter.*is a no-op")  # see below
             model = instantiate_from_config(model_config)
     except Exception:  # noqa: BLE001 - the usual build reports whatever is wrong with the config

@@ -1,6 +1,10 @@
 """scripts/txt2img.py end to end on a tiny random-weight model: in subprocesses (as users run it)
 and, for further flag combinations, through its ``main`` in this process (same code, no
 interpreter start-up)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.util import instantiate_from_config, load_checkpoint, save_checkpoint
-from tests.scripts.helpers import files_under, main_exit_code, png_parameters, run_script
+from tests.scripts.helpers import REPO_ROOT, files_under, main_exit_code, png_parameters, run_script
 
 COMMON = ["--steps", "2", "--H", "32", "--W", "32", "--scale", "5.0"]
 
@@ -106,3 +110,35 @@ def test_ema_flags_choose_between_the_checkpoints_weights(tiny_models, tmp_path,
         images[name] = (tmp_path / name / "samples" / "00000.png").read_bytes()
     assert images["default"] == images["ema"]
     assert images["no_ema"] != images["ema"]
+
+
+# Run as a user runs the script; then list which of the training-only packages were imported
+# (issue 24: importing Lightning, which pulls torchmetrics and torch._dynamo, cost about 3 s of
+# every command).
+IMPORTS_PROBE = """
+import runpy, sys
+sys.argv = ["scripts/txt2img.py", *sys.argv[1:]]
+try:
+    runpy.run_path("scripts/txt2img.py", run_name="__main__")
+except SystemExit as stop:
+    if stop.code:
+        raise
+print("imported:", sorted(m for m in ("pytorch_lightning", "lightning_fabric", "torchmetrics", "torch._dynamo")
+                          if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("model, imported", [
+    ("shipped default", []),
+    # transformers' CLIPTextModel (SD 1.x's text encoder) imports torch._dynamo itself (masking_utils)
+    ("tiny CLIP-conditioned", ["torch._dynamo"]),
+])
+def test_generating_imports_no_lightning_and_no_torch_dynamo_of_ours(model, imported, tiny_models, tmp_path):
+    flags = [] if model == "shipped default" else tiny_models["txt2img"].flags() + ["--H", "32", "--W", "32"]
+    done = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, "--prompt", "a red circle", "--steps", "1",
+                           "--n_samples", "1", "--n_iter", "1", "--device", "cpu", "--outdir", str(tmp_path), *flags],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert files_under(tmp_path), "nothing was generated"
+    assert done.stdout.splitlines()[-1] == f"imported: {imported}"

@@ -8,11 +8,11 @@ import warnings
 from contextlib import contextmanager
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm.models.lazy_lightning import LazyLightningModule
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.ema import LitEma
 from ldm.util import in_cwd_or_repository, instantiate_from_config, load_checkpoint
@@ -39,7 +39,7 @@ def _unnest_first_stage(state_dict: Mapping[str, torch.Tensor], own_keys) -> Dic
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-class _AutoencoderBase(pl.LightningModule):
+class _AutoencoderBase(LazyLightningModule):
     """Checkpoint loading, EMA scope, batch handling and the manual GAN optimisation step of the
     first-stage models. Registers no parameters itself, so subclasses keep the original layout."""
 

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from ldm.models.diffusion.image_logging import DiffusionImageLogging
+from ldm.models.lazy_lightning import LazyLightningModule
 from ldm.modules.diffusionmodules.util import (
     extract_into_tensor,
     forward_process_arrays,
@@ -65,7 +65,7 @@ def fit_tensor_to_shape(old: torch.Tensor, new_shape: torch.Size) -> torch.Tenso
     return tiled / divisor
 
 
-class DiffusionWrapper(pl.LightningModule):
+class DiffusionWrapper(LazyLightningModule):
     """Holds the denoising network (``diffusion_model``) and routes the conditioning to it:
     ``concat`` joins tensors to the input channels, ``crossattn`` passes a context for the
     attention layers (joined along the token axis), ``adm`` passes a class/embedding vector ``y``."""
@@ -119,7 +119,7 @@ class DiffusionWrapper(pl.LightningModule):
 # ---------------------------------------------------------------------------------------------
 # DDPM in pixel space
 # ---------------------------------------------------------------------------------------------
-class DDPM(DiffusionImageLogging, pl.LightningModule):
+class DDPM(DiffusionImageLogging, LazyLightningModule):
     """Denoising diffusion probabilistic model with a fixed variance schedule, in pixel space
     (Ho et al. 2020). Predicts the noise (``eps``), the clean image (``x0``) or the velocity
     ``v`` of Salimans & Ho 2022 (``parameterization``)."""

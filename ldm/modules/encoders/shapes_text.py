@@ -18,10 +18,10 @@ import torch.nn as nn
 from ldm.modules.encoders.base import AbstractEncoder
 from ldm.modules.encoders.tokenizer import (
     VOCAB_SIZE,
+    ClipTokenIds,
     Prompts,
     TruncationNotice,
     as_prompt_list,
-    build_clip_tokenizer,
     pack_rows,
 )
 
@@ -33,10 +33,22 @@ class UnknownWordsWarning(UserWarning):
     """A prompt holds words outside a closed-vocabulary encoder's vocabulary (read as "unknown")."""
 
 
-def vocabulary_token_ids(tokenizer, words: Sequence[str]) -> List[int]:
+def vocabulary_token_ids(tokenizer: ClipTokenIds, words: Sequence[str]) -> List[int]:
     """The sorted distinct CLIP token ids that ``words`` tokenize to."""
-    ids = tokenizer(list(words), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tokenizer.content_ids(list(words))
     return sorted({token for per_word in ids for token in per_word})
+
+
+def token_slots(token_ids: Sequence[int], start_id: int, end_id: int) -> torch.Tensor:
+    """The embedding slot of every CLIP token id: ``token_ids`` get slots 3, 4, ... in order, the
+    start and end tokens their own, any other token the unknown slot. Computed on the host, also
+    while the model is built on the meta device (where indexing runs torch's slow reference code)."""
+    slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long, device="cpu")
+    slots[torch.tensor(token_ids, dtype=torch.long, device="cpu")] = torch.arange(
+        3, 3 + len(token_ids), device="cpu")
+    slots[start_id] = START_SLOT
+    slots[end_id] = END_SLOT
+    return slots
 
 
 class ShapesTextEncoder(AbstractEncoder):
@@ -63,7 +75,7 @@ class ShapesTextEncoder(AbstractEncoder):
             raise ValueError(f"causal must be true or false, got {causal!r}")
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (start, one token, end), got {max_length}")
-        self.tokenizer = build_clip_tokenizer(max_length)
+        self.tokenizer = ClipTokenIds()
         self.max_length = max_length
         self.device = device
         self.causal = causal
@@ -71,13 +83,12 @@ class ShapesTextEncoder(AbstractEncoder):
         self._checked_prompts: set = set()
         self._reports = 0
         token_ids = vocabulary_token_ids(self.tokenizer, words)
-        slots = torch.full((VOCAB_SIZE,), UNKNOWN_SLOT, dtype=torch.long)
-        slots[torch.tensor(token_ids)] = torch.arange(3, 3 + len(token_ids))
-        slots[self.tokenizer.bos_token_id] = START_SLOT
-        slots[self.tokenizer.eos_token_id] = END_SLOT
+        slots = token_slots(token_ids, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
         self.register_buffer("slot_of_token", slots, persistent=False)
         self.token_embedding = nn.Embedding(3 + len(token_ids), width)
-        self.positional_embedding = nn.Parameter(torch.randn(max_length, width) * 0.01)
+        # N(0, 0.01^2), the values of ``torch.randn(...) * 0.01``, drawn in place so that a build
+        # on the meta device does no arithmetic (ldm.util.meta_init).
+        self.positional_embedding = nn.Parameter(nn.init.normal_(torch.empty(max_length, width), std=0.01))
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -89,7 +100,7 @@ class ShapesTextEncoder(AbstractEncoder):
     def tokenize(self, text: Prompts) -> torch.Tensor:
         """CLIP token rows [prompts, max_length]: start, content (cut with a warning), end padding."""
         prompts = as_prompt_list(text)
-        content = self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        content = self.tokenizer.content_ids(prompts)
         self.truncation.check(prompts, content)
         self._warn_about_unknown_words(prompts)
         tok = self.tokenizer
@@ -100,7 +111,7 @@ class ShapesTextEncoder(AbstractEncoder):
         words = re.findall(r"[\w'-]+", prompt.lower())
         if not words:
             return []
-        ids = self.tokenizer(words, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer.content_ids(words)
         slots = self.slot_of_token.cpu()
         return [word for word, tokens in zip(words, ids) if any(int(slots[t]) == UNKNOWN_SLOT for t in tokens)]
 

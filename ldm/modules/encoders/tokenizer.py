@@ -90,6 +90,41 @@ def build_clip_tokenizer(model_max_length: int = 77):
     return _build_clip_tokenizer_from_files(vocab, merges, model_max_length)
 
 
+# transformers' CLIPTokenizer (5.x) pipeline: pieces of text the BPE sees, as CLIP cuts them.
+CLIP_PIECES = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+class ClipTokenIds:
+    """CLIP token ids of prompts from the ``tokenizers`` pipeline that transformers' ``CLIPTokenizer``
+    runs (NFC, whitespace runs to one space, lower case; CLIP's pieces; byte-level BPE with ``</w>``
+    word ends; the start and end tokens matched as special), built here so that a model that needs
+    only ids (the shapes text encoder) does not import transformers: its package initialisation
+    indexes every model it ships, about 1 s of every command (docs/PERFORMANCE.md, "Start-up")."""
+
+    bos_token_id = VOCAB_SIZE - 2
+    eos_token_id = VOCAB_SIZE - 1
+
+    def __init__(self):
+        from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import BPE
+
+        vocab, merges = clip_vocabulary()
+        self._tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
+                                        end_of_word_suffix="</w>", fuse_unk=False, unk_token=END_TOKEN))
+        self._tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+        self._tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(CLIP_PIECES), behavior="removed", invert=True),
+             pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                            for t in (START_TOKEN, END_TOKEN)])
+
+    def content_ids(self, texts: Prompts) -> List[List[int]]:
+        """Token ids of each prompt without start and end tokens, uncut."""
+        encodings = self._tokenizer.encode_batch(as_prompt_list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
+
+
 def _build_clip_tokenizer_from_files(vocab: Dict[str, int], merges: List[Tuple[str, str]],
                                      model_max_length: int):
     """transformers 4.x takes vocabulary and merges only as files (``vocab_file``/``merges_file``)."""

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from ldm.modules.encoders.tokenizer import (LongPromptWarning, OpenCLIPTokenizer, TruncationNotice,
+from ldm.modules.encoders.tokenizer import (ClipTokenIds, LongPromptWarning, OpenCLIPTokenizer, TruncationNotice,
                                             build_clip_tokenizer, clip_vocabulary, pack_rows, split_into_windows)
 
 from tests.modules.encoders.clip_reference import (ENCODER, EOT, LONG_PROMPT, PROMPTS, RANKS, SOT,
@@ -51,6 +51,14 @@ def test_hf_tokenizer_from_shipped_vocab_equals_one_loaded_from_files(prompt, or
 def test_hf_content_ids_equal_plain_python_bpe(prompt):
     ours = build_clip_tokenizer()(prompt, add_special_tokens=False, verbose=False)["input_ids"]
     assert ours == reference_content_ids(prompt)
+
+
+def test_clip_token_ids_without_transformers_equal_the_hf_tokenizer_and_plain_python_bpe():
+    prompts = [*PROMPTS, "<|startoftext|>typed special tokens<|endoftext|>", "a red circle above a blue square"]
+    ours = ClipTokenIds().content_ids(prompts)
+    assert ours == build_clip_tokenizer()(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+    assert ours[:len(PROMPTS)] == [reference_content_ids(p) for p in PROMPTS]
+    assert ours[0] == [320, 736, 7117] and (ClipTokenIds.bos_token_id, ClipTokenIds.eos_token_id) == (SOT, EOT)
 
 
 def test_open_clip_rules_equal_plain_python_reference_for_a_batch():
