@@ -40,6 +40,7 @@ from ldm.inference.pipeline import (
     read_prompts,
     sample_from_image,
     sample_from_noise,
+    step_progress,
 )
 from ldm.inference.sampler_choice import chosen_sampler
 from ldm.models.diffusion.inversion import edit_latent, plan_edit
@@ -273,8 +274,9 @@ class Edit(_FromInitImage):
         c, uc = self._text(model, batch)
         source = model.get_learned_conditioning([self.opt.source_prompt] * len(batch))
         init_latent = encode_image(model, rows_for(self.image, batch), noise)
-        z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
-                        noise.generators)
+        with step_progress(self.plan.inversion_count + self.plan.regeneration_steps, "editing") as on_step:
+            z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
+                            noise.generators, callback=on_step)
         return self._decode(model, z)
 
     def extra_parameters(self):
