@@ -16,7 +16,7 @@ from ldm.inference.errors import UsageError
 from ldm.inference.images import OutputWriter
 from ldm.inference.loading import CHECKPOINT_SUFFIXES, default_model_paths, read_config, read_model_spec
 from ldm.inference.parameters import parse_parameters
-from ldm.inference.parsers import default_options, default_prompt
+from ldm.inference.parsers import default_options, default_prompt, numeric_flag
 from ldm.inference.runner import write_batches
 from ldm.inference.sampling_parsers import PARSERS as PROMPTLESS_TASKS
 from ldm.inference.tasks import TASKS
@@ -162,8 +162,7 @@ def call_keywords(task: str, values: Dict[str, Any]) -> Tuple[Optional[str], Dic
     """A tab's control values as ``(prompt, keywords)`` of a pipeline call: blank fields as the
     scripts' unset flags, batch count x batch size as ``n`` images ``batch_size`` at a time, the
     class list split at commas."""
-    values = {name: (None if isinstance(value, str) and not value.strip() and name not in ("prompt", "negative_prompt")
-                     else value) for name, value in values.items()}
+    values = {name: _typed(task, name, value) for name, value in values.items()}
     prompt = values.pop("prompt", None)
     if task in PROMPTLESS_TASKS:
         values["n"] = values.pop("n_samples")
@@ -176,6 +175,26 @@ def call_keywords(task: str, values: Dict[str, Any]) -> Tuple[Optional[str], Dic
                 raise UsageError(f"{flag} must be at least 1, got {value}")
         values["n"], values["batch_size"] = count * size, size
     return prompt, values
+
+
+def _typed(task: str, name: str, value: Any) -> Any:
+    """A control's value as the option's type, as the script's flag parses it: a number field's
+    9 as 9.0 for a float flag (the images' parameters then read as the script's), a number typed
+    in a text field (those whose default is the model's own), blank as unset (None)."""
+    flag = numeric_flag(task, name)
+    if flag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if flag[1] is float else int(value) if float(value).is_integer() else value
+    if not isinstance(value, str) or name in ("prompt", "negative_prompt"):
+        return value
+    if not value.strip():
+        return None
+    if flag is None:
+        return value
+    try:
+        return flag[1](value.strip())
+    except ValueError:
+        kind = "a whole number" if flag[1] is int else "a number"
+        raise UsageError(f"{flag[0]} must be {kind}, got {value.strip()!r}") from None
 
 
 def generate(models: ModelCache, task: str, ckpt: Optional[str], config: Optional[str], values: Dict[str, Any],
