@@ -22,6 +22,7 @@ TITLES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "Inpaint", "dep
           "upscale": "Upscale x4", "edit": "Edit", "unclip": "unCLIP", "class": "Class",
           "unconditional": "Unconditional"}
 SEND_TARGETS = ("img2img", "inpaint")
+WIDE_CONTROLS = ("prompt", "negative_prompt", "source_prompt", "classes")
 PNG_INFO_TARGETS = ("txt2img", "img2img", "inpaint")
 # System fonts: Gradio's default theme would fetch its fonts from Google.
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
@@ -90,8 +91,7 @@ class Page:
         with gr.Row():
             with gr.Column(scale=1):
                 self.inputs[task] = self._image_inputs(task)
-                self.controls[task] = {name: self._control(task, name, value)
-                                       for name, value in webui.task_controls(task).items()}
+                self.controls[task] = self._controls(task)
                 reuse = gr.Button("Reuse seed", size="sm", elem_id=f"{task}-reuse-seed")
                 button = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate")
             with gr.Column(scale=1):
@@ -127,6 +127,17 @@ class Page:
                                            "estimate)", type="pil", sources=["upload"], elem_id=f"{task}-depth",
                                            height=160)
         return components
+
+    def _controls(self, task: str) -> Dict[str, Any]:
+        """The tab's options: text fields across the column, the others three to a row."""
+        defaults = webui.task_controls(task)
+        wide = [name for name in defaults if name in WIDE_CONTROLS]
+        narrow = [name for name in defaults if name not in WIDE_CONTROLS]
+        controls = {name: self._control(task, name, defaults[name]) for name in wide}
+        for start in range(0, len(narrow), 3):
+            with self.gr.Row():
+                controls.update((name, self._control(task, name, defaults[name])) for name in narrow[start:start + 3])
+        return controls
 
     def _control(self, task: str, name: str, value: Any) -> Any:
         gr = self.gr

@@ -118,7 +118,7 @@ class ModelCache:
         """The pipeline of ``task`` on the model of ``ckpt``/``config`` (both None: the task's shipped
         model, as ``ldm.load(task)``), held for one generation."""
         ckpt, config = _shipped_as_none(task, ckpt, config)
-        key = (config, ckpt)
+        key = (config, ckpt) if ckpt is not None else default_model_paths(task)
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
