@@ -49,6 +49,8 @@ def generate(page, task: str) -> None:
     page.locator(f"#{task}-generate").click()
     page.wait_for_function("([t, b]) => document.querySelector(`#${t}-parameters textarea`).value !== b",
                            arg=[task, before], timeout=300_000)
+    page.wait_for_function(f"[...document.querySelectorAll('#{task}-gallery img')].some(i => i.complete && "
+                           "i.naturalWidth > 0)")
     page.wait_for_timeout(500)
 
 
@@ -92,19 +94,15 @@ def main() -> None:
             shoot(page, "txt2img")
             first = sorted((Path(outdir) / "txt2img-samples" / "samples").iterdir())[0]
 
-            page.locator("#txt2img-send-img2img").click()
-            fill(page, "img2img-prompt", "a green circle above a blue square")
-            fill(page, "img2img-steps", STEPS)
-            generate(page, "img2img")
-            shoot(page, "img2img")
-
-            open_tab(page, "txt2img")
-            page.locator("#txt2img-send-inpaint").click()
-            fill(page, "inpaint-prompt", "a yellow star")
-            fill(page, "inpaint-steps", STEPS)
-            draw_stroke(page, "inpaint")
-            generate(page, "inpaint")
-            shoot(page, "inpaint")
+            for target, prompt in (("img2img", "a green circle above a blue square"), ("inpaint", "a yellow star")):
+                open_tab(page, "txt2img")
+                page.locator(f"#txt2img-send-{target}").click()
+                fill(page, f"{target}-prompt", prompt)
+                fill(page, f"{target}-steps", STEPS)
+                if target == "inpaint":
+                    draw_stroke(page, target)
+                generate(page, target)
+                shoot(page, target)
 
             for tab, prompt in (("depth2img", None), ("upscale", None), ("edit", "a green circle above a blue square")):
                 open_tab(page, tab)

@@ -116,6 +116,8 @@ class Page:
         if "mask" in names:
             components["init_img"] = gr.ImageMask(label="Image: draw where to repaint", type="pil",
                                                   sources=["upload", "clipboard"], layers=False,
+                                                  brush=gr.Brush(colors=[("#ffffff", 0.7)],
+                                                                 color_mode="fixed"),
                                                   elem_id=f"{task}-init-img")
             components["mask"] = gr.Image(label="Mask (optional, instead of drawing; white = repaint)", type="pil",
                                           image_mode="L", sources=["upload"], elem_id=f"{task}-mask", height=160)

@@ -2,12 +2,14 @@
 Debian's chromium where it is installed), the shipped shapes models at 2 steps. Drives the page as a user
 does: types a prompt, clicks Generate, reads the gallery and the parameters; draws a mask on the inpaint
 tab's image; enters a bad value and reads the error."""
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -19,7 +21,7 @@ from ldm.inference.images import read_parameters
 from tests.scripts.helpers import REPO_ROOT
 
 START_TIMEOUT_S = 120
-GENERATE_TIMEOUT_MS = 60_000
+GENERATE_TIMEOUT_MS = 120_000  # generous for a loaded CI machine; a generation takes seconds
 
 
 def _free_port() -> int:
@@ -106,7 +108,33 @@ def test_txt2img_shows_the_image_with_its_parameters_and_saves_it(page, served):
     saved = served[1] / "txt2img-samples" / "samples" / "00000.png"
     assert read_parameters(str(saved)) == _parameters(page, "txt2img")
     assert Image.open(saved).size == (64, 64)
+    shown = page.locator("#txt2img-gallery img").first.get_attribute("src")
+    downloaded = Image.open(io.BytesIO(page.request.get(urllib.parse.urljoin(served[0], shown)).body()))
+    assert downloaded.info["parameters"] == _parameters(page, "txt2img")  # the PNG itself, parameters and all
     assert all(url.startswith(served[0]) for url in page.requested)  # nothing fetched from elsewhere
+
+
+def test_reuse_seed_and_send_to_img2img(page):
+    _set(page, "txt2img-seed", "-1")
+    page.locator("#txt2img-reuse-seed").click()
+    expect(page.locator("#txt2img-seed input")).to_have_value("7")
+    page.locator("#txt2img-send-img2img").click()
+    expect(page.locator("#img2img-prompt textarea")).to_have_value("a blue circle")
+    expect(page.locator("#img2img-steps input")).to_have_value("2")
+    expect(page.locator("#img2img-init-img img")).to_be_visible()
+
+
+def test_png_info_reads_a_png_back_into_the_controls(page, served):
+    page.locator("#tab-txt2img-button").click()
+    _set(page, "txt2img-prompt", "something else")
+    _set(page, "txt2img-seed", "0")
+    page.locator("#tab-png-info-button").click()
+    saved = served[1] / "txt2img-samples" / "samples" / "00000.png"
+    page.locator("#png-info-file input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#png-info-parameters textarea")).to_have_value(read_parameters(str(saved)))
+    page.locator("#png-info-send-txt2img").click()
+    expect(page.locator("#txt2img-prompt textarea")).to_have_value("a blue circle")
+    expect(page.locator("#txt2img-seed input")).to_have_value("7")
 
 
 def test_inpaint_repaints_where_the_mask_is_drawn(page, served, tmp_path):
