@@ -7,6 +7,7 @@ link; analytics are off and the page loads nothing from the internet. The work a
 
 import argparse
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,6 +28,7 @@ PNG_INFO_TARGETS = ("txt2img", "img2img", "inpaint")
 # System fonts: Gradio's default theme would fetch its fonts from Google.
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "monospace"]
+PAGE_CHECK_S = 60
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,11 +198,13 @@ class Page:
     def _read_png(self, path: Optional[str]) -> str:
         if not path:
             return ""
+        return self._png_parameters(path) or "(this image holds no parameters)"
+
+    def _png_parameters(self, path: str) -> Optional[str]:
         try:
-            text = read_parameters(path)
+            return read_parameters(path)
         except (OSError, ValueError) as err:
             raise self.gr.Error(f"cannot read {Path(path).name} as an image ({err})", print_exception=False) from None
-        return text or "(this image holds no parameters)"
 
     def _wire_results(self, task: str, gallery: Any, made: Any, selected: Any, parameters: Any,
                       sends: Dict[str, Any]) -> None:
@@ -214,7 +218,7 @@ class Page:
     def _wire_png_info(self, dropped: Any, text: Any, sends: Dict[str, Any]) -> None:
         dropped.change(self._read_png, inputs=[dropped], outputs=[text])
         for target, button in sends.items():
-            button.click(self._sender(target, from_made=False), inputs=[dropped, text],
+            button.click(self._sender(target, from_made=False), inputs=[dropped],
                          outputs=self._send_outputs(target))
 
     def _send_outputs(self, target: str) -> List[Any]:
@@ -228,18 +232,14 @@ class Page:
         names = list(self.controls[target])
         takes_image = "init_img" in self.inputs[target]
 
-        def send(first: Any, second: Any):
-            if from_made:
-                if not first:
-                    raise gr.Error("no image yet: generate one first")
-                path, text = first[second]
-            else:
-                if not first:
-                    raise gr.Error("drop a PNG first")
-                path, text = first, second or ""
+        def send(source: Any, selected: int = 0):
+            if not source:
+                raise gr.Error("no image yet: generate one first" if from_made else "drop a PNG first")
+            path, text = source[selected] if from_made else (source, self._png_parameters(source))
             values = webui.controls_from_parameters(text) if text else {}
-            if takes_image:
-                values.pop("W", None), values.pop("H", None)
+            if takes_image:  # the image's own size
+                for name in ("W", "H"):
+                    values.pop(name, None)
             image = [path] if takes_image else []
             return [gr.Tabs(selected=target), *image, *(values[name] if name in values else gr.skip()
                                                          for name in names)]
@@ -278,14 +278,31 @@ def _drawn_mask(layers: List[Image.Image]) -> Optional[Image.Image]:
     return Image.fromarray(drawn.astype(np.uint8) * 255, mode="L")
 
 
+def _patient_page_check(networking: Any) -> None:
+    """Once serving, Gradio checks that its page answers and, if not, refuses to run without a share
+    link; its check gives up at the first 3 s timeout, which a busy machine's first answer can take.
+    Retry it for up to a minute."""
+    check = networking.url_ok
+
+    def patient(url: str) -> bool:
+        deadline = time.monotonic() + PAGE_CHECK_S
+        while time.monotonic() < deadline:
+            if check(url):
+                return True
+        return False
+    networking.url_ok = patient
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     opt = build_parser().parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before Gradio is imported: no telemetry, no version check
     try:
         import gradio as gr
+        import gradio.networking
     except ImportError:
         build_parser().error('needs Gradio: pip install -e ".[web]"')
     page = Page(gr, webui.ModelCache(opt.device, opt.precision, max(1, opt.models_in_memory)), opt.outdir)
+    _patient_page_check(gr.networking)
     demo = page.build()
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="0.0.0.0" if opt.listen else "127.0.0.1", server_port=opt.port, share=opt.share,

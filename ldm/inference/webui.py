@@ -56,8 +56,9 @@ def task_controls(task: str) -> Dict[str, Any]:
             controls.pop(name, None)
     else:
         controls["prompt"] = default_prompt(task, None) or ""
-    if task == "unconditional":
+    if task == "unconditional":  # no guidance to scale (sample_diffusion.py has no --scale)
         controls["n_samples"] = UNCONDITIONAL_IMAGES
+        controls.pop("scale")
     if "sampler" in controls or task in PROMPTLESS_TASKS:
         controls["sampler"] = controls.get("sampler") or "ddim"
     return controls
