@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import expect, sync_playwright
 
 from ldm.inference.images import read_parameters
-from tests.scripts.helpers import REPO_ROOT
+from tests.scripts.helpers import REPO_ROOT, load_script
 
 START_TIMEOUT_S = 120
 GENERATE_TIMEOUT_MS = 120_000  # generous for a loaded CI machine; a generation takes seconds
@@ -170,3 +170,8 @@ def test_a_bad_value_shows_the_scripts_error_in_the_page(page, served):
     expect(page.get_by_text("--steps must be at least 1, got 0")).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
     assert sorted(path.name for path in (served[1] / "txt2img-samples" / "samples").iterdir()) == ["00000.png"]
 
+
+
+def test_the_server_is_local_unless_asked():
+    opt = load_script("webui.py").build_parser().parse_args([])
+    assert (opt.listen, opt.share, opt.port, opt.outdir) == (False, False, 7860, "outputs")
