@@ -252,7 +252,10 @@ def _input_values(task: str, images: Dict[str, Any]) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     editor = images.get("init_img")
     if isinstance(editor, dict):  # the inpaint tab's image editor: background and drawn layers
-        values["image"] = editor["background"].convert("RGB") if editor.get("background") is not None else None
+        # The composite (image and strokes) equals the image wherever the mask keeps it: a stand-in when the
+        # browser sent no background of its own.
+        image = next((editor[key] for key in ("background", "composite") if editor.get(key) is not None), None)
+        values["image"] = image.convert("RGB") if image is not None else None
         drawn = _drawn_mask(editor.get("layers") or [])
         values["mask"] = drawn if drawn is not None else images.get("mask")
         if values["image"] is not None and values["mask"] is None:

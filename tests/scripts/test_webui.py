@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,11 +31,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_serving(url: str, server: subprocess.Popen) -> None:
+def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"webui.py exited with {server.returncode}:\n{server.stdout.read()}")
+            raise AssertionError(f"webui.py exited with {server.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -50,12 +51,14 @@ def served(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("webui-outputs")
     url = f"http://127.0.0.1:{_free_port()}/"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    server = subprocess.Popen([sys.executable, "scripts/webui.py", "--port", url.rsplit(":", 1)[1].strip("/"),
-                               "--outdir", str(outdir), "--device", "cpu", "--models-in-memory", "2"],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = outdir.parent / "webui.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen([sys.executable, "scripts/webui.py", "--port", url.rsplit(":", 1)[1].strip("/"),
+                                   "--outdir", str(outdir), "--device", "cpu", "--models-in-memory", "2"],
+                                  cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        _wait_until_serving(url, server)
-        yield url, outdir
+        _wait_until_serving(url, server, log)
+        yield url, outdir, log
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -71,7 +74,7 @@ def page(served):
         page.on("request", lambda request: requested.append(request.url))
         page.goto(served[0])
         page.wait_for_selector("#txt2img-generate")
-        page.requested = requested
+        page.requested, page.server_log = requested, served[2]
         yield page
         browser.close()
 
@@ -84,6 +87,10 @@ def _parameters(page, task: str) -> str:
     return page.locator(f"#{task}-parameters textarea").input_value()
 
 
+def _server_log_tail(page) -> str:
+    return "\n".join(page.server_log.read_text().splitlines()[-30:])
+
+
 def _generate(page, task: str) -> str:
     """Click the tab's Generate and wait for the parameters of its first image (failing with the
     page's error message when one shows instead)."""
@@ -94,7 +101,7 @@ def _generate(page, task: str) -> str:
                                || document.querySelector('[data-testid="toast-body"]') !== null""",
         arg=[task, before], timeout=GENERATE_TIMEOUT_MS)
     toasts = page.locator('[data-testid="toast-body"]')
-    assert toasts.count() == 0, f"the page shows an error: {toasts.first.inner_text()}"
+    assert toasts.count() == 0, f"the page shows an error: {toasts.first.inner_text()}\n{_server_log_tail(page)}"
     return _parameters(page, task)
 
 
@@ -137,16 +144,31 @@ def test_png_info_reads_a_png_back_into_the_controls(page, served):
     expect(page.locator("#txt2img-seed input")).to_have_value("7")
 
 
+def _upload_to_editor(page, element_id: str, path: Path) -> None:
+    """Put an image file into an image editor, as dropping it there does. The editor just shown may
+    not take a file yet (it mounts its canvas first): offer it again until it does."""
+    placeholder = page.locator(f"#{element_id}").get_by_text("Upload an image")
+    expect(placeholder).to_be_visible()
+    for _ in range(5):
+        page.locator(f"#{element_id} input[type=file]").set_input_files(str(path))
+        try:
+            expect(placeholder).to_be_hidden(timeout=3000)
+            return
+        except AssertionError:
+            continue
+    expect(placeholder).to_be_hidden()
+
+
 def test_inpaint_repaints_where_the_mask_is_drawn(page, served, tmp_path):
     source = tmp_path / "in.png"
     image = Image.new("RGB", (64, 64), (128, 128, 128))
     ImageDraw.Draw(image).ellipse((8, 8, 30, 30), fill=(220, 30, 30))
     image.save(source)
     page.locator("#tab-inpaint-button").click()
-    page.locator("#inpaint-init-img input[type=file]").set_input_files(str(source))
+    _upload_to_editor(page, "inpaint-init-img", source)
     canvas = page.locator("#inpaint-init-img canvas").first
     expect(canvas).to_be_visible()
-    page.wait_for_timeout(500)  # the editor draws the uploaded image
+    page.wait_for_timeout(500)
     box = canvas.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 30, y)
