@@ -24,7 +24,10 @@ setup(
     ],
     extras_require={
         # peft: diffusers loads LoRA files only through it (tests/modules/lora compare with diffusers)
-        "test": ["pytest>=7", "pytest-timeout", "diffusers>=0.30", "peft", "scipy", "ruff~=0.17.0"],
+        # gradio, playwright: tests/scripts/test_webui.py drives the web UI in Chromium (Debian's chromium package)
+        "test": ["pytest>=7", "pytest-timeout", "diffusers>=0.30", "peft", "scipy", "ruff~=0.17.0", "gradio>=6",
+                 "playwright"],
+        "web": ["gradio>=6"],  # scripts/webui.py
         "openclip": ["open-clip-torch>=2.7"],
         "bench": ["diffusers>=0.30"],
     },

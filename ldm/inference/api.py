@@ -60,10 +60,12 @@ from ldm.inference.parsers import (
 )
 from ldm.inference.pipeline import (
     Batch,
+    StepListener,
     check_sampling_numbers,
     check_seed_room,
     plan_batches,
     resolve_seed,
+    steps_reported_to,
 )
 from ldm.inference.precision import autocast_dtype, precision_scope
 from ldm.inference.sampler_choice import (
@@ -232,10 +234,11 @@ class Pipeline:
                 images.append(image)
         return images
 
-    def generate(self, run: Run, on_batch: Optional[Callable[[int, int], None]] = None
-                 ) -> Iterator[Tuple[Batch, torch.Tensor, List[str]]]:
+    def generate(self, run: Run, on_batch: Optional[Callable[[int, int], None]] = None,
+                 on_step: Optional[StepListener] = None) -> Iterator[Tuple[Batch, torch.Tensor, List[str]]]:
         """``(batch, images in [0, 1] [B, 3, H, W] on the CPU, parameters text of each image)``
-        per batch of ``run``; every random draw of an image comes from its own seed."""
+        per batch of ``run``; every random draw of an image comes from its own seed. ``on_batch(index,
+        batches)`` before each batch, ``on_step(steps done, steps)`` after each sampler step of it."""
         sampler = build_sampler(run.sampler, self.model)
         run.task.to_device(self.device)
         describe = self.batch_parameters(run)
@@ -243,7 +246,7 @@ class Pipeline:
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
-                with deep_cache(self.unet, run.opt.cache_interval, run.opt.cache_depth):
+                with steps_reported_to(on_step), deep_cache(self.unet, run.opt.cache_interval, run.opt.cache_depth):
                     images = run.task.generate(self.model, sampler.sampler, batch,
                                                ImageNoise(batch.seeds, self.device))
                 yield batch, images.cpu(), describe(batch)

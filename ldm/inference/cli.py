@@ -211,14 +211,22 @@ def run_script(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespa
         _stop(f"interrupted: {stop}")
     except KeyboardInterrupt:
         _stop("interrupted: 0 image(s) saved")
-    except (UsageError, CheckpointError, StepCountError, NonFiniteSampleError) as err:
-        _fail(parser, str(err))
-    except torch.OutOfMemoryError:
-        _fail(parser, out_of_memory_message())
-    except RuntimeError as err:
-        if not _is_out_of_memory(err):
+    except (UsageError, CheckpointError, StepCountError, NonFiniteSampleError, RuntimeError) as err:
+        message = user_error_message(err)
+        if message is None:
             raise
-        _fail(parser, out_of_memory_message())
+        _fail(parser, message)
+
+
+def user_error_message(err: BaseException) -> Optional[str]:
+    """The one line that tells the user what went wrong, for the errors a user can cause (a bad
+    option or input, an unusable checkpoint, a missing device, too little memory); None for a bug,
+    which should surface as it is. The scripts print it, the web UI shows it in the page."""
+    if isinstance(err, (UsageError, CheckpointError, StepCountError, NonFiniteSampleError)):
+        return " ".join(str(err).split())
+    if isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and _is_out_of_memory(err)):
+        return out_of_memory_message()
+    return None
 
 
 def out_of_memory_message() -> str:
@@ -245,6 +253,5 @@ def _stop(message: str) -> None:
 
 
 def _fail(parser: argparse.ArgumentParser, message: str) -> None:
-    first_line = " ".join(message.split())
-    print(f"{parser.prog}: error: {first_line}", file=sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
     sys.exit(EXIT_USAGE)

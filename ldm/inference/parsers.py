@@ -232,6 +232,11 @@ def _numeric_flags(task: str) -> Dict[str, Tuple[str, type]]:
             if action.type in (int, float)}
 
 
+def numeric_flag(task: str, name: str) -> Optional[Tuple[str, type]]:
+    """``(flag, int or float)`` of the numeric option ``name`` of ``task``; None for another."""
+    return _numeric_flags(task).get(name)
+
+
 def check_option_type(task: str, name: str, value: Any) -> None:
     """An option given from Python must have the type its flag parses to (an int for ``--steps``,
     a number for ``--scale``); the message names the flag as the script would."""

@@ -4,11 +4,13 @@ from noise or from a partly noised image, and latents back into images."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -184,6 +186,36 @@ def _decode_float32_on_cpu(model: torch.nn.Module, z: torch.Tensor) -> torch.Ten
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
+StepListener = Callable[[int, int], None]
+# Who hears of each sampler step besides the terminal's bar (the web UI's progress bar); per thread
+# and per asyncio task, so two requests served at once each hear only their own steps.
+_STEP_LISTENER: ContextVar[Optional[StepListener]] = ContextVar("step_listener", default=None)
+
+
+@contextlib.contextmanager
+def steps_reported_to(listener: Optional[StepListener]) -> Iterator[None]:
+    """Within the block, every sampler step calls ``listener(steps done, steps of this sampler
+    call)`` (a batch's sampling, or its denoising from an image); None: nobody."""
+    token = _STEP_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _STEP_LISTENER.reset(token)
+
+
+@contextlib.contextmanager
+def step_progress(total: int, description: str) -> Iterator[Callable[..., None]]:
+    """The ``callback`` of a sampler call of ``total`` steps: advances a terminal bar and tells the
+    listener of :func:`steps_reported_to`, if any."""
+    listener = _STEP_LISTENER.get()
+    with tqdm(total=total, desc=description, leave=False) as bar:
+        def on_step(*_: Any) -> None:
+            bar.update(1)
+            if listener is not None:
+                listener(bar.n, total)
+        yield on_step
+
+
 @dataclass
 class SamplingSettings:
     """Steps, DDIM eta, classifier-free guidance scale, and the loss guidance (``cond_fn``, e.g.
@@ -200,13 +232,13 @@ def sample_from_noise(sampler: Any, settings: SamplingSettings, shape: Sequence[
     """Run the sampler from per-image start noise ``x_T``; ``mask``/``x0`` keep the region where
     ``mask`` is 1 equal to the (noised) ``x0`` while sampling (inpainting with a normal model)."""
     x_T = noise.randn(shape)
-    with tqdm(total=settings.steps, desc="sampling", leave=False) as bar:
+    with step_progress(settings.steps, "sampling") as on_step:
         try:
             samples, _ = sampler.sample(
                 S=settings.steps, batch_size=len(noise.seeds), shape=list(shape), conditioning=cond,
                 verbose=False, eta=settings.eta, x_T=x_T, unconditional_guidance_scale=settings.scale,
                 unconditional_conditioning=uncond, mask=mask, x0=x0, generator=noise.generators,
-                callback=lambda step: bar.update(1), cond_fn=settings.cond_fn)
+                callback=on_step, cond_fn=settings.cond_fn)
         except ValueError as err:  # the samplers refuse options they do not support (e.g. PLMS eta)
             raise UsageError(f"sampler: {err}") from None
     return samples
@@ -231,8 +263,8 @@ def sample_from_image(sampler: Any, settings: SamplingSettings, init_latent: tor
     else:
         t = torch.full((init_latent.shape[0],), t_enc, device=init_latent.device, dtype=torch.long)
         z_enc = sampler.stochastic_encode(init_latent, t, noise=eps)
-    with tqdm(total=t_enc, desc="denoising", leave=False) as bar:
+    with step_progress(t_enc, "denoising") as on_step:
         return sampler.decode(z_enc, cond, t_enc, unconditional_guidance_scale=settings.scale,
                               unconditional_conditioning=uncond, verbose=False,
-                              callback=lambda step: bar.update(1), generator=noise.generators,
+                              callback=on_step, generator=noise.generators,
                               cond_fn=settings.cond_fn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,15 +46,9 @@ def _run_in_one_process(opt: argparse.Namespace, task: str, paths: ModelPaths, r
     """Samples numbered on from those in ``samples/``, written batch by batch, then the grid."""
     writer = OutputWriter(opt.outdir, skip_save=opt.skip_save, skip_grid=opt.skip_grid)
     pipeline = Pipeline.from_options(task, opt, paths)
-    made, grid_parameters = [], None
     batches = tqdm(pipeline.generate(run), desc="batches", total=len(run.batches), disable=len(run.batches) < 2)
     try:
-        for _, images, texts in batches:
-            for array, text in zip(to_uint8(images), texts):
-                writer.save_sample(array, text)
-            grid_parameters = grid_parameters or texts[0]
-            made.append(images)
-        writer.save_grid(torch.cat(made), grid_rows(opt.n_rows, opt.n_samples), grid_parameters)
+        write_batches(batches, writer, grid_rows(opt.n_rows, opt.n_samples))
     except KeyboardInterrupt:
         raise RunInterrupted(writer.samples_written, writer.outdir) from None
     _report(writer, run.image_count, run.task.side_outputs)
@@ -109,6 +103,21 @@ def _holds(path: Path, pixels: np.ndarray, parameters: str) -> bool:
         return read_parameters(str(path)) == parameters and np.array_equal(read_png_pixels(path), pixels)
     except (OSError, ValueError):
         return False
+
+
+def write_batches(batches: Iterable[Tuple[Any, torch.Tensor, List[str]]], writer: OutputWriter,
+                  grid_row_length: int) -> List[Tuple[Optional[Path], str]]:
+    """Write the images of :meth:`Pipeline.generate`'s batches as they come (numbered PNGs with
+    their parameters), then their grid; returns each image's file (None with --skip_save) and
+    parameters text. The scripts and the web UI save through it, so both name files alike."""
+    made, saved = [], []
+    for _, images, texts in batches:
+        for array, text in zip(to_uint8(images), texts):
+            saved.append((writer.save_sample(array, text), text))
+        made.append(images)
+    if made:
+        writer.save_grid(torch.cat(made), grid_row_length, saved[0][1])
+    return saved
 
 
 def main(task: str, argv: Optional[Sequence[str]] = None) -> None:

@@ -40,6 +40,7 @@ from ldm.inference.pipeline import (
     read_prompts,
     sample_from_image,
     sample_from_noise,
+    step_progress,
 )
 from ldm.inference.sampler_choice import chosen_sampler
 from ldm.models.diffusion.inversion import blend_levels, check_diffedit, diffedit_mask, edit_latent, plan_edit
@@ -277,8 +278,9 @@ class Edit(_FromInitImage):
         source = model.get_learned_conditioning([self.opt.source_prompt] * len(batch))
         init_latent = encode_image(model, rows_for(self.image, batch), noise)
         mask = self._mask(sampler, init_latent, source, c, noise)
-        z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
-                        noise.generators, mask=mask)
+        with step_progress(self.plan.inversion_count + self.plan.regeneration_steps, "editing") as on_step:
+            z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
+                            noise.generators, mask=mask, callback=on_step)
         return self._decode(model, z)
 
     def _mask(self, sampler, init_latent, source, c, noise) -> Optional[torch.Tensor]:

@@ -181,9 +181,12 @@ def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, con
 
 def edit_latent(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, plan: EditPlan,
                 unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
-                generator: Any = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                generator: Any = None, mask: Optional[torch.Tensor] = None,
+                callback: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Invert ``x0`` with ``source_cond`` at scale 1 as far as ``plan`` needs, then regenerate
-    with ``cond`` at ``scale`` (blended outside ``mask`` when given): the whole edit on latents."""
-    trajectory = ddim_invert(sampler, x0, source_cond, plan.inversion_steps, plan.inversion_count)
+    with ``cond`` at ``scale`` (blended outside ``mask`` when given): the whole edit on latents
+    (``callback`` after each of the ``plan.inversion_count + plan.regeneration_steps`` steps)."""
+    trajectory = ddim_invert(sampler, x0, source_cond, plan.inversion_steps, plan.inversion_count,
+                             callback=callback)
     return regenerate(sampler, trajectory, plan, cond, unconditional_conditioning, scale, eta, generator,
-                      mask=mask)
+                      callback=callback, mask=mask)
