@@ -14,7 +14,9 @@ Printed: the rate of each, of both together, the mean IoU, and the cases that fa
 
     python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
                                        [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
-                                       [--mask-noises 10] [--cases 48 | --only 8,13,...] [--device cpu]
+                                       [--mask-noises 10] [--mask-dilate 0] [--mask-fill inverted]
+                                       [--inversion-prompt source] [--eta 0] [--cases 48 | --only 8,13,...]
+                                       [--device cpu]
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def edit_options(args: argparse.Namespace) -> dict:
     """The keywords of ``ldm.load("edit")`` the command line sets."""
     return dict(steps=args.steps, inversion_steps=args.inversion_steps, scale=args.scale, keep=args.keep,
                 mask_mode=args.mask_mode, mask_threshold=args.mask_threshold, mask_strength=args.mask_strength,
-                mask_noises=args.mask_noises)
+                mask_noises=args.mask_noises, mask_dilate=args.mask_dilate, mask_fill=args.mask_fill,
+                inversion_prompt=args.inversion_prompt, eta=args.eta)
 
 
 def score_cases(pipe, indices: List[int], options: dict) -> List[Tuple[str, str, str, float, object]]:
@@ -84,9 +87,11 @@ def report(rows, options: dict, seconds: float) -> None:
     kept = np.array([row[3] >= IOU_KEPT for row in rows])
     recoloured = np.array([row[4] == row[1] for row in rows])
     mask = (f"mask mode diffedit (threshold {options['mask_threshold']}, strength {options['mask_strength']}, "
-            f"{options['mask_noises']} noises)" if options["mask_mode"] == "diffedit" else "mask mode none")
+            f"{options['mask_noises']} noises, dilate {options['mask_dilate']}, fill {options['mask_fill']})"
+            if options["mask_mode"] == "diffedit" else "mask mode none")
     print(f"keep {options['keep']}, scale {options['scale']}, steps {options['steps']}, inversion steps "
-          f"{options['inversion_steps']}, {mask}: {len(rows)} cases in {seconds:.0f} s")
+          f"{options['inversion_steps']}, inversion prompt {options['inversion_prompt']}, eta {options['eta']}, "
+          f"{mask}: {len(rows)} cases in {seconds:.0f} s")
     print(f"  mask kept (IoU >= {IOU_KEPT}): {kept.mean():.1%}   mean IoU {np.mean([r[3] for r in rows]):.3f}")
     print(f"  new colour read:            {recoloured.mean():.1%}")
     print(f"  both:                       {(kept & recoloured).mean():.1%}")
@@ -113,16 +118,19 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=48)
     parser.add_argument("--only", default=None, help="comma-separated case indices (0-47) instead of --cases")
     parser.add_argument("--device", default="auto")
-    for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises"):
-        parser.add_argument(f"--{flag}", type=str if flag == "mask-mode" else float, default=None,
-                            help="default: edit.py's")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the regeneration")
+    for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises", "mask-dilate", "mask-fill",
+                 "inversion-prompt"):
+        parser.add_argument(f"--{flag}", type=str if flag in ("mask-mode", "mask-fill", "inversion-prompt") else float,
+                            default=None, help="default: edit.py's")
     args = parser.parse_args()
     from ldm.inference.parsers import default_options
     defaults = vars(default_options("edit"))
-    for name in ("keep", "scale", "mask_mode", "mask_threshold", "mask_strength", "mask_noises"):
+    for name in ("keep", "scale", "mask_mode", "mask_threshold", "mask_strength", "mask_noises", "mask_dilate",
+                 "mask_fill", "inversion_prompt"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
-    args.mask_noises = int(args.mask_noises)
+    args.mask_noises, args.mask_dilate = int(args.mask_noises), int(args.mask_dilate)
     run(args)
 
 

@@ -52,6 +52,17 @@ def _edit_inputs(parser: argparse.ArgumentParser) -> None:
                              "predictions are compared (default: %(default)s)")
     parser.add_argument("--mask-noises", "--mask_noises", dest="mask_noises", type=int, default=10,
                         help="diffedit: noise draws the difference is averaged over (default: %(default)s)")
+    parser.add_argument("--mask-dilate", "--mask_dilate", dest="mask_dilate", type=int, default=0,
+                        help="diffedit: grow the mask by this many latent pixels (default: %(default)s)")
+    parser.add_argument("--mask-fill", "--mask_fill", dest="mask_fill", choices=("inverted", "noise"),
+                        default="inverted",
+                        help="diffedit: inside the mask start from the inverted latent ('inverted') or from the "
+                             "image latent noised afresh to the start level ('noise': inpaint the region with "
+                             "--prompt; with --ddim_eta > 0 re-noised at every step) (default: %(default)s)")
+    parser.add_argument("--inversion-prompt", "--inversion_prompt", dest="inversion_prompt",
+                        choices=("source", "empty"), default="source",
+                        help="the prompt the image is inverted with: --source-prompt, or the empty prompt as "
+                             "DiffEdit (default: %(default)s)")
 
 
 def _inpaint_inputs(parser: argparse.ArgumentParser) -> None:

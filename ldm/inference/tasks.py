@@ -43,7 +43,14 @@ from ldm.inference.pipeline import (
     step_progress,
 )
 from ldm.inference.sampler_choice import chosen_sampler
-from ldm.models.diffusion.inversion import blend_levels, check_diffedit, diffedit_mask, edit_latent, plan_edit
+from ldm.models.diffusion.inversion import (
+    blend_levels,
+    check_diffedit,
+    diffedit_mask,
+    dilate_mask,
+    edit_latent,
+    plan_edit,
+)
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.util import CheckpointError, first_line, in_cwd_or_repository
 
@@ -270,17 +277,23 @@ class Edit(_FromInitImage):
             if opt.mask_mode == "diffedit":
                 check_diffedit(opt.mask_threshold, opt.mask_strength, opt.mask_noises)
                 blend_levels(self.plan, self.spec.timesteps)
+                if opt.mask_dilate < 0:
+                    raise ValueError(f"--mask-dilate must be 0 or more, got {opt.mask_dilate}")
         except ValueError as err:
             raise UsageError(str(err)) from None
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         source = model.get_learned_conditioning([self.opt.source_prompt] * len(batch))
+        inverted_with = (source if self.opt.inversion_prompt == "source"
+                         else model.get_learned_conditioning([""] * len(batch)))
         init_latent = encode_image(model, rows_for(self.image, batch), noise)
         mask = self._mask(sampler, init_latent, source, c, noise)
+        fill = (noise.randn(init_latent.shape[1:]).to(init_latent)
+                if mask is not None and self.opt.mask_fill == "noise" else None)
         with step_progress(self.plan.inversion_count + self.plan.regeneration_steps, "editing") as on_step:
-            z = edit_latent(sampler, init_latent, source, c, self.plan, uc, self.opt.scale, self.opt.ddim_eta,
-                            noise.generators, mask=mask, callback=on_step)
+            z = edit_latent(sampler, init_latent, inverted_with, c, self.plan, uc, self.opt.scale,
+                            self.opt.ddim_eta, noise.generators, mask=mask, fill_noise=fill, callback=on_step)
         return self._decode(model, z)
 
     def _mask(self, sampler, init_latent, source, c, noise) -> Optional[torch.Tensor]:
@@ -288,15 +301,19 @@ class Edit(_FromInitImage):
         opt = self.opt
         if opt.mask_mode != "diffedit":
             return None
-        return diffedit_mask(sampler, init_latent, source, c, opt.mask_threshold, opt.mask_strength,
+        mask = diffedit_mask(sampler, init_latent, source, c, opt.mask_threshold, opt.mask_strength,
                              opt.mask_noises, noise.generators)
+        return dilate_mask(mask, opt.mask_dilate)
 
     def extra_parameters(self):
         parameters = {"Source prompt": self.opt.source_prompt, "Inversion steps": self.opt.inversion_steps,
                       "Keep": self.opt.keep}
+        if self.opt.inversion_prompt != "source":
+            parameters["Inversion prompt"] = self.opt.inversion_prompt
         if self.opt.mask_mode == "diffedit":
             parameters.update({"Mask mode": "diffedit", "Mask threshold": self.opt.mask_threshold,
-                               "Mask strength": self.opt.mask_strength, "Mask noises": self.opt.mask_noises})
+                               "Mask strength": self.opt.mask_strength, "Mask noises": self.opt.mask_noises,
+                               "Mask dilate": self.opt.mask_dilate, "Mask fill": self.opt.mask_fill})
         return parameters
 
 

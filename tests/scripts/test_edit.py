@@ -58,6 +58,9 @@ def test_edit_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_models, tmp
         ([*diffedit, "--mask-threshold", "1"], r"--mask-threshold must be in \(0, 1\), got 1.0"),
         ([*diffedit, "--mask-strength", "0"], r"--mask-strength must be in \(0, 1\], got 0.0"),
         ([*diffedit, "--mask-noises", "0"], r"--mask-noises must be at least 1, got 0"),
+        ([*diffedit, "--mask-dilate", "-1"], r"--mask-dilate must be 0 or more, got -1"),
+        ([*diffedit, "--mask-fill", "zeros"], r"--mask-fill.* invalid choice: 'zeros'"),
+        ([*flags, "--inversion-prompt", "target"], r"--inversion-prompt.* invalid choice: 'target'"),
         ([*diffedit, "--steps", "8", "--inversion-steps", "4", "--keep", "0.625"],
          r"masked regeneration passes timestep 126 .* 4-step inversion does not reach"),
     ]
@@ -82,3 +85,31 @@ def test_diffedit_mode_writes_its_parameters_equals_the_api_and_differs_from_the
     plain, = pipe("a blue circle", **request)
     assert "Mask mode" not in plain.info["parameters"] and "Mask mode: diffedit" in masked.info["parameters"]
     assert not np.array_equal(np.asarray(masked), np.asarray(plain))
+
+
+def test_diffedit_options_are_recorded_and_change_the_edit(tiny_models, tmp_path, capsys):
+    model = tiny_models["txt2img"]
+    pipe = ldm.load("edit", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    write_test_image(tmp_path / "in.png", size=(34, 27))
+    request = dict(source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4, inversion_steps=8,
+                   keep=0.5, scale=3.0, seed=7, mask_mode="diffedit", mask_threshold=0.6, mask_noises=2)
+    base, = pipe("a blue circle", **request)
+    variants = {name: pipe("a blue circle", **request, **option)[0] for name, option in [
+        ("dilate", dict(mask_dilate=1)), ("fill", dict(mask_fill="noise")),
+        ("empty", dict(inversion_prompt="empty"))]}
+    parsed = png_parameters_of(variants["fill"])
+    assert (parsed["Mask dilate"], parsed["Mask fill"]) == ("0", "noise") and "Inversion prompt" not in parsed
+    assert png_parameters_of(variants["empty"])["Inversion prompt"] == "empty"
+    for name, image in variants.items():
+        assert not np.array_equal(np.asarray(image), np.asarray(base)), name
+    # the fresh noise inside the mask comes from the seed: the same seed repeats, another differs
+    again, = pipe("a blue circle", **request, mask_fill="noise")
+    assert np.array_equal(np.asarray(again), np.asarray(variants["fill"]))
+    other, = pipe("a blue circle", **{**request, "seed": 8}, mask_fill="noise")
+    assert not np.array_equal(np.asarray(other), np.asarray(variants["fill"]))
+
+
+def png_parameters_of(image):
+    from ldm.inference.parameters import parse_parameters
+
+    return parse_parameters(image.info["parameters"])

@@ -23,7 +23,12 @@ averaged over channels and draws, rescaled per image to [0, 1] (min to 0, max to
 where it reaches ``threshold`` (:func:`diffedit_mask`). The regeneration then blends after every
 step: inside the mask its own latent, outside the inverted source latent of the same level
 (:func:`regenerate` with ``mask``), so the unmasked region ends exactly at the image latent. The
-paper's encoding ratio ``r`` is ``1 - keep`` here.
+paper's encoding ratio ``r`` is ``1 - keep`` here. Options: the mask may be grown by ``N`` latent
+pixels (:func:`dilate_mask`); inside the mask the regeneration may start, instead of from the
+inverted latent (which encodes the source's content, e.g. its colour, deterministically), from the
+image latent noised afresh to the start level (``q_sample``: inpainting the region with the target
+prompt), with DDIM ``eta > 0`` adding fresh noise at every step there too; and the inversion may use
+the empty prompt (as the paper) instead of the source prompt.
 """
 from __future__ import annotations
 
@@ -122,6 +127,16 @@ def diffedit_mask(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, t
     return (difference_map(sampler, x0, source_cond, cond, strength, noises, generator) >= threshold).to(x0.dtype)
 
 
+def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``mask`` ``(B, 1, H, W)`` grown by ``pixels`` latent pixels in every direction (a square
+    max filter): the edit region's border, where the colour bleeds, joins the region."""
+    if pixels < 0:
+        raise ValueError(f"--mask-dilate must be 0 or more, got {pixels}")
+    if pixels == 0:
+        return mask
+    return torch.nn.functional.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels)
+
+
 @dataclass
 class InvertedTrajectory:
     """``latents[i]``: the latent at level ``i`` of the inversion's DDIM grid (``latents[0]`` the
@@ -153,15 +168,22 @@ def ddim_invert(sampler: Any, x0: torch.Tensor, cond: Any, steps: int, count: Op
 def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, cond: Any,
                unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
                generator: Any = None, callback: Optional[Callable[[int], None]] = None,
-               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+               mask: Optional[torch.Tensor] = None, fill_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The edited latent: ``plan.regeneration_steps`` DDIM steps with ``cond`` (guided by
     ``scale`` against ``unconditional_conditioning``) from the inverted latent of ``plan``. With
     ``mask`` (1: edit), each step's latent is kept only inside it and is the inverted latent of the
-    same level outside (DiffEdit's blending); the trajectory must hold those levels."""
+    same level outside (DiffEdit's blending); the trajectory must hold those levels. With
+    ``fill_noise`` too, the start inside the mask is the image latent noised to the start level
+    with it (``q_sample``) rather than the inverted latent."""
     start = trajectory.latents[plan.inversion_count]
     if plan.regeneration_steps == 0:
         return start
     sampler.make_schedule(ddim_num_steps=plan.steps, ddim_eta=eta, verbose=False)
+    if mask is not None and fill_noise is not None:
+        x0 = trajectory.latents[0]
+        t = torch.full((x0.shape[0],), int(sampler.ddim_timesteps[plan.regeneration_steps - 1]), device=x0.device,
+                       dtype=torch.long)
+        start = mask * sampler.model.q_sample(x0, t, fill_noise) + (1 - mask) * start
     if mask is None:
         return sampler.decode(start, cond, plan.regeneration_steps, unconditional_guidance_scale=scale,
                               unconditional_conditioning=unconditional_conditioning, callback=callback,
@@ -182,11 +204,13 @@ def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, con
 def edit_latent(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, plan: EditPlan,
                 unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
                 generator: Any = None, mask: Optional[torch.Tensor] = None,
+                fill_noise: Optional[torch.Tensor] = None,
                 callback: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Invert ``x0`` with ``source_cond`` at scale 1 as far as ``plan`` needs, then regenerate
-    with ``cond`` at ``scale`` (blended outside ``mask`` when given): the whole edit on latents
-    (``callback`` after each of the ``plan.inversion_count + plan.regeneration_steps`` steps)."""
+    with ``cond`` at ``scale`` (blended outside ``mask`` when given, started inside it from
+    ``x0`` noised with ``fill_noise`` when given): the whole edit on latents (``callback`` after
+    each of the ``plan.inversion_count + plan.regeneration_steps`` steps)."""
     trajectory = ddim_invert(sampler, x0, source_cond, plan.inversion_steps, plan.inversion_count,
                              callback=callback)
     return regenerate(sampler, trajectory, plan, cond, unconditional_conditioning, scale, eta, generator,
-                      callback=callback, mask=mask)
+                      callback=callback, mask=mask, fill_noise=fill_noise)

@@ -12,6 +12,7 @@ from ldm.models.diffusion.inversion import (
     ddim_invert,
     diffedit_mask,
     difference_map,
+    dilate_mask,
     edit_latent,
     plan_edit,
     regenerate,
@@ -177,3 +178,41 @@ def test_masked_regeneration_keeps_the_inverted_source_latents_outside_the_mask_
     # an all-ones mask is the unmasked regeneration
     assert torch.allclose(regenerate(sampler, trajectory, plan, target, scale=3.0, mask=torch.ones_like(mask)),
                           unmasked)
+
+
+def test_dilation_grows_the_mask_by_whole_latent_pixels_and_refuses_negative_sizes():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, 3:5, 3:5] = 1
+    grown = dilate_mask(mask, 1)
+    expected = torch.zeros_like(mask)
+    expected[:, :, 2:6, 2:6] = 1
+    assert torch.equal(grown, expected) and torch.equal(dilate_mask(mask, 0), mask)
+    assert float(dilate_mask(mask, 2).sum()) == 36.0
+    with pytest.raises(ValueError, match=r"--mask-dilate must be 0 or more, got -1"):
+        dilate_mask(mask, -1)
+
+
+def test_fresh_noise_fill_changes_only_the_inside_of_the_mask_and_depends_on_the_noise(tiny_v_model):
+    sampler = DDIMSampler(tiny_v_model)
+    x0 = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(8))
+    source, target = two_conditionings(9)
+    mask = torch.zeros(2, 1, *SHAPE[1:])
+    mask[:, :, 1:5, 2:7] = 1
+    plan = plan_edit(0.5, 10, 10, 1000)
+    trajectory = ddim_invert(sampler, x0, source, plan.inversion_steps, plan.inversion_count)
+    noises = [torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(seed)) for seed in (10, 11)]
+    filled = [regenerate(sampler, trajectory, plan, target, scale=3.0, mask=mask, fill_noise=noise)
+              for noise in noises]
+    inverted = regenerate(sampler, trajectory, plan, target, scale=3.0, mask=mask)
+    outside = mask.expand_as(x0) == 0
+    for edited in filled:
+        assert torch.equal(edited[outside], x0[outside])
+        assert not torch.allclose(edited[~outside], inverted[~outside], atol=1e-3)
+    assert not torch.allclose(filled[0][~outside], filled[1][~outside], atol=1e-3)
+    # the start inside the mask is the image latent noised to the start level: with that noise as the
+    # inverted latent itself the fill is the inverted start
+    t = torch.full((2,), int(sampler.ddim_timesteps[plan.regeneration_steps - 1]), dtype=torch.long)
+    alpha = tiny_v_model.alphas_cumprod[t[0]]
+    as_noise = (trajectory.latents[plan.inversion_count] - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+    assert torch.allclose(regenerate(sampler, trajectory, plan, target, scale=3.0, mask=mask, fill_noise=as_noise),
+                          inverted, atol=1e-4)
