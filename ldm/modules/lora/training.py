@@ -29,6 +29,7 @@ UNET_GROUPS = {
     "attn": r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",   # the attention projections
     "proj": r"\.(proj_in|proj_out)$",                      # into and out of each spatial transformer
     "ff": r"\.ff\.net\.(0\.proj|2)$",                      # the transformer blocks' feed-forward
+    "conv": r"\.(in_layers\.2|out_layers\.3)$",             # the ResBlocks' 3x3 convolutions (conv1, conv2)
 }
 TEXT_GROUPS = {"text": r"self_attn\.(q_proj|k_proj|v_proj|out_proj)$"}
 TARGET_GROUPS = tuple(UNET_GROUPS) + tuple(TEXT_GROUPS)
