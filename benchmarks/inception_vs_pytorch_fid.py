@@ -14,7 +14,8 @@ throwaway environment outside the repository, e.g.::
 The project side writes the weights and images to a temporary folder and runs this same file in
 the other interpreter with ``--worker FOLDER`` (that mode imports only torch, numpy and pytorch-fid).
 pytorch-fid's strict ``load_state_dict`` also checks that every key and shape of our network
-matches torchvision's Inception-v3 with the FID blocks. Logged output: benchmarks/logs/.
+matches torchvision's Inception-v3 with the FID blocks. Negative control: our network with the plain
+Inception-v3 pooling, which must differ. Logged output: benchmarks/logs/.
 """
 import argparse
 import subprocess
@@ -84,34 +85,31 @@ def worker(folder: Path) -> None:
     reference.load_state_dict_from_url = lambda *args, **kwargs: state_dict
     wrapper = reference.InceptionV3([3]).eval()
     fc_weight = reference.fid_inception_v3().fc.weight.detach()
-    unpatched = _unpatched_torchvision_features(state_dict)
-    features, logits, control = [], [], []
+    features, logits = [], []
     with np.load(folder / "images.npz") as data, torch.no_grad():
         for key in sorted(data.files):
             images = torch.from_numpy(data[key]).permute(0, 3, 1, 2).float() / 255.0
             pooled = wrapper(images)[0].flatten(1)
             features.append(pooled.double().numpy())
             logits.append((pooled @ fc_weight.T).double().numpy())
-            control.append(unpatched(images).double().numpy())
-    np.savez(folder / "reference.npz", features=np.concatenate(features), logits=np.concatenate(logits),
-             control=np.concatenate(control))
+    np.savez(folder / "reference.npz", features=np.concatenate(features), logits=np.concatenate(logits))
 
 
-def _unpatched_torchvision_features(state_dict):
-    """Negative control: torchvision's own Inception-v3 blocks (zero padding counted in the
-    average pools, no max pool in Mixed_7c) with the same weights, which the FID network is not."""
-    import torch.nn.functional as F
-    import torchvision
+def plain_pooling_features(weights_path: Path, image_sets) -> np.ndarray:
+    """Negative control: our network with the plain Inception-v3 pooling instead of the TF graph's
+    (zero padding counted in the average pools, an average pool in Mixed_7c), as torchvision's
+    unpatched blocks compute; the FID network is not this, so it must differ from pytorch-fid."""
+    import ldm.evaluation.inception as inception
 
-    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    net.load_state_dict(state_dict)
-    net.eval()
-    trunk = torch.nn.Sequential(*[m for name, m in net.named_children() if name not in ("dropout", "fc")])
-
-    def features(images):
-        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        return trunk(2 * x - 1).flatten(1)
-    return features
+    tf_pool = inception._tf_average_pool
+    inception._tf_average_pool = lambda x: torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    try:
+        model = inception.load_fid_inception(str(weights_path))
+        model.Mixed_7c.max_pool = False
+        return np.concatenate([inception.inception_outputs(model, [images], len(images), desc="plain")[0]
+                               for images in image_sets])
+    finally:
+        inception._tf_average_pool = tf_pool
 
 
 def compare(reference_python: str) -> None:
@@ -127,10 +125,11 @@ def compare(reference_python: str) -> None:
         np.savez(folder / "images.npz", **{f"set{i}": images for i, images in enumerate(image_sets)})
         subprocess.run([reference_python, str(Path(__file__).resolve()), "--worker", str(folder)], check=True)
         with np.load(folder / "reference.npz") as data:
-            ref_features, ref_logits, control = data["features"], data["logits"], data["control"]
+            ref_features, ref_logits = data["features"], data["logits"]
         features, logits = ours(folder / "weights.pth", image_sets)
-    versions = subprocess.run([reference_python, "-c", "import torch, torchvision, pytorch_fid; print("
-                               "torch.__version__, torchvision.__version__, pytorch_fid.__version__)"],
+        control = plain_pooling_features(folder / "weights.pth", image_sets)
+    versions = subprocess.run([reference_python, "-c", "from importlib.metadata import version; print(*(version(p) "
+                               "for p in ('torch', 'torchvision', 'pytorch-fid')))"],
                               capture_output=True, text=True, check=True).stdout.split()
     print(f"ours: torch {torch.__version__}, python {platform.python_version()}; reference: torch {versions[0]}, "
           f"torchvision {versions[1]}, pytorch-fid {versions[2]}")
@@ -139,7 +138,8 @@ def compare(reference_python: str) -> None:
         diff = np.abs(a - b).max()
         print(f"{name}: max |ours - pytorch-fid| = {diff:.3e}, max |value| = {np.abs(b).max():.3e}, "
               f"relative {diff / np.abs(b).max():.3e}")
-    print(f"negative control, torchvision's unpatched blocks vs pytorch-fid: max |difference| of pool features = "
+    print(f"negative control, plain Inception-v3 pooling (ours, as torchvision's unpatched blocks) vs pytorch-fid: "
+          f"max |difference| of pool features = "
           f"{np.abs(control - ref_features).max():.3e}")
 
 
