@@ -122,7 +122,7 @@ def test_lora_config_is_checked(tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         build(rank=4, dropout=0.1)
     with pytest.raises(ValueError, match="targets must be"):
-        build(targets=["attn", "conv"])
+        build(targets=["attn", "mlp"])
     with pytest.raises(ValueError, match="cond_stage_trainable"):
         build(targets=["text"])
     model = build(rank=2, targets=["attn", "proj"])
