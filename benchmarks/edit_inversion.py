@@ -12,11 +12,16 @@ through ``ldm.load("edit")`` as ``scripts/edit.py`` runs it. Scored per case:
 
 Printed: the rate of each, of both together, the mean IoU, and the cases that failed.
 
+``--txt2img`` measures the ceiling instead: each case's target prompt made by plain text-to-image
+(``ldm.load("txt2img")``, DDIM at the same seed, ``--steps`` and ``--scale``), scored by the colour
+and the shape the detector reads (the IoU means nothing there: the object is placed anew). An edit
+cannot be expected to recolour a case whose target the model cannot draw.
+
     python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
                                        [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
                                        [--mask-noises 10] [--mask-dilate 0] [--mask-fill inverted]
                                        [--inversion-prompt source] [--eta 0] [--cases 48 | --only 8,13,...]
-                                       [--device cpu]
+                                       [--device cpu] [--txt2img]
 """
 from __future__ import annotations
 
@@ -100,11 +105,38 @@ def report(rows, options: dict, seconds: float) -> None:
             print(f"  failed: {source} {shape} -> {target}: IoU {overlap:.2f}, colour read {colour}")
 
 
+def score_targets(pipe, indices: List[int], steps: int, scale: float) -> List[Tuple[str, str, object, object]]:
+    """``(target, shape, colour read, shape read)`` of the target prompts of the cases at ``indices``
+    made from noise by plain text-to-image (DDIM, the case's seed)."""
+    rows, cases = [], edit_cases(max(indices) + 1)
+    for seed in indices:
+        _, target, shape = cases[seed]
+        image, = pipe(noun_phrase(target, shape), seed=seed, steps=steps, scale=scale, sampler="ddim", n=1)
+        found = detect_objects(np.asarray(image))
+        rows.append((target, shape, found[0].colour if found else None, found[0].shape if found else None))
+    return rows
+
+
+def report_targets(rows, steps: int, scale: float, seconds: float) -> None:
+    colour_ok = np.array([row[2] == row[0] for row in rows])
+    shape_ok = np.array([row[3] == row[1] for row in rows])
+    print(f"txt2img of the target prompts (the ceiling), DDIM {steps} steps, scale {scale}: {len(rows)} cases in "
+          f"{seconds:.0f} s")
+    print(f"  target colour read: {colour_ok.mean():.1%}   shape read: {shape_ok.mean():.1%}")
+    for (target, shape, colour, found_shape), ok in zip(rows, colour_ok & shape_ok):
+        if not ok:
+            print(f"  failed: {target} {shape}: read {colour} {found_shape}")
+
+
 def run(args: argparse.Namespace) -> None:
+    indices = [int(index) for index in args.only.split(",")] if args.only else list(range(args.cases))
+    start = time.perf_counter()
+    if args.txt2img:
+        rows = score_targets(ldm.load("txt2img", device=args.device), indices, args.steps, args.scale)
+        report_targets(rows, args.steps, args.scale, time.perf_counter() - start)
+        return
     pipe = ldm.load("edit", device=args.device)
     options = edit_options(args)
-    start = time.perf_counter()
-    indices = [int(index) for index in args.only.split(",")] if args.only else list(range(args.cases))
     rows = score_cases(pipe, indices, options)
     report(rows, options, time.perf_counter() - start)
 
@@ -119,6 +151,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated case indices (0-47) instead of --cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the regeneration")
+    parser.add_argument("--txt2img", action="store_true",
+                        help="measure the ceiling: plain txt2img of the target prompts (same seed, steps, scale)")
     for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises", "mask-dilate", "mask-fill",
                  "inversion-prompt"):
         parser.add_argument(f"--{flag}", type=str if flag in ("mask-mode", "mask-fill", "inversion-prompt") else float,

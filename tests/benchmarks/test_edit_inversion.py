@@ -1,0 +1,47 @@
+"""benchmarks/edit_inversion.py's ceiling measure (``--txt2img``) on ground-truth renders: a model
+that draws exactly what the prompt says reads 100%, one that keeps the source colour reads 0%."""
+import numpy as np
+from PIL import Image
+
+from benchmarks.edit_inversion import edit_cases, report_targets, score_targets
+from ldm.data.shapes import COLOURS, SHAPES, render_scene, scene_for
+
+
+class RenderingPipe:
+    """Stands in for ``ldm.load("txt2img")``: renders the scene the prompt names (colour shifted by
+    ``colour_shift`` palette places), seeded as asked, and records the keywords it was called with."""
+
+    def __init__(self, colour_shift: int = 0):
+        self.colour_shift = colour_shift
+        self.calls = []
+
+    def __call__(self, prompt, **keywords):
+        self.calls.append((prompt, keywords))
+        colour, shape = prompt.split()[-2:]
+        names = list(COLOURS)
+        colour = names[(names.index(colour) + self.colour_shift) % len(names)]
+        render = render_scene(scene_for([(colour, shape)], seed=keywords["seed"]))
+        return [Image.fromarray((render.image * 255).round().astype(np.uint8))]
+
+
+def test_cases_swap_each_colour_for_two_others_and_keep_the_shape():
+    cases = edit_cases(48)
+    assert len(set(cases)) == 48 == len(COLOURS) * len(SHAPES) * 2
+    assert all(source != target and shape in SHAPES for source, target, shape in cases)
+
+
+def test_ceiling_reads_the_drawn_target_and_reports_the_failures(capsys):
+    indices = [0, 13, 30]
+    faithful = RenderingPipe()
+    rows = score_targets(faithful, indices, steps=7, scale=3.0)
+    targets = [edit_cases(48)[i] for i in indices]
+    assert [(row[0], row[1]) for row in rows] == [(target, shape) for _, target, shape in targets]
+    assert all(row[2] == row[0] and row[3] == row[1] for row in rows)
+    assert [call[1] for call in faithful.calls] == [dict(seed=i, steps=7, scale=3.0, sampler="ddim", n=1)
+                                                    for i in indices]
+    report_targets(rows, 7, 3.0, 1.0)
+    assert "target colour read: 100.0%   shape read: 100.0%" in capsys.readouterr().out
+
+    report_targets(score_targets(RenderingPipe(colour_shift=-1), indices, steps=7, scale=3.0), 7, 3.0, 1.0)
+    printed = capsys.readouterr().out
+    assert "target colour read: 0.0%" in printed and printed.count("failed:") == 3
