@@ -132,7 +132,7 @@ class DDPM(DiffusionImageLogging, LazyLightningModule):
                  l_simple_weight=1., conditioning_key=None, parameterization="eps",
                  scheduler_config=None, use_positional_encodings=False, learn_logvar=False,
                  logvar_init=0., make_it_fit=False, ucg_training=None, reset_ema=False,
-                 reset_num_ema_updates=False, lora_config=None):
+                 reset_num_ema_updates=False, lora_config=None, noise_offset=0.):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of eps, x0, v; got '{parameterization}'")
@@ -159,6 +159,9 @@ class DDPM(DiffusionImageLogging, LazyLightningModule):
         self.v_posterior = v_posterior
         self.original_elbo_weight = original_elbo_weight
         self.l_simple_weight = l_simple_weight
+        if noise_offset < 0:
+            raise ValueError(f"noise_offset must be >= 0, got {noise_offset}")
+        self.noise_offset = noise_offset
         if monitor is not None:
             self.monitor = monitor
         self.make_it_fit = make_it_fit
@@ -378,10 +381,22 @@ class DDPM(DiffusionImageLogging, LazyLightningModule):
             return F.mse_loss(target, pred) if mean else F.mse_loss(target, pred, reduction="none")
         raise NotImplementedError(f"unknown loss type '{self.loss_type}'")
 
+    def training_noise(self, x_start: torch.Tensor) -> torch.Tensor:
+        """The noise a training step adds: standard normal, plus with ``noise_offset`` > 0 that much of
+        one normal draw per sample and channel, constant over the image ("offset noise", Guttenberg 2023;
+        kohya-ss ``--noise_offset``), which lets fine-tuning move an image's mean brightness. With the
+        default 0 no extra number is drawn, so training is exactly what it is without the option."""
+        noise = torch.randn_like(x_start)
+        if self.noise_offset:
+            b, c = x_start.shape[:2]
+            offset = torch.randn(b, c, *([1] * (x_start.dim() - 2)), device=x_start.device, dtype=x_start.dtype)
+            noise = noise + self.noise_offset * offset
+        return noise
+
     def p_losses(self, x_start: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None):
         """Simple loss (Ho et al. 2020, eq. 14) weighted by ``l_simple_weight``, plus
         ``original_elbo_weight`` times the variational-bound-weighted loss."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_out = self.model(x_noisy, t)
         target = self._training_target(x_start, noise, t)

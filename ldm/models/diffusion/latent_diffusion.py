@@ -267,7 +267,7 @@ class LatentDiffusion(LatentAncestralSampling, LatentImageLogging, PatchwiseProc
         """Simple loss per sample, weighted by a per-timestep log-variance (learned when
         ``learn_logvar``; Kendall & Gal 2017 style: l / exp(logvar_t) + logvar_t), plus
         ``original_elbo_weight`` times the variational-bound-weighted loss."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: self.training_noise(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)
         target = self._training_target(x_start, noise, t)

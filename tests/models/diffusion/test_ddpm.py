@@ -236,6 +236,44 @@ def test_p_losses_regresses_the_target_of_each_parameterization(parameterization
     torch.testing.assert_close(model.model.diffusion_model.calls[0]["x"], x_t)
 
 
+def _noised_input(model: DDPM, x0: torch.Tensor, t: torch.Tensor, seed: int) -> torch.Tensor:
+    """What the network sees in a training step (``p_losses`` drawing its own noise) under ``seed``."""
+    model.model.diffusion_model.calls.clear()
+    torch.manual_seed(seed)
+    model.p_losses(x0, t)
+    return model.model.diffusion_model.calls[0]["x"]
+
+
+def test_without_noise_offset_training_noise_is_one_randn_draw_and_leaves_the_rng_as_before():
+    model, x0, t = probed_ddpm(), torch.randn(3, 4, 8, 8), torch.tensor([3, 400, 999])
+    seen = _noised_input(model, x0, t, seed=7)
+    after = torch.randn(1)
+    torch.manual_seed(7)
+    noise = torch.randn_like(x0)
+    torch.testing.assert_close(seen, model.q_sample(x0, t, noise), rtol=0, atol=0)
+    torch.testing.assert_close(after, torch.randn(1), rtol=0, atol=0)
+
+
+def test_noise_offset_adds_one_constant_normal_per_sample_and_channel():
+    model, x0, t = probed_ddpm(noise_offset=0.1), torch.randn(3, 4, 8, 8), torch.tensor([3, 400, 999])
+    seen = _noised_input(model, x0, t, seed=7)
+    torch.manual_seed(7)
+    noise = torch.randn_like(x0)
+    offset = torch.randn(3, 4, 1, 1)
+    torch.testing.assert_close(seen, model.q_sample(x0, t, noise + 0.1 * offset))
+    torch.manual_seed(7)
+    with_offset = model.training_noise(x0)
+    torch.manual_seed(7)
+    drawn = with_offset - torch.randn_like(x0)
+    assert drawn.std() > 0.01
+    torch.testing.assert_close(drawn, drawn[:, :, :1, :1].expand_as(drawn))
+
+
+def test_negative_noise_offset_is_refused():
+    with pytest.raises(ValueError, match="noise_offset"):
+        probed_ddpm(noise_offset=-0.1)
+
+
 def test_l1_loss_type_uses_absolute_error():
     model = probed_ddpm(loss_type="l1")
     pred, target = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)

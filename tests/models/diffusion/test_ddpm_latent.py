@@ -244,6 +244,19 @@ def test_p_losses_weights_by_logvar_and_adds_the_elbo_term(learn_logvar):
     assert ("train/loss_gamma" in logs) == learn_logvar and ("logvar" in logs) == learn_logvar
 
 
+def test_latent_p_losses_draws_the_offset_noise_of_noise_offset():
+    model = tiny_ld(noise_offset=0.5)
+    x0, c, t = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 32), torch.tensor([10, 900])
+    torch.manual_seed(3)
+    loss, _ = model.p_losses(x0, c, t)
+    torch.manual_seed(3)
+    noise = torch.randn_like(x0) + 0.5 * torch.randn(2, 4, 1, 1)
+    torch.testing.assert_close(loss, model.p_losses(x0, c, t, noise=noise)[0])
+    torch.manual_seed(3)
+    without_offset = model.p_losses(x0, c, t, noise=torch.randn_like(x0))[0]
+    assert not torch.allclose(loss, without_offset)
+
+
 def test_v_models_can_sample_ancestrally():
     model = tiny_ld(parameterization="v")
     model.model.diffusion_model = RecordingUNet()
