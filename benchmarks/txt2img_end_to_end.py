@@ -334,10 +334,11 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
     print(f"median of {args.repeats} per side, seconds per image: ours wall {ours_wall:.2f} cpu {ours_cpu:.2f}; "
           f"diffusers wall {theirs_wall:.2f} cpu {theirs_cpu:.2f}; ratio ours/diffusers wall "
           f"{ours_wall / theirs_wall:.3f} cpu {ours_cpu / theirs_cpu:.3f}")
-    ours_loop_s, theirs_loop_s = run["loop_times"]["ours"][0], run["loop_times"]["diffusers"][0]
+    (ours_loop_s, ours_loop_cpu), (theirs_loop_s, theirs_loop_cpu) = (run["loop_times"][side] for side in SIDES)
     print(f"denoising loop alone (median of {args.repeats}): ours {args.steps / ours_loop_s:.2f} it/s "
           f"({ours_loop_s:.3f} s), diffusers {args.steps / theirs_loop_s:.2f} it/s ({theirs_loop_s:.3f} s); "
-          f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}")
+          f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}; CPU s ours "
+          f"{ours_loop_cpu:.2f}, diffusers {theirs_loop_cpu:.2f}, ratio {ours_loop_cpu / theirs_loop_cpu:.3f}")
     print_memory(memory)
 
 
