@@ -18,8 +18,13 @@ tokenizer configs of SD 1.5, made here from the same sources, no download):
     python benchmarks/load_checkpoint.py --make /tmp/sd15-random     # once: about 11 GB of files
     OMP_NUM_THREADS=1 python benchmarks/load_checkpoint.py --dir /tmp/sd15-random [--runs 3]
 
-Both sides load into float32 on the CPU (their defaults). The files are read once before the
-runs, so both find them in the page cache. Needs diffusers (``pip install -e ".[bench]"``).
+Each side loads as by default on the CPU: diffusers in float32; ours at ``precision="autocast"``,
+which on a CPU with native bfloat16 is bf16 autocast with the UNet's and text encoder's linear and
+convolution weights stored in bf16 (cast once from the file), else float32 (``LDM_CPU_BF16=0``
+forces float32). The precision ours used is printed; "weights" is the loaded model's tensors in
+memory, "fp32 weights" the same tensors counted at 4 bytes per float, the figure the float32 rows
+and diffusers have. The files are read once before the runs, so both find them in the page cache.
+Needs diffusers (``pip install -e ".[bench]"``).
 """
 from __future__ import annotations
 
@@ -147,13 +152,27 @@ def _weights_bytes(*modules) -> int:
     return sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
 
 
+def _fp32_weights_bytes(*modules) -> int:
+    """The same tensors with every float counted at 4 bytes (float32)."""
+    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size())
+               for m in modules for t in m.state_dict().values())
+
+
+def _dtype_name(dtype) -> str:
+    return "float32" if dtype is None else str(dtype).replace("torch.", "")
+
+
 def run_ours(ckpt: str) -> Dict[str, float]:
     import ldm
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     pipe = ldm.load("txt2img", ckpt=ckpt, config=str(SD1_CONFIG), device="cpu")
     times = _until_first_step(UNetModel, lambda: pipe(PROMPT, steps=1, n=1, H=SIDE, W=SIDE))
-    return {**times, "weights": _weights_bytes(pipe.model)}
+    precision = _dtype_name(pipe.dtype) + (" autocast" if pipe.dtype is not None else "")
+    if pipe.weights_dtype is not None:
+        precision += f", {_dtype_name(pipe.weights_dtype)} weights"
+    return {**times, "weights": _weights_bytes(pipe.model), "fp32_weights": _fp32_weights_bytes(pipe.model),
+            "precision": precision}
 
 
 def run_diffusers(ckpt: str) -> Dict[str, float]:
@@ -164,7 +183,9 @@ def run_diffusers(ckpt: str) -> Dict[str, float]:
                                                     safety_checker=None, requires_safety_checker=False)
     times = _until_first_step(UNet2DConditionModel, lambda: pipe(PROMPT, num_inference_steps=1,
                                                                  num_images_per_prompt=1, height=SIDE, width=SIDE))
-    return {**times, "weights": _weights_bytes(pipe.unet, pipe.vae, pipe.text_encoder)}
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder)
+    return {**times, "weights": _weights_bytes(*parts), "fp32_weights": _fp32_weights_bytes(*parts),
+            "precision": _dtype_name(pipe.unet.dtype)}
 
 
 def measure(side: str, ckpt: str) -> Dict[str, float]:
@@ -174,7 +195,8 @@ def measure(side: str, ckpt: str) -> Dict[str, float]:
     if done.returncode != 0:
         raise SystemExit(f"{side} on {ckpt} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"seconds": result["at"] - start, "peak": result["peak"], "weights": result["weights"]}
+    return {"seconds": result["at"] - start, "peak": result["peak"], "weights": result["weights"],
+            "fp32_weights": result["fp32_weights"], "precision": result["precision"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +211,7 @@ def read_into_page_cache(path: Path) -> None:
 def compare(folder: Path, runs: int) -> None:
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {runs} run(s) per side, medians")
     print(f"{'file':32s} {'side':9s} {'first step s':>12s} {'peak RSS GiB':>12s} {'weights GiB':>11s} "
-          f"{'peak/weights':>12s}")
+          f"{'peak/weights':>12s} {'fp32 weights GiB':>16s} {'peak/fp32 weights':>17s}  precision")
     for name in FILES:
         path = folder / name
         read_into_page_cache(path)
@@ -197,11 +219,12 @@ def compare(folder: Path, runs: int) -> None:
         for _ in range(runs):
             for side in results:  # alternated, so a slower moment of the machine hits both
                 results[side].append(measure(side, str(path)))
-        medians = {side: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        medians = {side: {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "precision"}
                    for side, rows in results.items()}
         for side, m in medians.items():
             print(f"{name:32s} {side:9s} {m['seconds']:12.2f} {m['peak'] / GIB:12.2f} {m['weights'] / GIB:11.2f} "
-                  f"{m['peak'] / m['weights']:12.2f}")
+                  f"{m['peak'] / m['weights']:12.2f} {m['fp32_weights'] / GIB:16.2f} "
+                  f"{m['peak'] / m['fp32_weights']:17.2f}  {results[side][0]['precision']}")
         ours, theirs = medians["ours"], medians["diffusers"]
         print(f"{name:32s} {'ratio':9s} {ours['seconds'] / theirs['seconds']:12.2f} "
               f"{ours['peak'] / theirs['peak']:12.2f}   (ours / diffusers)")

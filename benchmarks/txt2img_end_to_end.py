@@ -14,9 +14,15 @@ embeddings given, no decoding). Peak memory is measured first, each side in its 
     python benchmarks/txt2img_end_to_end.py                    # SD 1.x, 512 px, 20 DDIM steps
     python benchmarks/txt2img_end_to_end.py --small            # 256 px, 5 steps: a quick run
     python benchmarks/txt2img_end_to_end.py --device cuda      # fp16 weights on both sides
+    python benchmarks/txt2img_end_to_end.py --precision full   # ours in float32 too: the same dtype
 
-SD 1.x configs only (diffusers' converter for the CLIP text encoder); fp32 on CPU, fp16 on CUDA
-unless ``--dtype`` says otherwise (the weights themselves in that dtype, on both sides). Needs
+Each side runs at its default precision. Diffusers: its weights in ``--dtype`` (fp32 on CPU, fp16
+on CUDA by default). Ours: ``--precision autocast``, the scripts' default, which on a CPU with
+native bfloat16 is bf16 autocast with the UNet's and text encoder's linear and convolution weights
+stored in bf16 and the VAE decoding in float32, as ``ldm.load`` and the scripts run; elsewhere (and
+with ``--precision full``) ours runs in ``--dtype`` like diffusers. The precision of each side is
+printed; when they differ, the latent and image differences measure bf16 against float32 (reported,
+not an error). SD 1.x configs only (diffusers' converter for the CLIP text encoder). Needs
 ``pip install -e ".[bench]"``.
 """
 from __future__ import annotations
@@ -29,23 +35,36 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CONFIGS, DTYPES, alternate, current_rss_bytes,  # noqa: E402
-                               diffusers_text_encoder, diffusers_unet, diffusers_vae, median_times,
-                               peak_rss_bytes, perturb_zero_parameters, reset_peak_rss, resolve_dtype)
+from benchmarks.common import (  # noqa: E402
+    CONFIGS,
+    DTYPES,
+    alternate,
+    current_rss_bytes,
+    diffusers_text_encoder,
+    diffusers_unet,
+    diffusers_vae,
+    median_times,
+    peak_rss_bytes,
+    perturb_zero_parameters,
+    reset_peak_rss,
+    resolve_dtype,
+)
 from ldm.inference.pipeline import decode_latents, encode_prompts  # noqa: E402
+from ldm.inference.precision import autocast_dtype, autocast_weight_retyper, precision_scope  # noqa: E402
 from ldm.models.diffusion.samplers import get_sampler  # noqa: E402
 from ldm.util import load_model_from_config, pick_device  # noqa: E402
 
 SIDES = ("ours", "diffusers")
 SAMPLERS = ("ddim", "dpm")
 Result = Tuple[torch.Tensor, torch.Tensor]  # (final latent, image in [0, 1])
+Retyper = Optional[Callable[[torch.nn.Module], None]]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory-only", action="store_true", help="only the memory subprocesses")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: best available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="dtype of the weights and latents (default: fp16 on CUDA, else fp32)")
+                        help="dtype of the weights and latents (default: fp16 on CUDA, else fp32); ours under "
+                             "bf16 autocast on a CPU keeps float32 outside its bf16 layers")
+    parser.add_argument("--precision", choices=("autocast", "full"), default="autocast",
+                        help="ours: autocast (the scripts' default: bf16 autocast on a CPU with native bf16) or "
+                             "full (--dtype, like diffusers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -79,17 +102,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 # The two sides
 # ---------------------------------------------------------------------------------------------
-def load_ours(args: argparse.Namespace, device: torch.device) -> Tuple[torch.nn.Module, DictConfig]:
-    """Our LatentDiffusion as every script loads it, in ``--dtype``; random weights get their zero
-    layers filled."""
+def ours_precision(args: argparse.Namespace, device: torch.device) -> Tuple[Optional[torch.dtype], Retyper]:
+    """Our autocast dtype (None: none) and the function that stores the autocast weights in it
+    (None: they stay in ``--dtype``), as ``ldm.load`` chooses them for ``--precision``."""
+    dtype = autocast_dtype(device, args.precision, bf16=False)
+    return dtype, autocast_weight_retyper(device, dtype)
+
+
+def precision_name(autocast: Optional[torch.dtype], weights: torch.dtype, retyped: bool = False) -> str:
+    name = str(weights).replace("torch.", "")
+    if autocast is None:
+        return name
+    stored = f", {str(autocast).replace('torch.', '')} UNet/text-encoder weights" if retyped else ""
+    return f"{str(autocast).replace('torch.', '')} autocast over {name}{stored}"
+
+
+def load_ours(args: argparse.Namespace, device: torch.device,
+              retype: Retyper = None) -> Tuple[torch.nn.Module, DictConfig]:
+    """Our LatentDiffusion as every script loads it: in ``--dtype``, or with ``retype`` (ours under
+    bf16 autocast on a CPU) float32 with the autocast weights stored in bf16, cast once from the
+    checkpoint; random weights get their zero layers filled before that."""
     config = OmegaConf.load(args.config)
     if not config.model.params.cond_stage_config.target.endswith("FrozenCLIPEmbedder"):
         raise SystemExit(f"{args.config}: only SD 1.x configs (FrozenCLIPEmbedder) are supported")
     torch.manual_seed(args.seed)
-    model = load_model_from_config(config, args.ckpt, device=device, verbose=False)
+    model = load_model_from_config(config, args.ckpt, device=device, verbose=False,
+                                   retype=retype if args.ckpt else None)
     if args.ckpt is None:
         perturb_zero_parameters(model.model)
-    return model.to(resolve_dtype(args.dtype, device)), config
+        if retype is not None:
+            retype(model)
+    return (model if retype is not None else model.to(resolve_dtype(args.dtype, device))), config
 
 
 def diffusers_scheduler(config: DictConfig, sampler: str):
@@ -130,23 +173,32 @@ def _sample_ours(sampler, args: argparse.Namespace, x_T: torch.Tensor, c, uc) ->
     return samples
 
 
-def ours_generator(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], Result]:
+def ours_generator(model: torch.nn.Module, args: argparse.Namespace,
+                   autocast: Optional[torch.dtype]) -> Callable[[torch.Tensor], Result]:
+    """Ours as ``Pipeline.generate`` runs: under ``autocast`` (None: none), the VAE in float32."""
     sampler = get_sampler(args.sampler, model)
 
     def generate(x_T: torch.Tensor) -> Result:
-        c, uc = encode_prompts(model, [args.prompt], "", args.scale)
-        samples = _sample_ours(sampler, args, x_T, c, uc)
-        # the sampler keeps its arithmetic in float32 (the schedule's dtype); the decoder takes the model's
-        return samples, decode_latents(model, samples.to(x_T.dtype))
+        with torch.no_grad(), precision_scope(x_T.device, autocast):
+            c, uc = encode_prompts(model, [args.prompt], "", args.scale)
+            samples = _sample_ours(sampler, args, x_T, c, uc)
+            # the sampler keeps its arithmetic in float32 (the schedule's dtype); the decoder takes the model's
+            return samples, decode_latents(model, samples.to(x_T.dtype))
     return generate
 
 
-def ours_loop(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[torch.Tensor], object]:
+def ours_loop(model: torch.nn.Module, args: argparse.Namespace,
+              autocast: Optional[torch.dtype]) -> Callable[[torch.Tensor], object]:
     """Our denoising loop alone: prompts encoded beforehand, no decoding."""
     sampler = get_sampler(args.sampler, model)
-    with torch.inference_mode():
+    device = next(model.parameters()).device
+    with torch.no_grad(), precision_scope(device, autocast):
         c, uc = encode_prompts(model, [args.prompt], "", args.scale)
-    return lambda x_T: _sample_ours(sampler, args, x_T, c, uc)
+
+    def loop(x_T: torch.Tensor) -> object:
+        with torch.no_grad(), precision_scope(device, autocast):
+            return _sample_ours(sampler, args, x_T, c, uc)
+    return loop
 
 
 def _pipe_settings(args: argparse.Namespace, x_T: torch.Tensor) -> dict:
@@ -185,9 +237,10 @@ def initial_latent(args: argparse.Namespace, device: torch.device) -> torch.Tens
 
 def build_side(side: str, args: argparse.Namespace, device: torch.device) -> Callable[[torch.Tensor], Result]:
     """One side alone (the other side's objects dropped), for the memory subprocesses."""
-    model, config = load_ours(args, device)
     if side == "ours":
-        return ours_generator(model, args)
+        autocast, retype = ours_precision(args, device)
+        return ours_generator(load_ours(args, device, retype)[0], args, autocast)
+    model, config = load_ours(args, device)
     pipe = diffusers_pipeline(model, config, args.sampler, args.size)
     del model
     gc.collect()
@@ -233,9 +286,12 @@ def measure_memory(args: argparse.Namespace, argv) -> Dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 def compare_and_time(args: argparse.Namespace, device: torch.device) -> dict:
     model, config = load_ours(args, device)
-    pipe = diffusers_pipeline(model, config, args.sampler, args.size)
-    generators = {"ours": ours_generator(model, args), "diffusers": diffusers_generator(pipe, args)}
-    loops = {"ours": ours_loop(model, args), "diffusers": diffusers_loop(pipe, args)}
+    pipe = diffusers_pipeline(model, config, args.sampler, args.size)  # holds the --dtype tensors
+    autocast, retype = ours_precision(args, device)
+    if retype is not None:
+        retype(model)  # ours: bf16 copies of its autocast weights; diffusers keeps the float32 tensors
+    generators = {"ours": ours_generator(model, args, autocast), "diffusers": diffusers_generator(pipe, args)}
+    loops = {"ours": ours_loop(model, args, autocast), "diffusers": diffusers_loop(pipe, args)}
     x_T = initial_latent(args, device)
     with torch.inference_mode():
         (z_ours, image_ours), (z_theirs, image_theirs) = (generators[side](x_T) for side in SIDES)
@@ -244,7 +300,10 @@ def compare_and_time(args: argparse.Namespace, device: torch.device) -> dict:
             loop(x_T)  # warm-up
         loop_times = alternate({side: (lambda fn=fn: fn(x_T)) for side, fn in loops.items()}, args.repeats, device)
     z_ours, z_theirs, image_ours, image_theirs = (t.float() for t in (z_ours, z_theirs, image_ours, image_theirs))
+    ours_weights = resolve_dtype(args.dtype, device) if retype is None else torch.float32
     return {
+        "precision": {"ours": precision_name(autocast, ours_weights, retype is not None),
+                      "diffusers": precision_name(None, pipe.unet.dtype)},
         "latent_max_diff": (z_ours - z_theirs).abs().max().item(),
         "latent_max_abs": z_theirs.abs().max().item(),
         "image_max_diff": (image_ours - image_theirs).abs().max().item(),
@@ -264,6 +323,10 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
           f"{'weights ' + args.ckpt if args.ckpt else 'random weights'}, {resolve_dtype(args.dtype, device)} "
           f"on {device}{gpu}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"diffusers {diffusers.__version__}")
+    ours_precision_name, theirs_precision_name = run["precision"]["ours"], run["precision"]["diffusers"]
+    print(f"precision: ours {ours_precision_name}; diffusers {theirs_precision_name}")
+    if ours_precision_name != theirs_precision_name:
+        print("(the precisions differ: the differences below are those of the precisions, not a check that fails)")
     print(f"agreement: final latent max |diff| {run['latent_max_diff']:.3g} (max |latent| "
           f"{run['latent_max_abs']:.3g}); image max |diff| {run['image_max_diff']:.3g}, mean "
           f"{run['image_mean_diff']:.3g} ({100 * run['image_unsaturated']:.0f}% of pixels not saturated)")
@@ -271,10 +334,11 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
     print(f"median of {args.repeats} per side, seconds per image: ours wall {ours_wall:.2f} cpu {ours_cpu:.2f}; "
           f"diffusers wall {theirs_wall:.2f} cpu {theirs_cpu:.2f}; ratio ours/diffusers wall "
           f"{ours_wall / theirs_wall:.3f} cpu {ours_cpu / theirs_cpu:.3f}")
-    ours_loop_s, theirs_loop_s = run["loop_times"]["ours"][0], run["loop_times"]["diffusers"][0]
+    (ours_loop_s, ours_loop_cpu), (theirs_loop_s, theirs_loop_cpu) = (run["loop_times"][side] for side in SIDES)
     print(f"denoising loop alone (median of {args.repeats}): ours {args.steps / ours_loop_s:.2f} it/s "
           f"({ours_loop_s:.3f} s), diffusers {args.steps / theirs_loop_s:.2f} it/s ({theirs_loop_s:.3f} s); "
-          f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}")
+          f"ratio ours/diffusers in steps per second {theirs_loop_s / ours_loop_s:.3f}; CPU s ours "
+          f"{ours_loop_cpu:.2f}, diffusers {theirs_loop_cpu:.2f}, ratio {ours_loop_cpu / theirs_loop_cpu:.3f}")
     print_memory(memory)
 
 

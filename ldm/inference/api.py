@@ -67,7 +67,12 @@ from ldm.inference.pipeline import (
     resolve_seed,
     steps_reported_to,
 )
-from ldm.inference.precision import autocast_dtype, precision_scope
+from ldm.inference.precision import (
+    autocast_dtype,
+    autocast_weight_retyper,
+    check_weights_fit_precision,
+    precision_scope,
+)
 from ldm.inference.sampler_choice import (
     build_sampler,
     check_sampler_options,
@@ -165,7 +170,15 @@ class Pipeline:
     generation parameters in ``image.info["parameters"]``; :meth:`generate` yields the raw batches
     (the scripts write them as they come). ``settings`` holds the load options (config, ckpt,
     device, precision, ...); ``dtype`` is the autocast dtype (None: float32); ``loras`` and
-    ``embeddings`` the handles of the LoRA files and embeddings put on the model."""
+    ``embeddings`` the handles of the LoRA files and embeddings put on the model.
+
+    ``weights_dtype``: under bf16 autocast on a CPU (the default ``precision="autocast"`` on a CPU
+    with native bf16) the UNet's and text encoder's linear and convolution weights are stored in
+    bf16, cast once from the file as it loads (the same outputs as autocast over float32 weights,
+    without the float32 copy). Such a pipeline runs only at that precision: precision is a load
+    setting (a call cannot change it), and one whose ``dtype`` was changed afterwards refuses to
+    sample with a :class:`~ldm.inference.errors.UsageError`; ``ldm.load(..., precision="full")``
+    loads the float32 weights from the file again."""
     task: str
     model: torch.nn.Module
     spec: ModelSpec
@@ -174,6 +187,7 @@ class Pipeline:
     dtype: Optional[torch.dtype]
     loras: List[LoraHandle] = field(default_factory=list)
     embeddings: List[EmbeddingHandle] = field(default_factory=list)
+    weights_dtype: Optional[torch.dtype] = None
     _model_hash: Optional[str] = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -191,10 +205,12 @@ class Pipeline:
         device = choose_device(settings.device)
         dtype = autocast_dtype(device, settings.precision, settings.bf16)
         config = inference_config(config, fp16_unet=dtype is not None and device.type != "cpu", ema=settings.ema)
-        model = load_model(config, paths, device, settings.ema)
+        retype = autocast_weight_retyper(device, dtype)
+        model = load_model(config, paths, device, settings.ema, retype)
         loras, embeddings = apply_adapters(model, settings)
         apply_runtime_options(model, settings)
-        return cls(task, model, spec, settings, device, dtype, loras, embeddings)
+        return cls(task, model, spec, settings, device, dtype, loras, embeddings,
+                   weights_dtype=dtype if retype is not None else None)
 
     # -- calling ---------------------------------------------------------------------------------
     def options(self, prompt: Union[None, str, Sequence[str]] = None, **keywords: Any) -> argparse.Namespace:
@@ -239,6 +255,7 @@ class Pipeline:
         """``(batch, images in [0, 1] [B, 3, H, W] on the CPU, parameters text of each image)``
         per batch of ``run``; every random draw of an image comes from its own seed. ``on_batch(index,
         batches)`` before each batch, ``on_step(steps done, steps)`` after each sampler step of it."""
+        check_weights_fit_precision(self.weights_dtype, self.dtype)
         sampler = build_sampler(run.sampler, self.model)
         run.task.to_device(self.device)
         describe = self.batch_parameters(run)

@@ -166,7 +166,8 @@ def add_performance_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("precision, memory and speed")
     group.add_argument("--precision", type=str, choices=["full", "autocast"], default="autocast",
                        help="autocast: fp16 on CUDA/MPS (bf16 with --bf16), bf16 on a CPU with native "
-                            "bfloat16 (AMX/AVX512-BF16; LDM_CPU_BF16=0/1 overrides), else fp32; "
+                            "bfloat16 (AMX/AVX512-BF16; LDM_CPU_BF16=0/1 overrides; the UNet and text encoder "
+                            "weights then held in bf16), else fp32; "
                             "full: fp32 everywhere (default: %(default)s)")
     group.add_argument("--bf16", action="store_true",
                        help="autocast in bfloat16 instead of float16 (also on CPU)")

@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -319,9 +319,11 @@ def inference_config(config: DictConfig, fp16_unet: bool, ema: Optional[bool]) -
     return config
 
 
-def load_model(config: DictConfig, paths: ModelPaths, device: torch.device, ema: Optional[bool]) -> torch.nn.Module:
-    """Build the config's model and load ``ckpt`` strictly; every failure a user can cause is a
-    UsageError naming the component that does not fit and, when it can tell, the right config."""
+def load_model(config: DictConfig, paths: ModelPaths, device: torch.device, ema: Optional[bool],
+               retype: Optional[Callable[[torch.nn.Module], None]] = None) -> torch.nn.Module:
+    """Build the config's model and load ``ckpt`` strictly (``retype``: see
+    :func:`~ldm.util.load_model_from_config`); every failure a user can cause is a UsageError
+    naming the component that does not fit and, when it can tell, the right config."""
     config_path, ckpt = paths.config, paths.ckpt
     if ckpt is None:
         raise UsageError("no checkpoint given: pass --ckpt PATH (a .ckpt or .safetensors file "
@@ -335,7 +337,8 @@ def load_model(config: DictConfig, paths: ModelPaths, device: torch.device, ema:
             print(f"note: {config_path} builds {', '.join(outside[:3])}, outside ldm's model classes; it runs "
                   "as your own code because you named it", file=sys.stderr)
         model = load_model_from_config(config, ckpt, device=device, verbose=False, ema=ema,
-                                       untrusted_source=f"{config_path} (found beside {ckpt})" if untrusted else None)
+                                       untrusted_source=f"{config_path} (found beside {ckpt})" if untrusted else None,
+                                       retype=retype)
     except UntrustedConfigError as err:
         raise UsageError(f"--config: {err}") from None
     except CheckpointMismatchError as err:

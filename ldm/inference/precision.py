@@ -8,15 +8,22 @@ on a CPU: the UNet runs about 3x faster there, the attention scores and softmax 
 the autoencoder decodes in float32 (:func:`float32_scope`). On other CPUs bf16 is emulated and
 slower, so ``autocast`` runs in fp32 there unless ``--bf16`` asks for it. ``--precision full`` is
 fp32 everywhere.
+
+Under bf16 autocast on a CPU the UNet's and the text encoder's linear and convolution weights are
+stored in bf16 from the start (:func:`autocast_weight_retyper`, cast once from the file as the
+model loads): autocast would cast exactly these tensors to bf16 at their first use and keep the
+copy beside the float32 one, so the outputs are bit for bit the same and the float32 copy is never
+made. Norms, embeddings and the autoencoder stay in float32.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
-from typing import ContextManager, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
+import torch.nn as nn
 
 from ldm.inference.errors import UsageError
 
@@ -83,3 +90,46 @@ def float32_scope(device: torch.device) -> ContextManager:
     if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
+
+
+# Layers whose forward only hands its weight and bias to an op CPU autocast runs in the lower
+# precision (linear, convolution). Exact types: a subclass may use its weights otherwise.
+AUTOCAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def autocast_weight_retyper(device: torch.device, dtype: Optional[torch.dtype]
+                            ) -> Optional[Callable[[nn.Module], None]]:
+    """For bf16 autocast on a CPU, the function that stores a model's autocast weights in bf16
+    (:func:`store_autocast_weights`, given to the loader so that each is cast once from the file);
+    None otherwise (float32, or another device: the weights stay as the file and config give them)."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    return functools.partial(store_autocast_weights, dtype=dtype)
+
+
+def store_autocast_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the weights and biases of the :data:`AUTOCAST_LAYERS` of ``model``'s UNet and text
+    encoder to ``dtype`` in place (parameters on the meta device only change dtype); returns how
+    many layers. These are the tensors autocast to ``dtype`` would cast at each use."""
+    count = 0
+    for layer in _autocast_layers(model):
+        layer.to(dtype)
+        count += 1
+    return count
+
+
+def _autocast_layers(model: nn.Module) -> Iterator[nn.Module]:
+    parts = (getattr(getattr(model, "model", None), "diffusion_model", None), getattr(model, "cond_stage_model", None))
+    for part in parts:
+        if isinstance(part, nn.Module):
+            yield from (module for module in part.modules() if type(module) in AUTOCAST_LAYERS)
+
+
+def check_weights_fit_precision(weights_dtype: Optional[torch.dtype], dtype: Optional[torch.dtype]) -> None:
+    """A model whose UNet weights were stored in ``weights_dtype`` for autocast runs only under
+    that autocast: anything else would compute in lower precision than asked, silently."""
+    if weights_dtype is not None and dtype != weights_dtype:
+        asked = "float32" if dtype is None else str(dtype).replace("torch.", "")
+        raise UsageError(f"this model was loaded for {str(weights_dtype).replace('torch.', '')} autocast (its UNet "
+                         f"weights are stored in it) and cannot run in {asked}: load it again with "
+                         "precision='full' (--precision full) for float32")

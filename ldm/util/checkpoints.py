@@ -17,6 +17,7 @@ from ldm.util import mapped_safetensors
 from ldm.util.atomic_write import write_atomically
 from ldm.util.checkpoint_files import SAFETENSORS, TORCH_ZIP, check_torch_file, not_a_checkpoint, sniff_format
 from ldm.util.errors import CheckpointError, first_line
+from ldm.util.file_pages import FileMappedPages
 from ldm.util.paths import in_cwd_or_repository
 from ldm.util.safe_unpickling import torch_load_safely
 
@@ -125,10 +126,16 @@ def _tensor_problem(value: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _check_finite(path: str, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Refuse NaN or infinite weights up front: they make black or noise images silently."""
-    bad: List[str] = [key for key, value in state_dict.items()
-                      if value.is_floating_point() and not _all_finite(value)]
+def _check_finite(path: str, state_dict: Mapping[str, torch.Tensor], pages: Optional[FileMappedPages] = None) -> None:
+    """Refuse NaN or infinite weights up front: they make black or noise images silently. With
+    ``pages`` (the file's mappings), the pages each check read are given back as it goes, so that
+    the check leaves no tensor resident (a part holds memory only once it is used)."""
+    bad: List[str] = []
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not _all_finite(value):
+            bad.append(key)
+        if pages is not None:
+            pages.give_back(value)
     if bad:
         raise _non_finite_error(path, bad)
 
@@ -177,7 +184,7 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
         return state_dict, metadata
     state_dict, metadata = _load_torch(path, kind, mmap=True)
     _check_tensors(path, state_dict)
-    _check_finite(path, state_dict)
+    _check_finite(path, state_dict, FileMappedPages(path))
     return state_dict, metadata
 
 

@@ -5,7 +5,7 @@ import contextlib
 import io
 import sys
 import warnings
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,13 +14,16 @@ from ldm.util.checkpoints import load_checkpoint
 from ldm.util.config import instantiate_from_config, non_model_targets, only_model_targets
 from ldm.util.devices import pick_device
 from ldm.util.errors import UntrustedConfigError
+from ldm.util.file_pages import FileMappedPages
 from ldm.util.meta_init import no_random_init_on_meta
+from ldm.util.paths import in_cwd_or_repository
 from ldm.util.state_dicts import fit_state_dict, load_state_dict_checked, select_ema_weights, usable_tensors
 
 
 def load_model_from_config(config, ckpt: Optional[str], device=None, verbose: bool = True,
                            ema: Optional[bool] = None, strict: bool = True,
-                           untrusted_source: Optional[str] = None) -> nn.Module:
+                           untrusted_source: Optional[str] = None,
+                           retype: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:
     """Build the model of ``config`` (a full config or its ``model`` node), load ``ckpt`` into it,
     move it to ``device`` (auto-selected when None) and set eval mode.
 
@@ -40,6 +43,12 @@ def load_model_from_config(config, ckpt: Optional[str], device=None, verbose: bo
     loads the EMA shadows into the UNet (when the file has them), ``ema=False`` or None the plain
     weights.
 
+    ``retype(model)`` changes the dtype of some of the model's parameters (bfloat16 weights for CPU
+    autocast, :func:`ldm.inference.precision.autocast_weight_retyper`). It runs before the
+    checkpoint's tensors are put in place, while the parameters are still on the meta device, so
+    each retyped weight is cast once from the file's tensor and no float32 copy is ever made; on
+    the fallback path it runs after loading.
+
     ``untrusted_source`` (a description such as "the config found beside x.ckpt") marks a config
     the user did not name: it may build only ldm's model classes
     (:func:`~ldm.util.config.only_model_targets`), else :class:`~ldm.util.errors.UntrustedConfigError`.
@@ -52,11 +61,16 @@ def load_model_from_config(config, ckpt: Optional[str], device=None, verbose: bo
             state_dict, metadata = load_checkpoint(ckpt)
             if verbose and "global_step" in metadata:
                 print(f"Global Step: {metadata['global_step']}")
-            model = _build_with_checkpoint_tensors(model_config, state_dict, ema, strict, verbose)
+            model = _build_with_checkpoint_tensors(model_config, state_dict, ema, strict, verbose, retype,
+                                                   FileMappedPages(in_cwd_or_repository(ckpt)))
         if model is None:
             model = instantiate_from_config(model_config)
+            if ckpt is None and retype is not None:
+                retype(model)
     if state_dict:  # not consumed by the build above
         load_state_dict_checked(model, _chosen_weights(state_dict, model, ema), strict=strict, verbose=verbose)
+        if retype is not None:
+            retype(model)
     model = model.to(pick_device(device) if not isinstance(device, torch.device) else device)
     model.eval()
     return model
@@ -83,12 +97,14 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def _build_with_checkpoint_tensors(model_config, state_dict: Dict[str, torch.Tensor], ema: Optional[bool],
-                                   strict: bool, verbose: bool) -> Optional[nn.Module]:
+                                   strict: bool, verbose: bool, retype: Optional[Callable[[nn.Module], None]],
+                                   pages: FileMappedPages) -> Optional[nn.Module]:
     """The model built with :func:`parameters_on_meta` holding the checkpoint's tensors, or None
     (``state_dict`` untouched) when that cannot give every parameter a value: the caller then
     builds and loads it as before. On success ``state_dict`` is emptied, so that no tensor of the
     file outlives its cast. With ``strict`` a checkpoint that does not fit raises
-    :class:`~ldm.util.errors.CheckpointMismatchError`."""
+    :class:`~ldm.util.errors.CheckpointMismatchError`. ``retype`` as in :func:`load_model_from_config`;
+    ``pages``: the file's mappings, whose pages each cast read are given back."""
     printed = io.StringIO()
     try:
         with parameters_on_meta(), no_random_init_on_meta(), warnings.catch_warnings(), \
@@ -109,7 +125,9 @@ def _build_with_checkpoint_tensors(model_config, state_dict: Dict[str, torch.Ten
             print(line)
     state_dict.clear()
     fitted.clear()
-    model.load_state_dict(_cast_to_model_dtypes(model, usable), strict=False, assign=True)
+    if retype is not None:
+        retype(model)
+    model.load_state_dict(_cast_to_model_dtypes(model, usable, pages), strict=False, assign=True)
     return model
 
 
@@ -118,17 +136,20 @@ def _named_tensors(model: nn.Module) -> Iterator[Tuple[str, torch.Tensor]]:
     yield from model.named_buffers()
 
 
-def _cast_to_model_dtypes(model: nn.Module, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _cast_to_model_dtypes(model: nn.Module, tensors: Dict[str, torch.Tensor],
+                          pages: FileMappedPages) -> Dict[str, torch.Tensor]:
     """``tensors`` (emptied as it goes, so each source is dropped once cast), each float cast to
     the dtype of the model's tensor it replaces, in one pass; integer buffers (position ids) are
-    left to the modules' load hooks."""
+    left to the modules' load hooks. The pages of a source the cast read are given back (a
+    ``.ckpt`` is one mapping, which dropping a tensor does not release)."""
     expected = model.state_dict(keep_vars=True)
     out = {}
     for key in list(tensors):
         tensor = tensors.pop(key)
         target = expected[key].dtype
         if tensor.is_floating_point() and expected[key].is_floating_point() and tensor.dtype != target:
-            tensor = tensor.to(target)
+            source, tensor = tensor, tensor.to(target)
+            pages.give_back(source)
         out[key] = tensor.contiguous()
     return out
 

@@ -1,6 +1,8 @@
 """``--lora FILE[:WEIGHT]`` and ``--embedding FILE[:TOKEN]`` on the scripts and ``ldm.load(lora=...,
 embeddings=...)`` (ldm/inference/adapters.py): on the tiny SD-shaped model (CLIP text encoder) and
 the shipped shapes model, with LoRA files written here in kohya-ss format."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -199,3 +201,18 @@ def test_a_kohya_lora_on_the_shipped_shapes_model_changes_the_unet_and_names_the
     assert np.abs(_pixels(styled("a red circle", **call)) - plain).mean() > 1.0
     handle.weight = 0
     assert np.array_equal(_pixels(styled("a red circle", **call)), plain)
+
+
+def _float_pixels(pipe):
+    run = api.prepare_run("txt2img", pipe.options("a red circle", **CALL), pipe.spec)
+    return torch.cat([pixels for _, pixels, _ in pipe.generate(run)])
+
+
+def test_a_lora_on_bf16_stored_weights_gives_the_images_of_bf16_autocast_over_float32_weights(tiny, lora_file,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    ours = _load(tiny, lora=f"{lora_file}:0.7")
+    assert ours.weights_dtype is torch.bfloat16
+    autocast_over_float32 = dataclasses.replace(_load(tiny, lora=f"{lora_file}:0.7", precision="full"),
+                                                dtype=torch.bfloat16)
+    assert torch.equal(_float_pixels(ours), _float_pixels(autocast_over_float32))

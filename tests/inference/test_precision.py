@@ -1,11 +1,20 @@
+import dataclasses
+
 import pytest
 import torch
 
 import ldm
 from ldm.inference import precision
+from ldm.inference.api import prepare_run
 from ldm.inference.errors import UsageError
 from ldm.inference.pipeline import decode_latents
-from ldm.inference.precision import autocast_dtype, cpu_has_native_bf16, float32_scope, precision_scope
+from ldm.inference.precision import (
+    autocast_dtype,
+    autocast_weight_retyper,
+    cpu_has_native_bf16,
+    float32_scope,
+    precision_scope,
+)
 
 CPU = torch.device("cpu")
 
@@ -107,3 +116,78 @@ def test_the_unet_samples_under_bf16_autocast_on_cpu_only_with_native_bf16(tiny_
         assert states == expected
     else:
         assert {enabled for enabled, _ in states} == {False}
+
+
+def _loaded(model, precision="autocast"):
+    return ldm.load("txt2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu", precision=precision)
+
+
+def _pixels(pipe):
+    """The float images of one guided two-step call of ``pipe`` (decoded in float32)."""
+    run = prepare_run("txt2img", pipe.options("a red circle", steps=2, n=2, seed=3, scale=5.0), pipe.spec)
+    return torch.cat([pixels for _, pixels, _ in pipe.generate(run)])
+
+
+def _weights_of(pipe):
+    unet, text, vae = pipe.model.model.diffusion_model, pipe.model.cond_stage_model, pipe.model.first_stage_model
+    return unet, text, vae
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bf16_weights_give_exactly_the_images_of_bf16_autocast_over_float32_weights(tiny_models, monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    model = tiny_models["txt2img"]
+    ours = _loaded(model)
+    assert ours.weights_dtype is torch.bfloat16
+    autocast_over_float32 = dataclasses.replace(_loaded(model, "full"), dtype=torch.bfloat16)  # before issue 24
+    assert {p.dtype for p in autocast_over_float32.model.parameters()} == {torch.float32}
+    images = _pixels(ours)
+    assert images.dtype == torch.float32
+    assert torch.equal(images, _pixels(autocast_over_float32))
+    assert not torch.equal(images, _pixels(_loaded(model, "full"))), "bf16 autocast should differ from float32"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_only_the_unet_and_text_encoder_linear_and_conv_weights_are_stored_in_bf16(tiny_models, monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    unet, text, vae = _weights_of(_loaded(tiny_models["txt2img"]))
+    for part in (unet, text):
+        layers = [m for m in part.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)]
+        assert layers and {p.dtype for m in layers for p in m.parameters()} == {torch.bfloat16}
+        others = [p for m in part.modules() if type(m) not in (torch.nn.Linear, torch.nn.Conv2d)
+                  for p in m.parameters(recurse=False)]
+        assert others and {p.dtype for p in others} == {torch.float32}, "norms and embeddings stay float32"
+    assert isinstance(unet.out[0], torch.nn.GroupNorm) and unet.out[0].weight.dtype == torch.float32
+    assert text.transformer.text_model.embeddings.token_embedding.weight.dtype == torch.float32
+    assert {p.dtype for p in vae.parameters()} == {torch.float32}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("native, precision", [("1", "full"), ("0", "autocast")])
+def test_float32_runs_keep_float32_weights(tiny_models, monkeypatch, native, precision):
+    monkeypatch.setenv("LDM_CPU_BF16", native)
+    pipe = _loaded(tiny_models["txt2img"], precision)
+    assert pipe.dtype is None and pipe.weights_dtype is None
+    assert {p.dtype for p in pipe.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_pipeline_loaded_for_bf16_refuses_to_sample_in_float32(tiny_models, monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    pipe = _loaded(tiny_models["txt2img"])
+    with pytest.raises(TypeError, match="set it in ldm.load"):
+        pipe("a red circle", precision="full")
+    with pytest.raises(UsageError, match=r"loaded for bfloat16 autocast .* cannot run in float32: load it again "
+                                         r"with precision='full'"):
+        dataclasses.replace(pipe, dtype=None)("a red circle", steps=1)
+
+
+def test_the_weights_are_stored_in_bf16_only_for_bf16_autocast_on_a_cpu():
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.diffusion_model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    model.first_stage_model = torch.nn.Conv2d(2, 2, 1)
+    assert autocast_weight_retyper(CPU, None) is None
+    assert autocast_weight_retyper(torch.device("cuda"), torch.bfloat16) is None
+    autocast_weight_retyper(CPU, torch.bfloat16)(model)
+    assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 2 + [torch.float32] * 4

@@ -140,6 +140,44 @@ def test_half_precision_weights_are_cast_once_to_the_models_dtype(tmp_path, buil
         assert value.dtype == state_dict[key].dtype and torch.equal(value, half[key].to(value.dtype)), key
 
 
+@pytest.mark.parametrize("suffix, half", [(".safetensors", False), (".ckpt", False), (".safetensors", True)])
+def test_retyped_weights_are_cast_once_from_the_files_tensors_while_on_meta(tmp_path, builds, suffix, half):
+    config = tiny_latent_diffusion_config()
+    state_dict = instantiate_from_config(config).state_dict()
+    if half:
+        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    save_checkpoint(state_dict, tmp_path / f"w{suffix}")
+    seen = []
+
+    def unet_linears_to_bf16(model):
+        seen.append({p.device.type for p in model.parameters()})
+        for module in model.model.diffusion_model.modules():
+            if type(module) is torch.nn.Linear:
+                module.to(torch.bfloat16)
+
+    model = load_model_from_config(config, str(tmp_path / f"w{suffix}"), device="cpu", verbose=False,
+                                   retype=unet_linears_to_bf16)
+    assert builds == ["meta"] and seen == [{"meta"}]
+    retyped = {f"model.diffusion_model.{name}" for name, module in model.model.diffusion_model.named_modules()
+               if type(module) is torch.nn.Linear for name in (f"{name}.weight", f"{name}.bias")}
+    assert retyped
+    for key, value in model.state_dict().items():
+        dtype = torch.bfloat16 if key in retyped else torch.float32 if value.is_floating_point() else value.dtype
+        assert value.dtype == dtype and torch.equal(value, state_dict[key].float().to(dtype)), key
+
+
+def test_retype_runs_after_loading_on_the_fallback_path(tmp_path, builds, monkeypatch):
+    config = tiny_latent_diffusion_config()
+    path = _random_checkpoint(config, tmp_path / "m.ckpt")
+    monkeypatch.setattr(model_loading, "_build_with_checkpoint_tensors", lambda *args: None)
+    model = load_model_from_config(config, path, device="cpu", verbose=False,
+                                   retype=lambda m: m.model.diffusion_model.out.to(torch.bfloat16))
+    assert builds == ["cpu"]
+    conv = model.model.diffusion_model.out[-1]
+    assert conv.weight.dtype == torch.bfloat16
+    assert torch.equal(conv.weight, load_checkpoint(path)[0]["model.diffusion_model.out.2.weight"].to(torch.bfloat16))
+
+
 def test_weights_missing_from_a_lenient_load_are_initialised_as_before(tmp_path, builds, capsys):
     config = tiny_latent_diffusion_config()
     full = instantiate_from_config(config).state_dict()
