@@ -11,13 +11,16 @@ seed is read there, so a background that turns blue is not taken for the object:
 - background: the pixels outside the object's mask grown by one pixel (no edge pixels); its mean
   saturation change, the fraction of it the detector calls foreground (saturated) after guidance, and its
   hue (weighted likewise), so tinting shows on its own;
+- object IoU: the largest IoU of an object the detector finds in the guided image with the unguided
+  object's mask (a low one says the hue above was read partly on what replaced the object);
 - circle kept: the detector on the guided image reads a circle whose mask overlaps the unguided object's
   mask with IoU >= ``MIN_IOU`` (not just some circle somewhere); "round region": the same test on the
   connected region of saturated pixels, any colour, that overlaps the object most (the detector splits an
   object into one part per palette colour, so a half-recoloured circle fails only the first reading).
 
 Seeds without an unguided object count as not moved and not kept. Printed: one line per seed and scale,
-then per scale the seeds moved, the mean shift, circle kept, moved and kept, and the background change.
+then per scale the seeds moved, the mean shift, the mean object IoU, circle kept, moved and kept, and the
+background change.
 
     python benchmarks/guidance_color.py [--seeds 24] [--steps 20] [--scales 50 100 200] [--device cpu]
         [--region image|object] [--space rgb|hue] [--max-step X]
@@ -30,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -68,6 +71,7 @@ class SeedReading:
     background_hue_after: Optional[float] = None
     background_saturation_change: float = 0.0
     background_saturated_after: float = 0.0
+    overlap: float = 0.0
     circle_kept: bool = False
     round_region: bool = False
 
@@ -114,10 +118,12 @@ def unguided_object_mask(image: np.ndarray) -> Optional[np.ndarray]:
     return found[0][1] if found else None
 
 
-def keeps_circle(guided: np.ndarray, object_mask: np.ndarray) -> bool:
-    """Whether the detector reads a circle in ``guided`` that overlaps ``object_mask`` with IoU >= MIN_IOU."""
-    return any(obj.shape == "circle" and iou(mask, object_mask) >= MIN_IOU
-               for obj, mask in detect_object_masks(guided))
+def overlap_and_circle(guided: np.ndarray, object_mask: np.ndarray) -> Tuple[float, bool]:
+    """The largest IoU of an object the detector finds in ``guided`` with ``object_mask`` (how much of the
+    unguided footprint is still one object), and whether a circle overlaps it with IoU >= MIN_IOU."""
+    overlaps = [(iou(mask, object_mask), obj.shape) for obj, mask in detect_object_masks(guided)]
+    best = max((value for value, _ in overlaps), default=0.0)
+    return best, any(shape == "circle" and value >= MIN_IOU for value, shape in overlaps)
 
 
 def keeps_round_region(guided: np.ndarray, object_mask: np.ndarray) -> bool:
@@ -140,13 +146,14 @@ def read_seed(plain: np.ndarray, guided: np.ndarray, target_hue: float = TARGET_
     before, after = mean_hue(plain, object_mask), mean_hue(guided, object_mask)
     shift = (hue_distance(before, target_hue) - hue_distance(after, target_hue)
              if before is not None and after is not None else None)
+    overlap, circle_kept = overlap_and_circle(guided, object_mask)
     return SeedReading(
         has_object=True, hue_before=before, hue_after=after, shift=shift,
         object_saturation_change=float(saturation_after[object_mask].mean() - saturation_before[object_mask].mean()),
         background_hue_after=mean_hue(guided, background),
         background_saturation_change=float(saturation_after[background].mean() - saturation_before[background].mean()),
         background_saturated_after=float(foreground(guided)[background].mean()),
-        circle_kept=keeps_circle(guided, object_mask), round_region=keeps_round_region(guided, object_mask))
+        overlap=overlap, circle_kept=circle_kept, round_region=keeps_round_region(guided, object_mask))
 
 
 def _degrees(value: Optional[float]) -> str:
@@ -160,7 +167,8 @@ def format_seed(seed: int, reading: SeedReading) -> str:
     return (f"seed {seed:>3}: object hue {_degrees(reading.hue_before):>3} -> {_degrees(reading.hue_after):>3} deg "
             f"(toward blue {shift:>6} deg, saturation {reading.object_saturation_change:+.2f}) | background hue "
             f"{_degrees(reading.background_hue_after):>3} deg, saturation {reading.background_saturation_change:+.2f}, "
-            f"saturated {reading.background_saturated_after:.0%} | circle kept {reading.circle_kept!s:>5} | "
+            f"saturated {reading.background_saturated_after:.0%} | object IoU {reading.overlap:.2f} | "
+            f"circle kept {reading.circle_kept!s:>5} | "
             f"round region {reading.round_region!s:>5}")
 
 
@@ -170,7 +178,7 @@ def format_summary(scale: float, readings: List[SeedReading], seconds: float) ->
     count = lambda flags: f"{sum(flags)}/{n}"  # noqa: E731
     mean_shift = f"{np.mean(shifts):+.1f}" if shifts else "-"
     return (f"{scale:>11g} | {count([r.moved for r in readings]):>11} | {mean_shift:>14} | "
-            f"{count([r.circle_kept for r in readings]):>11} | "
+            f"{np.mean([r.overlap for r in readings]):>8.2f} | {count([r.circle_kept for r in readings]):>11} | "
             f"{count([r.moved and r.circle_kept for r in readings]):>15} | "
             f"{count([r.round_region for r in readings]):>12} | "
             f"{np.mean([r.background_saturation_change for r in readings]):>+13.2f} | "

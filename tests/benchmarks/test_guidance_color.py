@@ -17,7 +17,7 @@ def _disc(centre=(32, 32), radius=12, colour=RED, background=GREY) -> np.ndarray
 
 def test_an_unchanged_pair_reads_no_shift_and_a_kept_circle():
     reading = read_seed(_disc(), _disc())
-    assert reading.has_object and reading.circle_kept and reading.round_region
+    assert reading.has_object and reading.circle_kept and reading.round_region and reading.overlap == 1
     assert abs(reading.shift) < 1e-6 and not reading.moved and reading.background_saturation_change == 0
 
 
@@ -37,7 +37,7 @@ def test_an_object_recoloured_blue_reads_the_shift_and_keeps_the_circle():
 
 def test_a_circle_elsewhere_or_a_square_in_place_is_not_kept():
     moved_away = read_seed(_disc(), _disc(centre=(14, 14), radius=10, colour=BLUE))
-    assert not moved_away.circle_kept and not moved_away.round_region
+    assert not moved_away.circle_kept and not moved_away.round_region and moved_away.overlap == 0
     square = _disc(colour=GREY)
     square[18:47, 18:47] = BLUE
     assert not read_seed(_disc(), square).circle_kept
