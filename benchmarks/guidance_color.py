@@ -185,7 +185,8 @@ def format_summary(scale: float, readings: List[SeedReading], seconds: float) ->
             f"{np.mean([r.background_saturated_after for r in readings]):>17.0%} | {seconds:>7.0f}")
 
 
-SUMMARY_HEADER = (f"{'guide scale':>11} | {'seeds moved':>11} | {'mean shift deg':>14} | {'circle kept':>11} | "
+SUMMARY_HEADER = (f"{'guide scale':>11} | {'seeds moved':>11} | {'mean shift deg':>14} | {'mean IoU':>8} | "
+                  f"{'circle kept':>11} | "
                   f"{'moved and kept':>15} | {'round region':>12} | {'bg sat change':>13} | "
                   f"{'bg saturated after':>17} | {'seconds':>7}")
 
