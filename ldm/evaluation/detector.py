@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -134,6 +134,13 @@ def classify_shape(fill: float, solidity: float) -> str:
 
 def detect_objects(image: np.ndarray, min_area: Optional[int] = None) -> List[DetectedObject]:
     """All objects in an (H, W, 3) RGB image (uint8, or float in [0, 1]), largest first."""
+    return [obj for obj, _ in detect_object_masks(image, min_area)]
+
+
+def detect_object_masks(image: np.ndarray,
+                        min_area: Optional[int] = None) -> List[Tuple[DetectedObject, np.ndarray]]:
+    """What :func:`detect_objects` finds, each with its boolean (H, W) pixel mask, largest first:
+    for measures that need where an object is, not only its centroid."""
     rgb = as_unit_rgb(image)
     if min_area is None:
         min_area = max(4, int(round(MIN_AREA_FRACTION * rgb.shape[0] * rgb.shape[1])))
@@ -150,9 +157,9 @@ def detect_objects(image: np.ndarray, min_area: Optional[int] = None) -> List[De
                 continue
             fill, solidity = shape_features(component)
             ys, xs = np.nonzero(component)
-            found.append(DetectedObject(colour, classify_shape(fill, solidity), float(xs.mean()),
-                                        float(ys.mean()), area, float(fill), float(solidity)))
-    return sorted(found, key=lambda o: -o.area)
+            found.append((DetectedObject(colour, classify_shape(fill, solidity), float(xs.mean()),
+                                         float(ys.mean()), area, float(fill), float(solidity)), component))
+    return sorted(found, key=lambda pair: -pair[0].area)
 
 
 def largest_of_colour(objects: List[DetectedObject], colour: str) -> Optional[DetectedObject]:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import RunInterrupted, UsageError
-from ldm.inference.guidance import DEFAULT_GUIDE_REGION, GUIDE_REGIONS
+from ldm.inference.guidance import DEFAULT_GUIDE_COLOR_SPACE, DEFAULT_GUIDE_REGION, GUIDE_COLOR_SPACES, GUIDE_REGIONS
 from ldm.models.diffusion.samplers import describe_samplers
 from ldm.models.diffusion.sampling_util import NonFiniteSampleError
 from ldm.modules.diffusionmodules.util import StepCountError
@@ -108,6 +108,12 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
                        help="where --guide-color pulls: 'object' weights each pixel by its saturation (the "
                             "coloured object, not a grey background), 'image' every pixel alike, as the "
                             "diffusers tutorial's colour loss (default: %(default)s)")
+    group.add_argument("--guide-color-space", choices=GUIDE_COLOR_SPACES, default=DEFAULT_GUIDE_COLOR_SPACE,
+                       help="what --guide-color compares: 'rgb' the squared channel differences (the tutorial), "
+                            "'hue' only the hue angle, leaving brightness and saturation alone (default: %(default)s)")
+    group.add_argument("--guide-max-step", type=float, default=None, metavar="X",
+                       help="cap the loss guidance's change of the noise prediction at this root-mean-square per "
+                            "image and step (per-step gradient clipping; default: no cap)")
     group.add_argument("--guide-clip", type=str, default=None, metavar="TEXT",
                        help="pull the image toward this text as CLIP sees it: the spherical distance of their "
                             "CLIP embeddings, through CLIP and the decoder (default: off; needs --guide-clip-model)")

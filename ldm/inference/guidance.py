@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm.inference.errors import UsageError
-from ldm.models.diffusion.sampling_util import CondFn
+from ldm.models.diffusion.sampling_util import CondFn, append_dims, discrete_alpha_cumprod
 
 DEFAULT_GUIDE_REGION = "image"  # where --guide-color pulls: the whole image (the tutorial), or the coloured object
 DEFAULT_GUIDE_SCALE = 300.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py (README)
@@ -47,6 +47,23 @@ def image_loss_guidance(model: torch.nn.Module, image_loss: ImageLoss) -> CondFn
     return cond_fn
 
 
+def capped_guidance(model: torch.nn.Module, cond_fn: CondFn, max_step: float) -> CondFn:
+    """``cond_fn`` with its change of the noise prediction, sqrt(1 - a_t) g (``LossGuidance``),
+    at most ``max_step`` in root-mean-square per image and step: a larger gradient is scaled down,
+    a smaller one left alone (per-step gradient clipping). Unclipped, the first, noisiest steps
+    magnify the pull on the predicted x0 by (1 - a_t) / sqrt(a_t) and remake the layout."""
+    alphas_cumprod = model.alphas_cumprod.detach()
+
+    def capped(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        grad = cond_fn(x, t, denoised)
+        a_t = append_dims(discrete_alpha_cumprod(alphas_cumprod, t).to(grad.device, grad.dtype), grad.ndim)
+        step = (1 - a_t).sqrt() * grad
+        rms = append_dims(step.flatten(1).pow(2).mean(1).sqrt(), grad.ndim)
+        return grad * (max_step / rms.clamp_min(max_step))
+
+    return capped
+
+
 GUIDE_REGIONS = ("object", "image")
 
 
@@ -59,20 +76,52 @@ def object_weights(image: torch.Tensor) -> torch.Tensor:
     return (high - low) / high.clamp_min(1e-3)
 
 
-def color_loss(rgb: Sequence[float], scale: float, region: str = "image") -> ImageLoss:
-    """``scale`` times the mean squared distance of the image's pixels (in [0, 1]) to ``rgb`` (each
-    in [0, 1]), per image. ``region="image"`` averages over every pixel, the colour loss of the
-    diffusers guidance tutorial (it tints the whole picture, background first); ``"object"``
-    weights each pixel by :func:`object_weights`, so the pull goes to the coloured object."""
+GUIDE_COLOR_SPACES = ("rgb", "hue")
+DEFAULT_GUIDE_COLOR_SPACE = "rgb"
+
+
+def opponent_chroma(pixels: torch.Tensor) -> torch.Tensor:
+    """The chroma of RGB pixels [B, 3, ...] as a 2-vector [B, 2, ...] in the opponent plane
+    (r - (g + b) / 2, sqrt(3) / 2 (g - b)): its angle is the hue (HSV's hexagonal hue is an
+    approximation of it), its length the chroma; grey pixels sit at the origin."""
+    r, g, b = pixels.unbind(1)
+    return torch.stack([r - (g + b) / 2, math.sqrt(3) / 2 * (g - b)], dim=1)
+
+
+def pixel_distance(pixels: torch.Tensor, rgb: Sequence[float], space: str) -> torch.Tensor:
+    """Per-pixel distance [B, 1, H, W] of pixels in [0, 1] to the colour ``rgb``. ``"rgb"``: the
+    mean squared channel difference. ``"hue"``: 1 - cos of the angle between the pixel's and the
+    colour's opponent chroma (``opponent_chroma``), times the pixel's chroma, detached: its gradient
+    turns the chroma toward the colour's hue without lengthening or shortening it (brightness and
+    saturation, what sets an object apart from its background, stay as they are), with the same
+    strength for a pale pixel as for a vivid one, and none for a grey one."""
+    target = torch.tensor(list(rgb), device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    if space == "rgb":
+        return (pixels - target).pow(2).mean(1, keepdim=True)
+    chroma, target_chroma = opponent_chroma(pixels), opponent_chroma(target)
+    length = chroma.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    cosine = (chroma * F.normalize(target_chroma, dim=1)).sum(1, keepdim=True) / length
+    return length.detach() * (1 - cosine)
+
+
+def color_loss(rgb: Sequence[float], scale: float, region: str = "image", space: str = "rgb") -> ImageLoss:
+    """``scale`` times the mean distance (``pixel_distance`` in ``space``) of the image's pixels
+    (in [0, 1]) to ``rgb`` (each in [0, 1]), per image. ``region="image"`` averages over every
+    pixel, the colour loss of the diffusers guidance tutorial with ``space="rgb"`` (it tints the
+    whole picture, background first); ``"object"`` weights each pixel by :func:`object_weights`, so
+    the pull goes to the coloured object."""
     if len(rgb) != 3 or not all(0. <= c <= 1. for c in rgb):
         raise ValueError(f"the guide colour must be three numbers in [0, 1], got {list(rgb)}")
     if region not in GUIDE_REGIONS:
         raise ValueError(f"the guide region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
+    if space not in GUIDE_COLOR_SPACES:
+        raise ValueError(f"the guide colour space must be one of {', '.join(GUIDE_COLOR_SPACES)}, got {space!r}")
+    if space == "hue" and max(rgb) == min(rgb):
+        raise ValueError(f"a grey guide colour has no hue to guide toward, got {list(rgb)}")
 
     def loss(image: torch.Tensor) -> torch.Tensor:
-        target = torch.tensor(list(rgb), device=image.device).view(1, 3, 1, 1)
         pixels = (image + 1) / 2
-        distance = (pixels - target).pow(2).mean(1, keepdim=True)
+        distance = pixel_distance(pixels, rgb, space)
         if region == "image":
             return scale * distance.flatten(1).mean(1).sum()
         weights = object_weights(pixels)
@@ -89,30 +138,42 @@ def color_guidance(model: torch.nn.Module, rgb: Sequence[float], scale: float, r
 
 @dataclass(frozen=True)
 class ColorGuidanceRequest:
-    """``--guide-color R,G,B`` (0-255) at ``--guide-scale``: checked before the model is loaded,
-    made into the colour loss, and recorded in the images' parameters."""
+    """``--guide-color R,G,B`` (0-255) at ``--guide-scale``, in ``--guide-region`` and
+    ``--guide-color-space``: checked before the model is loaded, made into the colour loss, and
+    recorded in the images' parameters."""
     rgb: tuple
     scale: float
     region: str = DEFAULT_GUIDE_REGION
+    space: str = DEFAULT_GUIDE_COLOR_SPACE
 
     @classmethod
     def from_options(cls, opt: Any) -> Optional["ColorGuidanceRequest"]:
-        """The request of ``opt`` (None without ``guide_color``); a bad colour, scale or region is
-        a one-line UsageError."""
+        """The request of ``opt`` (None without ``guide_color``); a bad colour, scale, region or
+        space is a one-line UsageError."""
         color = getattr(opt, "guide_color", None)
         if color is None:
             return None
-        region = getattr(opt, "guide_region", DEFAULT_GUIDE_REGION)
-        if region not in GUIDE_REGIONS:
-            raise UsageError(f"--guide-region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
-        return cls(parse_color(color), checked_scale(opt.guide_scale, "--guide-scale"), region)
+        region = _choice(opt, "guide_region", GUIDE_REGIONS, DEFAULT_GUIDE_REGION)
+        space = _choice(opt, "guide_color_space", GUIDE_COLOR_SPACES, DEFAULT_GUIDE_COLOR_SPACE)
+        rgb = parse_color(color)
+        if space == "hue" and len(set(rgb)) == 1:
+            raise UsageError(f"--guide-color-space hue needs a colour with a hue, got the grey {color!r}")
+        return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space)
 
     def image_loss(self) -> ImageLoss:
-        return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region)
+        return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region, self.space)
 
     def parameters(self) -> Dict[str, object]:
         return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
-                "Guidance region": self.region}
+                "Guidance region": self.region, "Guidance color space": self.space}
+
+
+def _choice(opt: Any, name: str, choices: Sequence[str], default: str) -> str:
+    """``opt.<name>`` (``default`` when absent), one of ``choices`` (else a one-line UsageError)."""
+    value = getattr(opt, name, default)
+    if value not in choices:
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def checked_scale(value: Any, flag: str) -> float:
@@ -279,21 +340,33 @@ class ClipGuidanceRequest:
 @dataclass(frozen=True)
 class GuidanceRequests:
     """The loss guidance asked for in ``opt`` (``--guide-color``, ``--guide-clip``, either or
-    both): one ``cond_fn`` summing their gradients, and their entries of the images' parameters."""
+    both): one ``cond_fn`` summing their gradients, capped per step by ``--guide-max-step``
+    (``capped_guidance``; None: no cap), and their entries of the images' parameters."""
     requests: List[Any] = field(default_factory=list)
+    max_step: Optional[float] = None
 
     @classmethod
     def from_options(cls, opt: Any) -> "GuidanceRequests":
         found = (ColorGuidanceRequest.from_options(opt), ClipGuidanceRequest.from_options(opt))
-        return cls([request for request in found if request is not None])
+        max_step = getattr(opt, "guide_max_step", None)
+        if max_step is not None:
+            max_step = checked_scale(max_step, "--guide-max-step")
+            if max_step == 0:
+                raise UsageError("--guide-max-step must be > 0 (leave it out for no cap; --guide-scale 0 turns "
+                                 "guidance off)")
+        return cls([request for request in found if request is not None], max_step)
 
     def cond_fn(self, model: torch.nn.Module) -> Optional[CondFn]:
         """None without guidance; else the guidance by the sum of the requests' losses, all on
-        one decode of the predicted x0."""
+        one decode of the predicted x0, capped per step when ``max_step`` is set."""
         if not self.requests:
             return None
         losses = [request.image_loss() for request in self.requests]
-        return image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses))
+        cond_fn = image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses))
+        return cond_fn if self.max_step is None else capped_guidance(model, cond_fn, self.max_step)
 
     def parameters(self) -> Dict[str, object]:
-        return {key: value for request in self.requests for key, value in request.parameters().items()}
+        found = {key: value for request in self.requests for key, value in request.parameters().items()}
+        if found and self.max_step is not None:
+            found["Guidance max step"] = self.max_step
+        return found

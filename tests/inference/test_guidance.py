@@ -6,7 +6,7 @@ from PIL import Image
 
 import ldm
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import color_guidance, color_loss
+from ldm.inference.guidance import capped_guidance, color_guidance, color_loss, pixel_distance
 from ldm.models.diffusion.samplers import get_sampler
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel
 from tests.scripts.helpers import files_under, main_exit_code, png_parameters, write_test_image
@@ -52,6 +52,49 @@ def test_the_object_region_pulls_only_the_coloured_object_and_the_image_region_e
 def test_color_loss_refuses_an_unknown_region():
     with pytest.raises(ValueError, match="guide region must be one of object, image"):
         color_loss((0., 0., 1.), 1., "background")
+
+
+def test_the_hue_distance_turns_the_chroma_and_leaves_brightness_and_chroma_length_alone():
+    """The gradient of the hue distance at a red pixel has no grey-axis part (sum over channels 0:
+    the mean brightness stays) and is orthogonal to the pixel's chroma (its length, the
+    saturation, stays to first order); a step down the gradient turns the hue toward blue."""
+    red = torch.tensor([0.84, 0.14, 0.14]).view(1, 3, 1, 1).requires_grad_()
+    blue = (40 / 255, 85 / 255, 220 / 255)
+    pixel_distance(red, blue, "hue").sum().backward()
+    grad = red.grad.view(3)
+    chroma = red.detach().view(3) - red.detach().mean()
+    assert abs(float(grad.sum())) < 1e-6 and abs(float(grad @ chroma)) < 1e-6 and grad.norm() > 0.1
+    stepped = red.detach() - 0.05 * red.grad
+    assert pixel_distance(stepped, blue, "hue") < pixel_distance(red.detach(), blue, "hue")
+
+
+def test_the_hue_distance_is_zero_at_the_targets_hue_and_for_grey():
+    blue = torch.tensor([40, 85, 220]).view(1, 3, 1, 1) / 255
+    paler_blue, grey = (blue + 1) / 2, torch.full((1, 3, 1, 1), 0.5)
+    for pixels in (blue, paler_blue, grey):
+        assert float(pixel_distance(pixels, blue.view(3).tolist(), "hue")) < 1e-6
+    assert float(pixel_distance(torch.tensor([0.8, 0.1, 0.1]).view(1, 3, 1, 1), blue.view(3).tolist(), "hue")) > 0.5
+
+
+def test_color_loss_refuses_a_grey_hue_target_and_an_unknown_space():
+    with pytest.raises(ValueError, match="grey guide colour has no hue"):
+        color_loss((0.5, 0.5, 0.5), 1., space="hue")
+    with pytest.raises(ValueError, match="guide colour space must be one of rgb, hue"):
+        color_loss((0., 0., 1.), 1., space="lab")
+
+
+def test_capped_guidance_scales_a_large_step_down_to_the_cap_and_leaves_a_small_one():
+    model = GaussianDataModel()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([900, 900])
+    a_t = float(model.alphas_cumprod[900])
+    big, small = torch.ones_like(x), torch.ones_like(x) * 1e-3
+    big[1] *= 1e-3
+    capped = capped_guidance(model, lambda x, t, denoised: big, max_step=0.1)(x, t, x)
+    step_rms = ((1 - a_t) ** 0.5 * capped).flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(step_rms[0], torch.tensor(0.1, dtype=torch.float64))
+    assert torch.equal(capped[1], big[1])
+    assert torch.equal(capped_guidance(model, lambda x, t, denoised: small, max_step=0.1)(x, t, x), small)
 
 
 # --- --guide-color / --guide-scale on txt2img and img2img, script and API -------------------------
@@ -100,6 +143,9 @@ def test_guide_scale_zero_changes_no_pixel(task, tiny_models, tmp_path):
     (["--guide-color", "red"], "--guide-color must be three whole numbers 0-255"),
     (["--guide-color", "0,0,255", "--guide-scale", "-1"], "--guide-scale must be a finite number >= 0"),
     (["--guide-color", "0,0,255", "--guide-scale", "nan"], "--guide-scale must be a finite number >= 0"),
+    (["--guide-color", "0,0,255", "--guide-max-step", "0"], "--guide-max-step must be > 0"),
+    (["--guide-color", "0,0,255", "--guide-max-step", "-1"], "--guide-max-step must be a finite number >= 0"),
+    (["--guide-color", "90,90,90", "--guide-color-space", "hue"], "--guide-color-space hue needs a colour with a hue"),
 ])
 def test_a_bad_guidance_value_is_one_line_and_exit_2(flags, message, txt2img, tmp_path, capsys):
     code = main_exit_code("txt2img.py", [*flags, "--config", txt2img.settings.config, "--ckpt", txt2img.settings.ckpt,
@@ -109,11 +155,23 @@ def test_a_bad_guidance_value_is_one_line_and_exit_2(flags, message, txt2img, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_the_hue_space_and_the_step_cap_change_the_images_and_are_recorded(txt2img):
+    common = dict(steps=4, scale=3.0, seed=4, n=1, guide_color=(40, 85, 220), guide_scale=5000, guide_region="object")
+    rgb, hue = txt2img("a red circle", **common), txt2img("a red circle", guide_color_space="hue", **common)
+    capped = txt2img("a red circle", guide_color_space="hue", guide_max_step=0.01, **common)
+    assert not np.array_equal(_pixels(rgb), _pixels(hue)) and not np.array_equal(_pixels(hue), _pixels(capped))
+    assert "Guidance color space: rgb" in rgb[0].info["parameters"]
+    assert "Guidance max step" not in rgb[0].info["parameters"]
+    assert "Guidance color space: hue, Guidance max step: 0.01" in capped[0].info["parameters"]
+
+
 def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
     with pytest.raises(UsageError, match="--guide-color must be three whole numbers"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 2.5))
     with pytest.raises(UsageError, match="--guide-region must be one of object, image, got 'sky'"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_region="sky")
+    with pytest.raises(UsageError, match="--guide-color-space must be one of rgb, hue, got 'lab'"):
+        txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_color_space="lab")
 
 
 # --- CLIP guidance: --guide-clip TEXT with a local transformers CLIP (--guide-clip-model) ------------
