@@ -1,6 +1,7 @@
 """Giving back the memory of tensors memory-mapped from a checkpoint file once they have been read.
 
-``torch.load(mmap=True)`` maps a whole ``.ckpt`` in one private mapping, so the pages a pass over
+``ldm.util.checkpoints`` reads a ``.ckpt`` with ``torch.load(mmap=True, weights_only=True)``, which maps the
+whole file in one private mapping, so the pages a pass over
 its tensors touches (the NaN/inf check, a cast to another dtype) stay in the process's memory until
 every tensor of the file is gone. ``madvise(MADV_DONTNEED)`` on the whole pages inside a tensor's
 storage drops them at once; the next touch reads them from the file again (a private file mapping

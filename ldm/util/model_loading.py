@@ -63,14 +63,13 @@ def load_model_from_config(config, ckpt: Optional[str], device=None, verbose: bo
                 print(f"Global Step: {metadata['global_step']}")
             model = _build_with_checkpoint_tensors(model_config, state_dict, ema, strict, verbose, retype,
                                                    FileMappedPages(in_cwd_or_repository(ckpt)))
-        if model is None:
+        built_without_the_file = model is None
+        if built_without_the_file:
             model = instantiate_from_config(model_config)
-            if ckpt is None and retype is not None:
-                retype(model)
     if state_dict:  # not consumed by the build above
         load_state_dict_checked(model, _chosen_weights(state_dict, model, ema), strict=strict, verbose=verbose)
-        if retype is not None:
-            retype(model)
+    if built_without_the_file and retype is not None:  # the meta build retyped before putting the tensors in
+        retype(model)
     model = model.to(pick_device(device) if not isinstance(device, torch.device) else device)
     model.eval()
     return model
