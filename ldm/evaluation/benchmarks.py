@@ -274,18 +274,22 @@ def _one_object_reading(images: np.ndarray) -> Dict[str, float]:
     return {"valid": len(single) / len(images), "classes": float(len({(o.colour, o.shape) for o in single}))}
 
 
-def pixel_ddpm_validity(pipe, count: int = 96, seed: int = 0, samplings=(("ddim", 50), ("ddpm", 1000)),
+def pixel_ddpm_validity(pipe, count: int = 96, seed: int = 0,
+                        samplings=(("ddim", 50, 1.0), ("ddim", 50, 0.0), ("ddpm", 1000, 0.0)),
                         batch_size: int = 16) -> Report:
     """Unconditional samples of the pixel-space DDPM read as one valid shape (exactly one object
-    detected), per sampler, beside the same reading of ``count`` ground-truth renders of its size.
-    DDIM runs at eta 0; ``ddpm`` with as many steps as the model has timesteps is ancestral sampling."""
+    detected), per ``(sampler, steps, eta)``, beside the same reading of ``count`` ground-truth
+    renders of its size. DDIM at eta 1 is sample_diffusion.py's default (as the original's ``-e``),
+    eta 0 its deterministic variant; ``ddpm`` with as many steps as the model has timesteps is
+    ancestral sampling (``-v``)."""
     size = pipe.spec.default_pixel_size
     renders = ShapesDataset(length=count, size=size, seed=seed, split="test", two_object_p=0.0)
     truth = np.stack([np.round((renders[i]["image"] + 1.0) * 127.5).astype(np.uint8) for i in range(count)])
     rows = {"ground-truth renders": _one_object_reading(truth)}
-    for sampler, steps in samplings:
-        images = generation.unconditional_samples(pipe, count, seed, steps, sampler, 0.0, batch_size)
-        rows[f"{sampler}, {steps} steps"] = _one_object_reading(images)
+    for sampler, steps, eta in samplings:
+        images = generation.unconditional_samples(pipe, count, seed, steps, sampler, eta, batch_size)
+        name = f"{sampler}, {steps} steps" + (f", eta {eta:g}" if sampler == "ddim" else "")
+        rows[name] = _one_object_reading(images)
     lines = [f"| {name} | {100 * row['valid']:.1f}% | {row['classes']:.0f} / {len(CLASS_NAMES)} |"
              for name, row in rows.items()]
     table = "| images | one valid shape | colour/shape classes seen |\n|---|---|---|\n" + "\n".join(lines)
