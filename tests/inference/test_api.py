@@ -257,6 +257,19 @@ def test_token_merging_zero_makes_the_same_pixels_and_a_half_changes_them_reprod
     assert all(block.token_merging is None for block in pipe.unet.modules() if hasattr(block, "token_merging"))
 
 
+def test_token_merging_works_under_the_cpu_bf16_autocast_with_bf16_weights(top_attention_model, monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    pipe = ldm.load("txt2img", ckpt=str(top_attention_model.ckpt), config=str(top_attention_model.config),
+                    device="cpu")
+    assert pipe.dtype == pipe.weights_dtype == torch.bfloat16
+    options = dict(steps=4, n=2, seed=3)
+    plain = _pixels(pipe("a red circle", **options))
+    merged = _pixels(pipe("a red circle", token_merging=0.5, **options))
+    again = _pixels(pipe("a red circle", token_merging=0.5, **options))
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, merged))
+    assert all(np.array_equal(a, b) for a, b in zip(merged, again))
+
+
 def test_token_merging_gives_an_image_the_same_pixels_alone_as_in_a_batch(top_attention_pipe):
     together = top_attention_pipe("a red circle", steps=4, seed=5, n=2, token_merging=0.5)
     alone = top_attention_pipe("a red circle", steps=4, seed=6, n=1, token_merging=0.5)
