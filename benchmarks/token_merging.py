@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CONFIGS, alternate, median_times, random_unet  # noqa: E402
+from benchmarks.common import CONFIGS, ForwardClock, alternate, median_times, random_unet  # noqa: E402
 from ldm.inference.precision import cpu_has_native_bf16  # noqa: E402
 from ldm.modules.token_merging import token_merging  # noqa: E402
 
@@ -43,22 +42,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed forward passes per setting")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-class ModulesClock:
-    """Adds up the process CPU seconds spent inside the forwards of some modules."""
-
-    def __init__(self, modules: List[torch.nn.Module]):
-        self.seconds = 0.0
-        for module in modules:
-            module.register_forward_pre_hook(self._start)
-            module.register_forward_hook(self._stop)
-
-    def _start(self, *args) -> None:
-        self._began = time.process_time()
-
-    def _stop(self, *args) -> None:
-        self.seconds += time.process_time() - self._began
 
 
 def top_level_self_attentions(unet: torch.nn.Module, latent: int) -> List[torch.nn.Module]:
@@ -86,7 +69,7 @@ def main() -> None:
     t = torch.full((args.batch,), args.timestep)
     context = torch.randn(args.batch, 77, context_dim, generator=generator)
     top_level = top_level_self_attentions(unet, args.latent)
-    attention = ModulesClock(top_level)
+    attention = ForwardClock(top_level)
     outputs: Dict[str, torch.Tensor] = {}
     attention_seconds: Dict[str, List[float]] = {}
 
