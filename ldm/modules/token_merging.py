@@ -13,8 +13,11 @@ destination's output. Cross-attention and the MLP see all tokens. Training-free;
 plain UNet.
 
 It works in the model call path (:func:`token_merging` around sampling), so every sampler gets it.
-The random destinations come from a generator of their own, seeded when the block is entered, so
-the same options give the same image and the global random state (the noise) is not touched.
+The random destinations come from a CPU generator of their own, seeded on entering
+:func:`token_merging` (the pipeline enters it for each batch, with the same seed: the draws do not
+depend on the images' seeds), so the same options give the same image, an image is the same alone
+or in a batch, and the global random state (the noise) is not touched. Guidance runs both halves
+in one batch, so they share the destinations.
 """
 from __future__ import annotations
 
@@ -163,8 +166,9 @@ class TokenMerging:
 def token_merging(unet: nn.Module, ratio: Optional[float], max_downsample: int = DEFAULT_MAX_DOWNSAMPLE,
                   stride: Tuple[int, int] = DEFAULT_STRIDE, random_destinations: bool = True,
                   seed: int = DEFAULT_SEED) -> Iterator[Optional[TokenMerging]]:
-    """Sample with token merging on ``unet`` (a ``UNetModel``) inside the block; ``ratio`` None
-    leaves the UNet as it is. Nothing is stored in the state dict. Yields the settings, or None."""
+    """Sample with token merging on ``unet`` (a ``UNetModel``) inside the ``with`` block, the
+    destinations' generator seeded with ``seed``; ``ratio`` None leaves the UNet as it is. Nothing
+    is stored in the state dict. Yields the settings, or None."""
     if ratio is None:
         yield None
         return
