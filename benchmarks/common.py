@@ -161,6 +161,23 @@ def median_times(times: List[Timing]) -> Timing:
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
+class ForwardClock:
+    """Adds up the process CPU seconds spent inside the forwards of ``modules`` (hooks; set
+    ``seconds`` to 0 to start again)."""
+
+    def __init__(self, modules: List[torch.nn.Module]):
+        self.seconds = 0.0
+        for module in modules:
+            module.register_forward_pre_hook(self._start)
+            module.register_forward_hook(self._stop)
+
+    def _start(self, *args) -> None:
+        self._began = time.process_time()
+
+    def _stop(self, *args) -> None:
+        self.seconds += time.process_time() - self._began
+
+
 # ---------------------------------------------------------------------------------------------
 # Resident memory (Linux /proc)
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CONFIGS, alternate, median_times, random_unet  # noqa: E402
+from benchmarks.common import CONFIGS, ForwardClock, alternate, median_times, random_unet  # noqa: E402
 from ldm.modules.diffusionmodules.deepcache import deep_cache  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -44,21 +43,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-class UNetClock:
-    """Adds up the process CPU seconds spent inside a module's forward."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.seconds = 0.0
-        module.register_forward_pre_hook(self._start)
-        module.register_forward_hook(self._stop)
-
-    def _start(self, *args) -> None:
-        self._began = time.process_time()
-
-    def _stop(self, *args) -> None:
-        self.seconds += time.process_time() - self._began
-
-
 def settings(args: argparse.Namespace) -> List[Tuple[int, int]]:
     """Every (interval, depth) pair asked for."""
     return [(interval, depth) for interval in args.intervals for depth in args.depths]
@@ -75,7 +59,7 @@ def bench_shapes(args: argparse.Namespace) -> None:
     import ldm
 
     pipe = ldm.load("txt2img", precision="full", device="cpu")
-    clock = UNetClock(pipe.unet)
+    clock = ForwardClock([pipe.unet])
     runs: Dict[str, Callable[[], list]] = {"off": lambda: pipe("a red circle", n=args.n, steps=args.steps,
                                                                  sampler=args.sampler, seed=args.seed)}
     for interval, depth in settings(args):

@@ -1,10 +1,11 @@
 """The shapes adherence table (every sampling task of scripts/evaluate_shapes.py) under several
-precision / DeepCache settings side by side, in one run: fp32 (``--precision full``), bf16
-autocast (``--precision autocast`` on a CPU with native bfloat16, forced with LDM_CPU_BF16=1) and
-fp32 with ``--cache-interval N`` (and ``--cache-depth D``). Prints each number per setting, its
-largest difference to fp32 in points, and the seconds each task took.
+precision / DeepCache / token merging settings side by side, in one run: fp32 (``--precision full``),
+bf16 autocast (``--precision autocast`` on a CPU with native bfloat16, forced with LDM_CPU_BF16=1),
+fp32 with ``--cache-interval N`` (and ``--cache-depth D``), and bf16 autocast with ``--token-merging
+0.N``. Prints each number per setting, its largest difference to the first setting in points, and
+the seconds each task took.
 
-    python benchmarks/shapes_settings.py [--tasks txt2img inpaint ...] [--settings fp32 bf16 cache3]
+    python benchmarks/shapes_settings.py [--tasks txt2img inpaint ...] [--settings fp32 bf16 cache3 tome5]
                                          [--single-repeats 1] [--two-count 8] [--count 16]
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--settings", nargs="+", default=["fp32", "bf16", "cache3"],
-                        help="fp32, bf16, or cacheN / cacheNdD (fp32 with --cache-interval N, --cache-depth D)")
+                        help="fp32, bf16, cacheN / cacheNdD (fp32 with --cache-interval N, --cache-depth D), "
+                             "or tomeN (bf16 with --token-merging 0.N)")
     parser.add_argument("--single-repeats", type=int, default=1)
     parser.add_argument("--two-count", type=int, default=8)
     parser.add_argument("--count", type=int, default=16, help="images for inpaint/depth/upscale/pixel")
@@ -40,8 +42,11 @@ def evaluate(task: str, setting: str, opt: argparse.Namespace):
     """(report numbers, seconds) of one task under one setting."""
     argv = [task, "--single-repeats", str(opt.single_repeats), "--two-count", str(opt.two_count),
             "--count", str(opt.count), "--steps", str(opt.steps)]
-    os.environ["LDM_CPU_BF16"] = "1" if setting == "bf16" else "0"
-    argv += ["--precision", "autocast" if setting == "bf16" else "full"]
+    bf16 = setting == "bf16" or setting.startswith("tome")
+    os.environ["LDM_CPU_BF16"] = "1" if bf16 else "0"
+    argv += ["--precision", "autocast" if bf16 else "full"]
+    if setting.startswith("tome"):
+        argv += ["--token-merging", f"0.{setting[len('tome'):]}"]
     if setting.startswith("cache"):
         interval, _, depth = setting[len("cache"):].partition("d")
         argv += ["--cache-interval", interval, "--cache-depth", depth or "1"]

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample with DeepCache, the whole UNet every N steps (as the scripts' flag)")
     parser.add_argument("--cache-depth", type=int, default=1, metavar="D",
                         help="DeepCache's shallow branch: D+1 blocks at each end of the UNet (default 1)")
+    parser.add_argument("--token-merging", type=float, default=None, metavar="RATIO",
+                        help="sample with token merging at this ratio (as the scripts' flag; default off)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     return parser
 
@@ -85,6 +87,7 @@ def run(opt: argparse.Namespace):
     import ldm
     from ldm.evaluation import benchmarks
     from ldm.modules.diffusionmodules.deepcache import deep_cache
+    from ldm.modules.token_merging import token_merging
 
     scale = opt.scale if opt.scale is not None else (3.0 if opt.task == "class" else 5.0)
     sampling = dict(seed=opt.seed, steps=opt.steps, scale=scale, batch_size=opt.batch_size)
@@ -96,7 +99,8 @@ def run(opt: argparse.Namespace):
                                            opt.seed)
     config, ckpt = model_paths("txt2img" if opt.task == "relations" else opt.task, opt.config, opt.ckpt)
     pipe = ldm.load(PIPELINE_TASKS[opt.task], ckpt=ckpt, config=config, device=opt.device, precision=opt.precision)
-    with deep_cache(pipe.unet, opt.cache_interval, opt.cache_depth):  # a new cache per run: the timestep rises
+    # A new cache per run (the timestep rises); the merging's destinations drawn on through the whole evaluation.
+    with deep_cache(pipe.unet, opt.cache_interval, opt.cache_depth), token_merging(pipe.unet, opt.token_merging):
         return sample_and_measure(opt, pipe, count, sampling)
 
 
@@ -127,6 +131,9 @@ def main(argv=None) -> int:
             return 2
     if opt.cache_depth < 0:
         print("evaluate_shapes.py: error: --cache-depth must be 0 or more", file=sys.stderr)
+        return 2
+    if opt.token_merging is not None and not 0 <= opt.token_merging < 1:
+        print("evaluate_shapes.py: error: --token-merging must be in [0, 1)", file=sys.stderr)
         return 2
     from ldm.inference.errors import UsageError
     from ldm.util import CheckpointError

@@ -148,7 +148,7 @@ class Page:
         label, elem_id = webui.LABELS[name], f"{task}-{name}"
         if name in ("prompt", "negative_prompt", "source_prompt"):
             return gr.Textbox(value=value or "", label=label, lines=2, elem_id=elem_id)
-        if name in ("classes", "guide_color"):
+        if name in ("classes", "guide_color", "token_merging"):  # blank: off (the label says so)
             return gr.Textbox(value=value or "", label=label, elem_id=elem_id)
         if name == "sampler":
             return gr.Dropdown(webui.sampler_choices(), value=value, label=label, elem_id=elem_id)

@@ -29,7 +29,7 @@ import copy
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
@@ -85,6 +85,7 @@ from ldm.models.diffusion.seeding import ImageNoise
 from ldm.modules.diffusionmodules.deepcache import deep_cache
 from ldm.modules.encoders.textual_inversion import EmbeddingHandle
 from ldm.modules.lora import LoraHandle
+from ldm.modules.token_merging import token_merging
 from ldm.util import pick_device
 
 # Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
@@ -144,6 +145,29 @@ def check_counts_and_numbers(opt: argparse.Namespace) -> None:
     if opt.cache_interval is not None and opt.compile:
         raise UsageError("--cache-interval and --compile do not go together (the cache changes the UNet's "
                          "path from step to step); choose one")
+    check_token_merging(opt)
+
+
+def check_token_merging(opt: argparse.Namespace) -> None:
+    """``--token-merging``: a ratio in [0, 1), and not with ``--compile``."""
+    if opt.token_merging is None:
+        return
+    if not 0 <= opt.token_merging < 1:
+        raise UsageError(f"--token-merging must be in [0, 1) (the fraction of tokens merged), got {opt.token_merging}")
+    if opt.compile:
+        raise UsageError("--token-merging and --compile do not go together (merging changes the attention's "
+                         "token count from call to call); choose one")
+
+
+def speed_up_parameters(opt: argparse.Namespace) -> Dict[str, object]:
+    """The PNG parameters of the options that trade exactness for speed (only those given): DeepCache's
+    and token merging's (A1111's "Token merging ratio")."""
+    parameters: Dict[str, object] = {}
+    if opt.cache_interval is not None:
+        parameters.update({"Cache interval": opt.cache_interval, "Cache depth": opt.cache_depth})
+    if opt.token_merging is not None:
+        parameters["Token merging ratio"] = opt.token_merging
+    return parameters
 
 
 def prepare_run(task_name: str, opt: argparse.Namespace, spec: ModelSpec) -> Run:
@@ -263,7 +287,7 @@ class Pipeline:
             for index, batch in enumerate(run.batches):
                 if on_batch is not None:
                     on_batch(index, len(run.batches))
-                with steps_reported_to(on_step), deep_cache(self.unet, run.opt.cache_interval, run.opt.cache_depth):
+                with steps_reported_to(on_step), self._speed_ups(run.opt):
                     images = run.task.generate(self.model, sampler.sampler, batch,
                                                ImageNoise(batch.seeds, self.device))
                 yield batch, images.cpu(), describe(batch)
@@ -296,7 +320,8 @@ class Pipeline:
         common = dict(negative_prompt=opt.negative_prompt, steps=opt.steps, sampler=sampler_name,
                       cfg_scale=opt.scale, width=width, height=height,
                       model_name=model_name(ckpt) if ckpt else None)
-        extra = {**run.task.extra_parameters(), **run.task.guidance_parameters(), **lora_parameters(self.loras)}
+        extra = {**run.task.extra_parameters(), **run.task.guidance_parameters(), **lora_parameters(self.loras),
+                 **speed_up_parameters(opt)}
 
         def describe(prompt: str, seed: int) -> str:
             # The hash reads the whole file (seconds for an SD-size one): asked for once the first
@@ -305,6 +330,13 @@ class Pipeline:
             return GenerationParameters(prompt=prompt, seed=seed, extra={**extra, **used}, model_hash=self.model_hash,
                                         **common).to_text()
         return describe
+
+    @contextlib.contextmanager
+    def _speed_ups(self, opt: argparse.Namespace) -> Iterator[None]:
+        """DeepCache and token merging as ``opt`` asks, fresh for each batch (one sampling run), so
+        that an image does not depend on the batches before it."""
+        with deep_cache(self.unet, opt.cache_interval, opt.cache_depth), token_merging(self.unet, opt.token_merging):
+            yield
 
     def _weights_scope(self) -> ContextManager:
         """Sample with the EMA weights when the model keeps them (a config with ``use_ema`` and no

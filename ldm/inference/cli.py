@@ -187,6 +187,11 @@ def add_performance_args(parser: argparse.ArgumentParser) -> None:
                             "first D+1 input and last D+1 output blocks of the UNet; 1 is DeepCache's branch 0 "
                             "for Stable Diffusion, 0 recomputes only the input convolution's skip (faster, "
                             "further from the full UNet) (default: %(default)s)")
+    group.add_argument("--token-merging", type=float, default=None, metavar="RATIO",
+                       help="token merging (ToMe for Stable Diffusion, Bolya & Hoffman 2023): merge this fraction "
+                            "of the most similar tokens before each self-attention at the latent's full "
+                            "resolution (0.5 is the paper's setting; slightly different images; 0 is the same as "
+                            "off; default: off)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the UNet (slow first batch, faster afterwards)")
     group.add_argument("--attention-slicing", type=int, nargs="?", const=1024, default=None,

@@ -32,7 +32,7 @@ IMAGE_INPUT_TASKS = ("img2img", "inpaint", "depth2img", "upscale", "edit", "uncl
 # --precision), --fixed_code, --C/--f, --save-depth, the Karlo prior and sample_diffusion.py's -v.
 CONTROLS = ("prompt", "negative_prompt", "source_prompt", "classes", "sampler", "steps", "scale", "ddim_eta",
             "strength", "noise_level", "inversion_steps", "keep", "W", "H", "guide_color", "guide_scale", "seed",
-            "n_iter", "n_samples", "batch_size")
+            "n_iter", "n_samples", "batch_size", "token_merging")
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "source_prompt": "Source prompt (describes the "
           "image)", "classes": "Classes (numbers or names, comma-separated; blank: four spread over the model's)",
           "sampler": "Sampler", "steps": "Steps", "scale": "CFG scale", "ddim_eta": "DDIM eta",
@@ -40,7 +40,8 @@ LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "source_prom
           "keep": "Keep (fraction of steps from the inversion)", "W": "Width", "H": "Height",
           "guide_color": "Guide colour R,G,B (blank: off)", "guide_scale": "Guide scale",
           "seed": "Seed (-1: random)", "n_iter": "Batch count", "n_samples": "Batch size",
-          "batch_size": "Batch size (blank: as many as fit)"}
+          "batch_size": "Batch size (blank: as many as fit)",
+          "token_merging": "Token merging ratio (0 to 0.9; blank: off)"}
 # How many images sample_diffusion.py's tab makes by default (the script's 50000 are for FID, not a page).
 UNCONDITIONAL_IMAGES = 4
 INPUT_NAMES = {"init_img": "--init-img", "mask": "--mask", "depth": "--depth"}
@@ -237,7 +238,8 @@ _PARAMETER_OPTIONS = {"Prompt": ("prompt", str), "Negative prompt": ("negative_p
                       "Steps": ("steps", int), "CFG scale": ("scale", float), "Seed": ("seed", int),
                       "Size-1": ("W", int), "Size-2": ("H", int), "Denoising strength": ("strength", float),
                       "Noise level": ("noise_level", int), "Source prompt": ("source_prompt", str),
-                      "Inversion steps": ("inversion_steps", int), "Keep": ("keep", float)}
+                      "Inversion steps": ("inversion_steps", int), "Keep": ("keep", float),
+                      "Token merging ratio": ("token_merging", float)}
 
 
 def controls_from_parameters(text: str) -> Dict[str, Any]:

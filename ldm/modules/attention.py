@@ -247,14 +247,23 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
         self.checkpoint = checkpoint
+        # A TokenMerging while sampling with token merging (token_merging.token_merging), else None.
+        self.token_merging = None
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
 
     def _forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x), context=context if self.disable_self_attn else None) + x
+        x = self._first_attention(x, context if self.disable_self_attn else None) + x
         x = self.attn2(self.norm2(x), context=context) + x
         return self.ff(self.norm3(x)) + x
+
+    def _first_attention(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
+        """``attn1`` of the normed ``x``; with token merging on, of its merged tokens, unmerged after."""
+        merge = self.token_merging.plan(x) if self.token_merging is not None else None
+        if merge is None:
+            return self.attn1(self.norm1(x), context=context)
+        return merge.unmerge(self.attn1(merge.merge(self.norm1(x)), context=context))
 
 
 def _context_dims_per_block(context_dim, depth: int) -> list:

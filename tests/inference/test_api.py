@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ldm
@@ -217,3 +218,100 @@ def test_a_bad_cache_interval_is_the_scripts_one_line_error(pipes, tiny_models, 
     assert code == 2
     assert "--cache-interval and --compile do not go together" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def top_attention_model(tiny_models, tmp_path_factory):
+    """The tiny text-to-image model with transformers at the latent's own resolution too (where token
+    merging merges), saved as config + checkpoint."""
+    from tests.scripts.helpers import _save_model, _text_stage
+    from tests.tiny_configs import tiny_latent_diffusion_config, tiny_unet_config
+
+    config = tiny_latent_diffusion_config(unet_config=tiny_unet_config(attention_resolutions=[1, 2]),
+                                          cond_stage_config=_text_stage(tiny_models["txt2img"].config.parent / "clip"))
+    return _save_model(tmp_path_factory.mktemp("top_attention"), "txt2img-top-attention", config, seed=7)
+
+
+@pytest.fixture(scope="module")
+def top_attention_pipe(top_attention_model):
+    return ldm.load("txt2img", ckpt=str(top_attention_model.ckpt), config=str(top_attention_model.config),
+                    device="cpu")
+
+
+def _pixels(images):
+    return [np.asarray(image) for image in images]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "heun", "dpmpp_2m_sde"])
+def test_token_merging_zero_makes_the_same_pixels_and_a_half_changes_them_reproducibly(top_attention_pipe, sampler):
+    pipe = top_attention_pipe
+    options = dict(steps=4, n=2, seed=3, sampler=sampler)
+    plain = _pixels(pipe("a red circle", **options))
+    unmerged = _pixels(pipe("a red circle", token_merging=0.0, **options))
+    merged = pipe("a red circle", token_merging=0.5, **options)
+    again = _pixels(pipe("a red circle", token_merging=0.5, **options))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, unmerged))
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, _pixels(merged)))
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(merged), again))
+    assert "Token merging ratio: 0.5" in merged[0].info["parameters"]
+    assert all(block.token_merging is None for block in pipe.unet.modules() if hasattr(block, "token_merging"))
+
+
+def test_token_merging_works_under_the_cpu_bf16_autocast_with_bf16_weights(top_attention_model, monkeypatch):
+    monkeypatch.setenv("LDM_CPU_BF16", "1")
+    pipe = ldm.load("txt2img", ckpt=str(top_attention_model.ckpt), config=str(top_attention_model.config),
+                    device="cpu")
+    assert pipe.dtype == pipe.weights_dtype == torch.bfloat16
+    options = dict(steps=4, n=2, seed=3)
+    plain = _pixels(pipe("a red circle", **options))
+    merged = _pixels(pipe("a red circle", token_merging=0.5, **options))
+    again = _pixels(pipe("a red circle", token_merging=0.5, **options))
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, merged))
+    assert all(np.array_equal(a, b) for a, b in zip(merged, again))
+
+
+def test_token_merging_gives_an_image_the_same_pixels_alone_as_in_a_batch(top_attention_pipe):
+    together = top_attention_pipe("a red circle", steps=4, seed=5, n=2, token_merging=0.5)
+    alone = top_attention_pipe("a red circle", steps=4, seed=6, n=1, token_merging=0.5)
+    assert np.abs(np.asarray(together[1], dtype=int) - np.asarray(alone[0], dtype=int)).max() <= 1
+
+
+def test_token_merging_leaves_the_global_random_generator_alone(top_attention_pipe):
+    torch.manual_seed(0)
+    top_attention_pipe("a red circle", steps=2, seed=1, token_merging=0.5)
+    merged_state = torch.get_rng_state()
+    torch.manual_seed(0)
+    top_attention_pipe("a red circle", steps=2, seed=1)
+    assert torch.equal(torch.get_rng_state(), merged_state)
+
+
+def test_token_merging_and_deep_cache_go_together(top_attention_pipe):
+    options = dict(steps=4, n=2, seed=3, cache_interval=2)
+    cached = _pixels(top_attention_pipe("a red circle", **options))
+    both = top_attention_pipe("a red circle", token_merging=0.5, **options)
+    assert not any(np.array_equal(a, b) for a, b in zip(cached, _pixels(both)))
+    assert "Cache interval: 2, Cache depth: 1, Token merging ratio: 0.5" in both[0].info["parameters"]
+    assert top_attention_pipe.unet.feature_cache is None
+
+
+def test_a_bad_token_merging_ratio_is_the_scripts_one_line_error(pipes, tiny_models, tmp_path, capsys):
+    for bad in (1.0, -0.25):
+        with pytest.raises(UsageError, match=rf"^--token-merging must be in \[0, 1\) .*got {bad}$"):
+            pipes["txt2img"]("a cat", token_merging=bad)
+    with pytest.raises(UsageError, match=r"^--token-merging must be a number, got '0.5'$"):
+        pipes["txt2img"]("a cat", token_merging="0.5")
+    outdir = tmp_path / "out"
+    for flags, message in ((["--token-merging", "1.5"], "--token-merging must be in [0, 1)"),
+                           (["--token-merging", "0.5", "--compile"], "--token-merging and --compile do not go")):
+        assert main_exit_code("txt2img.py", [*tiny_models["txt2img"].flags(), *flags, "--outdir", str(outdir)]) == 2
+        assert message in capsys.readouterr().err
+    assert not outdir.exists()
+
+
+def test_the_script_records_token_merging_in_the_png_parameters(top_attention_model, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    code = main_exit_code("txt2img.py", [*top_attention_model.flags(), "--prompt", "a red circle", "--steps", "2",
+                                         "--n_samples", "1", "--n_iter", "1", "--token-merging", "0.3",
+                                         "--outdir", str(outdir), "--skip_grid"])
+    assert code == 0, capsys.readouterr().err
+    assert png_parameters(files_under(outdir)[0])["Token merging ratio"] == "0.3"

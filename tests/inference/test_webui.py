@@ -46,6 +46,17 @@ def test_bad_fields_are_the_scripts_errors(values, message):
         webui.call_keywords("txt2img", values)
 
 
+def test_token_merging_is_a_field_whose_blank_is_off_and_is_read_back_from_the_parameters():
+    assert webui.task_controls("txt2img")["token_merging"] is None
+    _, keywords = webui.call_keywords("txt2img", {"n_iter": 1, "n_samples": 1, "token_merging": "0.5"})
+    assert keywords["token_merging"] == 0.5
+    _, keywords = webui.call_keywords("txt2img", {"n_iter": 1, "n_samples": 1, "token_merging": " "})
+    assert keywords["token_merging"] is None
+    text = GenerationParameters(prompt="a", negative_prompt="", steps=20, sampler="DDIM", cfg_scale=7.5, seed=1,
+                                width=64, height=64, extra={"Token merging ratio": 0.3}).to_text()
+    assert webui.controls_from_parameters(text)["token_merging"] == 0.3
+
+
 def test_class_names_are_split_at_commas():
     _, keywords = webui.call_keywords("class", {"classes": "0, blue square", "n_samples": 2})
     assert keywords == {"classes": ["0", "blue square"], "n": 2}

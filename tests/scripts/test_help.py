@@ -9,7 +9,7 @@ SCRIPTS = ["txt2img.py", "img2img.py", "inpaint.py", "depth2img.py", "upscale.py
 SHARED = ["--prompt", "--negative_prompt", "--from-file", "--repeat", "--outdir", "--skip_grid", "--skip_save",
           "--n_rows", "--steps", "--ddim_steps", "--ddim_eta", "--scale", "--seed", "--fixed_code", "--n_iter",
           "--n_samples", "--config", "--ckpt", "--ema", "--no-ema", "--device", "--precision", "--bf16",
-          "--compile", "--attention-slicing", "--vae-tiling"]
+          "--compile", "--attention-slicing", "--vae-tiling", "--cache-interval", "--cache-depth", "--token-merging"]
 SAMPLER_FLAGS = ["--sampler", "--plms", "--dpm", "--dpm_solver"]
 OWN_FLAGS = {
     "txt2img.py": SAMPLER_FLAGS + ["--H", "--W", "--C", "--f"],
