@@ -5,7 +5,7 @@ Tasks: ``detector`` (the detector's own accuracy on ground-truth renders), ``aut
 ``relations`` (whether the relation word or the starting noise decides the layout: each two-object
 prompt and its mirror from the same noise), ``inpaint``, ``depth``, ``upscale``, ``class`` (the
 class-conditional model's colour/shape accuracy), ``pixel`` (the pixel-space DDPM's samples read as
-one valid shape, DDIM 50 vs ancestral 1000 steps). Models default
+one valid shape, DDIM 50 at eta 1 (sample_diffusion.py's default) and 0 vs ancestral 1000 steps). Models default
 to the shipped ones in checkpoints/.
 """
 import argparse
