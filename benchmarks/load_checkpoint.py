@@ -123,15 +123,16 @@ class FirstStep(Exception):
 
 
 def _until_first_step(unet_class, generate: Callable[[], object]) -> Dict[str, float]:
-    """Run ``generate`` up to the end of its first call of ``unet_class``: the time that call
-    begins, and the peak RSS once it is done (all weights of the UNet have then been read,
-    whether or not the loader touched them before)."""
+    """Run ``generate`` up to the end of its first call of ``unet_class``: the times that call
+    begins and ends, and the peak RSS once it is done (all weights of the UNet have then been
+    read, whether or not the loader touched them before)."""
     forward = unet_class.forward
     times: Dict[str, float] = {}
 
     def first_call(self, *args, **kwargs):
         times["at"] = time.time()
         forward(self, *args, **kwargs)
+        times["done"] = time.time()
         times["peak"] = _peak_rss_bytes()
         raise FirstStep()
     unet_class.forward = first_call
@@ -195,7 +196,8 @@ def measure(side: str, ckpt: str) -> Dict[str, float]:
     if done.returncode != 0:
         raise SystemExit(f"{side} on {ckpt} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"seconds": result["at"] - start, "peak": result["peak"], "weights": result["weights"],
+    return {"seconds": result["at"] - start, "done": result["done"] - start, "peak": result["peak"],
+            "weights": result["weights"],
             "fp32_weights": result["fp32_weights"], "precision": result["precision"]}
 
 
@@ -210,7 +212,7 @@ def read_into_page_cache(path: Path) -> None:
 
 def compare(folder: Path, runs: int) -> None:
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {runs} run(s) per side, medians")
-    print(f"{'file':32s} {'side':9s} {'first step s':>12s} {'peak RSS GiB':>12s} {'weights GiB':>11s} "
+    print(f"{'file':32s} {'side':9s} {'first step s':>12s} {'step done s':>11s} {'peak RSS GiB':>12s} {'weights GiB':>11s} "
           f"{'peak/weights':>12s} {'fp32 weights GiB':>16s} {'peak/fp32 weights':>17s}  precision")
     for name in FILES:
         path = folder / name
@@ -222,12 +224,12 @@ def compare(folder: Path, runs: int) -> None:
         medians = {side: {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "precision"}
                    for side, rows in results.items()}
         for side, m in medians.items():
-            print(f"{name:32s} {side:9s} {m['seconds']:12.2f} {m['peak'] / GIB:12.2f} {m['weights'] / GIB:11.2f} "
+            print(f"{name:32s} {side:9s} {m['seconds']:12.2f} {m['done']:11.2f} {m['peak'] / GIB:12.2f} {m['weights'] / GIB:11.2f} "
                   f"{m['peak'] / m['weights']:12.2f} {m['fp32_weights'] / GIB:16.2f} "
                   f"{m['peak'] / m['fp32_weights']:17.2f}  {results[side][0]['precision']}")
         ours, theirs = medians["ours"], medians["diffusers"]
         print(f"{name:32s} {'ratio':9s} {ours['seconds'] / theirs['seconds']:12.2f} "
-              f"{ours['peak'] / theirs['peak']:12.2f}   (ours / diffusers)")
+              f"{ours['done'] / theirs['done']:11.2f} {ours['peak'] / theirs['peak']:12.2f}   (ours / diffusers)")
 
 
 def main() -> None:
