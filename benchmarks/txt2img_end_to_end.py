@@ -59,6 +59,7 @@ from benchmarks.common import (  # noqa: E402
 from ldm.inference.pipeline import decode_latents, encode_prompts  # noqa: E402
 from ldm.inference.precision import autocast_dtype, autocast_weight_retyper, precision_scope  # noqa: E402
 from ldm.models.diffusion.samplers import get_sampler  # noqa: E402
+from ldm.modules.token_merging import token_merging  # noqa: E402
 from ldm.util import load_model_from_config, pick_device  # noqa: E402
 
 SIDES = ("ours", "diffusers")
@@ -89,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ours: autocast (the scripts' default: bf16 autocast on a CPU with native bf16) or "
                              "full (--dtype, like diffusers)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--token-merging", type=float, default=None, metavar="RATIO",
+                        help="ours with token merging (as the scripts' --token-merging; default: off)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -167,9 +170,10 @@ def diffusers_pipeline(model: torch.nn.Module, config: DictConfig, sampler: str,
 
 
 def _sample_ours(sampler, args: argparse.Namespace, x_T: torch.Tensor, c, uc) -> torch.Tensor:
-    samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
-                                verbose=False, eta=0.0, x_T=x_T.clone(), unconditional_guidance_scale=args.scale,
-                                unconditional_conditioning=uc)
+    with token_merging(sampler.model.model.diffusion_model, args.token_merging):
+        samples, _ = sampler.sample(S=args.steps, batch_size=1, shape=list(x_T.shape[1:]), conditioning=c,
+                                    verbose=False, eta=0.0, x_T=x_T.clone(),
+                                    unconditional_guidance_scale=args.scale, unconditional_conditioning=uc)
     return samples
 
 
@@ -325,6 +329,8 @@ def print_report(args: argparse.Namespace, memory: Dict[str, dict], run: dict) -
           f"diffusers {diffusers.__version__}")
     ours_precision_name, theirs_precision_name = run["precision"]["ours"], run["precision"]["diffusers"]
     print(f"precision: ours {ours_precision_name}; diffusers {theirs_precision_name}")
+    if args.token_merging is not None:
+        print(f"ours with token merging at ratio {args.token_merging} (diffusers without)")
     if ours_precision_name != theirs_precision_name:
         print("(the precisions differ: the differences below are those of the precisions, not a check that fails)")
     print(f"agreement: final latent max |diff| {run['latent_max_diff']:.3g} (max |latent| "
