@@ -83,8 +83,7 @@ def _load_shared(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
 def diffusers_unet(unet: torch.nn.Module, config: DictConfig, image_size: int = 512):
     """diffusers' ``UNet2DConditionModel`` holding ``unet``'s weight tensors (no copy)."""
     from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
-                                                     create_unet_diffusers_config_from_ldm)
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
 
     warnings.filterwarnings("ignore", message=".*image_size.*", category=FutureWarning)
     checkpoint = prefixed_state_dict(unet, UNET_PREFIX)
@@ -154,6 +153,17 @@ def alternate(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.
         for name in (names if r % 2 == 0 else names[::-1]):
             times[name].append(timed(fns[name], device))
     return times
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``call``, after one untimed call (warm-up)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def median_times(times: List[Timing]) -> Timing:

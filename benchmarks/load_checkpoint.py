@@ -212,8 +212,8 @@ def read_into_page_cache(path: Path) -> None:
 
 def compare(folder: Path, runs: int) -> None:
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {runs} run(s) per side, medians")
-    print(f"{'file':32s} {'side':9s} {'first step s':>12s} {'step done s':>11s} {'peak RSS GiB':>12s} {'weights GiB':>11s} "
-          f"{'peak/weights':>12s} {'fp32 weights GiB':>16s} {'peak/fp32 weights':>17s}  precision")
+    print(f"{'file':32s} {'side':9s} {'first step s':>12s} {'step done s':>11s} {'peak RSS GiB':>12s} "
+          f"{'weights GiB':>11s} {'peak/weights':>12s} {'fp32 weights GiB':>16s} {'peak/fp32 weights':>17s}  precision")
     for name in FILES:
         path = folder / name
         read_into_page_cache(path)
@@ -224,8 +224,8 @@ def compare(folder: Path, runs: int) -> None:
         medians = {side: {key: statistics.median(r[key] for r in rows) for key in rows[0] if key != "precision"}
                    for side, rows in results.items()}
         for side, m in medians.items():
-            print(f"{name:32s} {side:9s} {m['seconds']:12.2f} {m['done']:11.2f} {m['peak'] / GIB:12.2f} {m['weights'] / GIB:11.2f} "
-                  f"{m['peak'] / m['weights']:12.2f} {m['fp32_weights'] / GIB:16.2f} "
+            print(f"{name:32s} {side:9s} {m['seconds']:12.2f} {m['done']:11.2f} {m['peak'] / GIB:12.2f} "
+                  f"{m['weights'] / GIB:11.2f} {m['peak'] / m['weights']:12.2f} {m['fp32_weights'] / GIB:16.2f} "
                   f"{m['peak'] / m['fp32_weights']:17.2f}  {results[side][0]['precision']}")
         ours, theirs = medians["ours"], medians["diffusers"]
         print(f"{name:32s} {'ratio':9s} {ours['seconds'] / theirs['seconds']:12.2f} "

@@ -28,8 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from ldm.models.diffusion import samplers  # noqa: E402
-from ldm.models.diffusion.dpm_solver.dpm_solver import (DPM_Solver, NoiseScheduleVP,  # noqa: E402
-                                                        model_wrapper)
+from ldm.models.diffusion.dpm_solver.dpm_solver import DPM_Solver, NoiseScheduleVP, model_wrapper  # noqa: E402
 from tests.models.diffusion.gaussian_analytic import GaussianDataModel, relative_error  # noqa: E402
 
 STEPS = (5, 10, 20, 50)

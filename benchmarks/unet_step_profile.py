@@ -18,11 +18,9 @@ in float32).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import random_unet  # noqa: E402
+from benchmarks.common import median_seconds, random_unet  # noqa: E402
 from ldm.inference.precision import autocast_dtype, cpu_has_native_bf16, store_autocast_weights  # noqa: E402
 
 GROUPS = {"convolution": ("convolution",), "attention": ("scaled_dot_product", "flash_attention"),
@@ -43,16 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (medians are printed)")
     return parser.parse_args()
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def group_of(op_name: str) -> str:

@@ -29,8 +29,15 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CONFIGS, DTYPES, current_rss_bytes, diffusers_vae, peak_rss_bytes,  # noqa: E402
-                               reset_peak_rss, resolve_dtype)
+from benchmarks.common import (  # noqa: E402
+    CONFIGS,
+    DTYPES,
+    current_rss_bytes,
+    diffusers_vae,
+    peak_rss_bytes,
+    reset_peak_rss,
+    resolve_dtype,
+)
 from ldm.util import instantiate_from_config, pick_device  # noqa: E402
 
 CONFIG = CONFIGS["sd1"]

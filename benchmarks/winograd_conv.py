@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import median_seconds  # noqa: E402
 
 # Transform matrices (B^T, G, A^T) of Lavin & Gray (2016), section 4.1 (F(2x2, 3x3)) and
 # section 4.2 (F(4x4, 3x3), interpolation points 0, +-1, +-2 and infinity).
@@ -99,16 +100,6 @@ def winograd_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 CONV_SHAPES = [  # (C_in, C_out, side): the SD 1.x UNet's 3x3 convolutions at latent 64
     (320, 320, 64), (640, 320, 64), (640, 640, 64), (640, 640, 32), (1280, 640, 32),
     (1280, 1280, 32), (1280, 1280, 16), (1280, 1280, 8)]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
