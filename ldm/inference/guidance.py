@@ -104,6 +104,11 @@ def pixel_distance(pixels: torch.Tensor, rgb: Sequence[float], space: str) -> to
     return length.detach() * (1 - cosine)
 
 
+def is_grey(rgb: Sequence[float]) -> bool:
+    """Whether the colour has equal channels, so no hue to guide toward (the hue loss refuses it)."""
+    return max(rgb) == min(rgb)
+
+
 def color_loss(rgb: Sequence[float], scale: float, region: str = "image", space: str = "rgb") -> ImageLoss:
     """``scale`` times the mean distance (``pixel_distance`` in ``space``) of the image's pixels
     (in [0, 1]) to ``rgb`` (each in [0, 1]), per image. ``region="image"`` averages over every
@@ -116,7 +121,7 @@ def color_loss(rgb: Sequence[float], scale: float, region: str = "image", space:
         raise ValueError(f"the guide region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
     if space not in GUIDE_COLOR_SPACES:
         raise ValueError(f"the guide colour space must be one of {', '.join(GUIDE_COLOR_SPACES)}, got {space!r}")
-    if space == "hue" and max(rgb) == min(rgb):
+    if space == "hue" and is_grey(rgb):
         raise ValueError(f"a grey guide colour has no hue to guide toward, got {list(rgb)}")
 
     def loss(image: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,7 @@ class ColorGuidanceRequest:
         region = _choice(opt, "guide_region", GUIDE_REGIONS, DEFAULT_GUIDE_REGION)
         space = _choice(opt, "guide_color_space", GUIDE_COLOR_SPACES, DEFAULT_GUIDE_COLOR_SPACE)
         rgb = parse_color(color)
-        if space == "hue" and len(set(rgb)) == 1:
+        if space == "hue" and is_grey(rgb):
             raise UsageError(f"--guide-color-space hue needs a colour with a hue, got the grey {color!r}")
         return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space)
 
