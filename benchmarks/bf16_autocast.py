@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CONFIGS, alternate, median_times, random_unet  # noqa: E402
+from benchmarks.common import CONFIGS, alternate, median_times, random_unet, seeded_unet_inputs  # noqa: E402
 from ldm.inference.precision import cpu_has_native_bf16, precision_scope  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -37,11 +37,7 @@ def main() -> None:
     switched off)."""
     args = parse_args()
     unet, config = random_unet(args.model, args.seed)
-    context_dim = config.model.params.unet_config.params.context_dim
-    generator = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch, 4, args.latent, args.latent, generator=generator)
-    t = torch.full((args.batch,), args.timestep)
-    context = torch.randn(args.batch, 77, context_dim, generator=generator)
+    x, t, context = seeded_unet_inputs(config, args.batch, args.latent, args.timestep, args.seed)
 
     def forward(dtype):
         """One step; the bf16 weights autocast made stay cached in the outer scope, as while sampling."""

@@ -58,6 +58,17 @@ def random_unet(name: str, seed: int = 0) -> Tuple[torch.nn.Module, DictConfig]:
     return unet.eval(), config
 
 
+def seeded_unet_inputs(config: DictConfig, batch: int, latent: int, timestep: int = 500,
+                       seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, t, context)`` for one call of the config's UNet: a seeded normal latent of side ``latent``,
+    every sample at ``timestep``, and a seeded normal 77-token context of the config's width."""
+    params = config.model.params.unet_config.params
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, params.in_channels, latent, latent, generator=generator)
+    context = torch.randn(batch, 77, params.context_dim, generator=generator)
+    return x, torch.full((batch,), timestep), context
+
+
 def prefixed_state_dict(module: torch.nn.Module, prefix: str) -> Dict[str, torch.Tensor]:
     """``module``'s state dict under the key prefix it has inside a full LDM checkpoint."""
     return {prefix + k: v for k, v in module.state_dict().items()}

@@ -23,7 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CONFIGS, ForwardClock, alternate, median_times, random_unet  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CONFIGS,
+    ForwardClock,
+    alternate,
+    median_times,
+    random_unet,
+    seeded_unet_inputs,
+)
 from ldm.inference.precision import cpu_has_native_bf16  # noqa: E402
 from ldm.modules.token_merging import token_merging  # noqa: E402
 
@@ -63,11 +70,7 @@ def top_level_self_attentions(unet: torch.nn.Module, latent: int) -> List[torch.
 def main() -> None:
     args = parse_args()
     unet, config = random_unet(args.model, args.seed)
-    context_dim = config.model.params.unet_config.params.context_dim
-    generator = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch, 4, args.latent, args.latent, generator=generator)
-    t = torch.full((args.batch,), args.timestep)
-    context = torch.randn(args.batch, 77, context_dim, generator=generator)
+    x, t, context = seeded_unet_inputs(config, args.batch, args.latent, args.timestep, args.seed)
     top_level = top_level_self_attentions(unet, args.latent)
     attention = ForwardClock(top_level)
     outputs: Dict[str, torch.Tensor] = {}

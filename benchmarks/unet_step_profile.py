@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import median_seconds, random_unet  # noqa: E402
+from benchmarks.common import median_seconds, random_unet, seeded_unet_inputs  # noqa: E402
 from ldm.inference.precision import autocast_dtype, cpu_has_native_bf16, store_autocast_weights  # noqa: E402
 
 GROUPS = {"convolution": ("convolution",), "attention": ("scaled_dot_product", "flash_attention"),
@@ -59,10 +59,7 @@ def unet_step_profile(latent: int, batch: int, repeats: int) -> None:
     if dtype is not None:
         store_autocast_weights(holder, dtype)
     unet.eval()
-    context_dim = config.model.params.unet_config.params.context_dim
-    x = torch.randn(batch, 4, latent, latent)
-    t = torch.full((batch,), 500)
-    context = torch.randn(batch, 77, context_dim)
+    x, t, context = seeded_unet_inputs(config, batch, latent)
 
     def step():
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):

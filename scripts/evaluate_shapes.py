@@ -132,9 +132,14 @@ def main(argv=None) -> int:
     if opt.cache_depth < 0:
         print("evaluate_shapes.py: error: --cache-depth must be 0 or more", file=sys.stderr)
         return 2
-    if opt.token_merging is not None and not 0 <= opt.token_merging < 1:
-        print("evaluate_shapes.py: error: --token-merging must be in [0, 1)", file=sys.stderr)
-        return 2
+    if opt.token_merging is not None:
+        from ldm.modules.token_merging import check_ratio
+
+        try:
+            check_ratio(opt.token_merging)
+        except ValueError as err:
+            print(f"evaluate_shapes.py: error: --token-merging: {err}", file=sys.stderr)
+            return 2
     from ldm.inference.errors import UsageError
     from ldm.util import CheckpointError
 

@@ -85,7 +85,7 @@ from ldm.models.diffusion.seeding import ImageNoise
 from ldm.modules.diffusionmodules.deepcache import deep_cache
 from ldm.modules.encoders.textual_inversion import EmbeddingHandle
 from ldm.modules.lora import LoraHandle
-from ldm.modules.token_merging import token_merging
+from ldm.modules.token_merging import check_ratio, token_merging
 from ldm.util import pick_device
 
 # Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
@@ -152,8 +152,11 @@ def check_token_merging(opt: argparse.Namespace) -> None:
     """``--token-merging``: a ratio in [0, 1), and not with ``--compile``."""
     if opt.token_merging is None:
         return
-    if not 0 <= opt.token_merging < 1:
-        raise UsageError(f"--token-merging must be in [0, 1) (the fraction of tokens merged), got {opt.token_merging}")
+    try:
+        check_ratio(opt.token_merging)
+    except ValueError:
+        raise UsageError(f"--token-merging must be in [0, 1) (the fraction of tokens merged), "
+                         f"got {opt.token_merging}") from None
     if opt.compile:
         raise UsageError("--token-merging and --compile do not go together (merging changes the attention's "
                          "token count from call to call); choose one")

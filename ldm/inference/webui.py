@@ -41,7 +41,7 @@ LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "source_prom
           "guide_color": "Guide colour R,G,B (blank: off)", "guide_scale": "Guide scale",
           "seed": "Seed (-1: random)", "n_iter": "Batch count", "n_samples": "Batch size",
           "batch_size": "Batch size (blank: as many as fit)",
-          "token_merging": "Token merging ratio (0 to 0.9; blank: off)"}
+          "token_merging": "Token merging ratio (0 up to, not including, 1; blank: off)"}
 # How many images sample_diffusion.py's tab makes by default (the script's 50000 are for FID, not a page).
 UNCONDITIONAL_IMAGES = 4
 INPUT_NAMES = {"init_img": "--init-img", "mask": "--mask", "depth": "--depth"}
