@@ -105,12 +105,27 @@ def _inception(path: str, device):
         raise UsageError(str(err)) from err
 
 
+def _clip_scorer(directory: str, device):
+    from ldm.evaluation.clip_score import ClipScorer
+    from ldm.inference.errors import UsageError
+
+    try:
+        return ClipScorer(directory, device)
+    except OSError as err:
+        reason = getattr(err, "reason", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"--clip {directory}: {reason}") from None
+
+
 def evaluate(opt: argparse.Namespace) -> dict:
     from ldm.evaluation import suite
+    from ldm.evaluation.clip_score import clip_score
     from ldm.evaluation.image_sets import save_stats
 
     generated, reference, metrics = _checked(opt)
     device = _device(opt.device)
+    # What can fail on the user's input is read before the long work: the prompts and the CLIP model.
+    prompts = suite.read_prompts(opt.prompts, len(generated)) if "clip" in metrics or "shapes" in metrics else None
+    scorer = _clip_scorer(opt.clip, device) if "clip" in metrics else None
     results = {}
     inception_metrics = [m for m in metrics if m in suite.INCEPTION_METRICS]
     if inception_metrics or opt.save_stats:
@@ -126,16 +141,11 @@ def evaluate(opt: argparse.Namespace) -> dict:
             print(f"Inception statistics written to {opt.save_stats}")
         results.update(suite.inception_metrics(inception_metrics, generated_out, reference_out, opt.kid_subsets,
                                                opt.kid_subset_size, opt.splits, opt.k))
-    if "clip" in metrics or "shapes" in metrics:
-        prompts = suite.read_prompts(opt.prompts, len(generated))
-        if "clip" in metrics:
-            from ldm.evaluation.clip_score import ClipScorer, clip_score
-
-            scorer = ClipScorer(opt.clip, device)
-            results["clip_score"] = clip_score(scorer.image_scores(generated.batches(opt.batch_size), prompts,
-                                                                   len(generated)))
-        if "shapes" in metrics:
-            results.update(suite.shapes_metrics(generated, prompts, opt.batch_size))
+    if scorer is not None:
+        results["clip_score"] = clip_score(scorer.image_scores(generated.batches(opt.batch_size), prompts,
+                                                               len(generated)))
+    if "shapes" in metrics:
+        results.update(suite.shapes_metrics(generated, prompts, opt.batch_size))
     return results
 
 

@@ -25,16 +25,16 @@ def _image_processor_class():
 
 
 class ClipScorer:
-    """A ``CLIPModel`` with its tokenizer and image processor, read from ``directory``."""
+    """A ``CLIPModel`` with its tokenizer and image processor, read from ``directory``
+    (:func:`~ldm.modules.encoders.clip_model.load_local_clip`; OSError with a one-line reason)."""
 
     def __init__(self, directory: str, device: Union[str, torch.device] = "cpu"):
-        from transformers import CLIPModel, CLIPTokenizer
-
-        from ldm.modules.encoders.clip_text import load_offline, load_tokenizer_offline
+        from ldm.modules.encoders.clip_model import load_local_clip
+        from ldm.modules.encoders.clip_text import load_offline
 
         self.device = torch.device(device)
-        self.model = load_offline(CLIPModel, directory, "CLIP model").eval().requires_grad_(False).to(self.device)
-        self.tokenizer = load_tokenizer_offline(CLIPTokenizer, directory, "CLIP tokenizer")
+        model, self.tokenizer = load_local_clip(directory)
+        self.model = model.requires_grad_(False).to(self.device)
         self.processor = load_offline(_image_processor_class(), directory, "CLIP image processor")
         self.context = self.model.config.text_config.max_position_embeddings
 

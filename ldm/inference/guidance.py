@@ -4,7 +4,6 @@ text prompt (``--guide-clip``, with a transformers CLIP model from a local direc
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -271,46 +270,23 @@ def clip_guidance(model: torch.nn.Module, guide: ClipGuide, scale: float) -> Con
 
 @functools.lru_cache(maxsize=2)
 def load_clip(directory: str):
-    """(``CLIPModel``, tokenizer) of a local transformers CLIP directory, nothing downloaded: the
-    directory's tokenizer, or the shipped CLIP vocabulary when it has no tokenizer files (every
-    OpenAI CLIP uses it). Anything else is a one-line UsageError."""
-    from transformers import CLIPModel, CLIPTokenizer
+    """(``CLIPModel``, tokenizer) of a local transformers CLIP directory, nothing downloaded
+    (:func:`~ldm.modules.encoders.clip_model.load_local_clip`); anything wrong is a one-line
+    UsageError naming ``--guide-clip-model``."""
+    from ldm.modules.encoders.clip_model import ClipDirectoryError, load_local_clip
 
-    from ldm.modules.encoders.clip_text import TOKENIZER_FILES, load_offline, load_tokenizer_offline
-    from ldm.modules.encoders.tokenizer import build_clip_tokenizer
-
-    flag = f"--guide-clip-model {directory}"
-    if not os.path.isdir(directory):
-        raise UsageError(f"{flag}: no such directory (a local transformers CLIP model, saved with save_pretrained)")
-    model_type = _config_model_type(directory)
-    if model_type != "clip":
-        raise UsageError(f"{flag}: not a transformers CLIP model directory (its config.json has model_type "
-                         f"{model_type!r}, not 'clip')")
     try:
-        clip = load_offline(CLIPModel, directory, "CLIP model")
-        has_tokenizer = any(os.path.isfile(os.path.join(directory, name)) for name in TOKENIZER_FILES)
-        tokenizer = load_tokenizer_offline(CLIPTokenizer, directory, "CLIP tokenizer") if has_tokenizer \
-            else build_clip_tokenizer(int(clip.config.text_config.max_position_embeddings))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{flag}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
-    return clip.float(), tokenizer
-
-
-def _config_model_type(directory: str) -> Optional[str]:
-    """``model_type`` of the directory's config.json (None when it has none or cannot be read)."""
-    try:
-        with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return config.get("model_type") if isinstance(config, dict) else None
+        return load_local_clip(directory)
+    except ClipDirectoryError as err:
+        raise UsageError(f"--guide-clip-model {directory}: {err.reason}") from None
 
 
 @dataclass(frozen=True)
 class ClipGuidanceRequest:
     """``--guide-clip TEXT`` with the CLIP model of ``--guide-clip-model DIR`` at
-    ``--guide-clip-scale``: checked (and CLIP loaded) before the diffusion model is loaded, made
-    into the CLIP loss, and recorded in the images' parameters."""
+    ``--guide-clip-scale``: checked (and CLIP loaded, once per directory: :func:`load_clip` keeps
+    it) before the diffusion model is loaded, made into the CLIP loss, and recorded in the images'
+    parameters."""
     prompt: str
     directory: str
     scale: float

@@ -36,5 +36,8 @@ def test_the_set_score_is_the_mean_clipped_at_zero():
 
 
 def test_a_folder_without_a_model_is_one_clear_error(tmp_path):
-    with pytest.raises(OSError, match="nothing is downloaded"):
+    with pytest.raises(OSError, match="not a transformers CLIP model directory .*nothing is downloaded") as err:
         ClipScorer(str(tmp_path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(OSError, match="no such directory"):
+        ClipScorer(str(tmp_path / "missing"))

@@ -261,6 +261,20 @@ def test_guide_clip_changes_the_images_and_is_recorded(txt2img, tiny_clip_dir):
     assert "Guidance CLIP: a blue square" in parameters and "Guidance CLIP scale: 5000.0" in parameters
 
 
+def test_clip_guided_runs_read_the_clip_model_once(txt2img, tiny_clip_dir, monkeypatch):
+    import ldm.modules.encoders.clip_model as clip_model
+    from ldm.inference.guidance import load_clip
+
+    calls = []
+    real = clip_model.load_local_clip
+    monkeypatch.setattr(clip_model, "load_local_clip", lambda directory: calls.append(directory) or real(directory))
+    load_clip.cache_clear()
+    for seed in (5, 6):
+        txt2img("a red circle", steps=2, seed=seed, guide_clip="a blue square", guide_clip_model=tiny_clip_dir,
+                guide_clip_scale=10)
+    assert calls == [tiny_clip_dir]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--guide-clip", "a blue square"], "--guide-clip needs --guide-clip-model DIR"),
     (["--guide-clip", "a blue square", "--guide-clip-model", "{missing}"], "no such directory"),

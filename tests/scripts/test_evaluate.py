@@ -14,13 +14,14 @@ from tests.scripts.helpers import main_exit_code
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A folder of 2 generated images, an .npz of 3 reference images, the random Inception."""
+    """A folder of 2 generated images, an .npz of 3 reference images, their prompts, the random Inception."""
     root = tmp_path_factory.mktemp("evaluate")
     rng = np.random.default_rng(0)
     (root / "generated").mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "generated" / f"{i:05}.png")
     np.savez(root / "reference.npz", rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    (root / "prompts.txt").write_text("a red circle\na blue square\n")
     return root, save_random_fid_inception(root / WEIGHTS_FILE)
 
 
@@ -78,6 +79,9 @@ def test_shapes_scores_need_no_inception(tmp_path, capsys):
     (["missing_folder"], "missing_folder does not exist"),
     (["--metrics", "fid"], "compares two sets"),
     (["--metrics", "clip"], "needs --clip"),
+    (["--metrics", "clip", "--clip", "generated", "--prompts", "prompts.txt"],
+     "--clip generated: not a transformers CLIP model directory"),
+    (["--metrics", "clip", "--clip", "no_clip", "--prompts", "prompts.txt"], "--clip no_clip: no such directory"),
     (["--json", "reference.npz"], "exists; choose a new file name"),
     (["reference.npz", "--batch-size", "0"], "--batch_size must be at least 1"),
 ])

@@ -30,6 +30,7 @@ UNET_GROUPS = {
     "proj": r"\.(proj_in|proj_out)$",                      # into and out of each spatial transformer
     "ff": r"\.ff\.net\.(0\.proj|2)$",                      # the transformer blocks' feed-forward
     "conv": r"\.(in_layers\.2|out_layers\.3)$",             # the ResBlocks' 3x3 convolutions (conv1, conv2)
+    "emb": r"\.emb_layers\.1$",                            # the ResBlocks' timestep projections (time_emb_proj)
 }
 TEXT_GROUPS = {"text": r"self_attn\.(q_proj|k_proj|v_proj|out_proj)$"}
 TARGET_GROUPS = tuple(UNET_GROUPS) + tuple(TEXT_GROUPS)
@@ -78,7 +79,7 @@ def _text_layers(encoder: nn.Module, groups: List[str]) -> Dict[str, nn.Module]:
 
 class TrainableLora(nn.Module):
     """Trainable LoRA pairs hooked onto the ``targets`` groups of ``model``'s UNet (``attn``,
-    ``proj``, ``ff``) and CLIP text encoder (``text``); ``alpha`` defaults to ``rank`` (scale 1).
+    ``proj``, ``ff``, ``conv``, ``emb``) and CLIP text encoder (``text``); ``alpha`` defaults to ``rank`` (scale 1).
     ``pairs`` maps kohya layer names to :class:`LoraPair`; :meth:`remove` takes the hooks off."""
 
     def __init__(self, model: nn.Module, rank: int = 4, alpha: Optional[float] = None,

@@ -31,7 +31,7 @@ def _randomize(lora: TrainableLora, seed: int = 3) -> None:
 def test_a_saved_lora_loads_in_diffusers_and_apply_lora_with_the_trained_outputs(params, clip_dir, tmp_path):  # noqa: F811
     pair = Pair(params, clip_dir)
     before = pair.outputs()[0][0]
-    lora = TrainableLora(_holder(pair), rank=3, alpha=1.5, targets=["attn", "proj", "ff", "conv", "text"])
+    lora = TrainableLora(_holder(pair), rank=3, alpha=1.5, targets=["attn", "proj", "ff", "conv", "emb", "text"])
     assert torch.equal(pair.outputs()[0][0], before)  # up starts at zero: nothing changes
     _randomize(lora)
     trained = pair.outputs()[0]
@@ -42,6 +42,7 @@ def test_a_saved_lora_loads_in_diffusers_and_apply_lora_with_the_trained_outputs
     assert file.metadata["ss_network_dim"] == "3" and file.metadata["ss_network_alpha"] == "1.5"
     assert any(".attn1.to_q" not in k and k.startswith("lora_unet_") and "_proj_in." in k for k in file.state_dict)
     assert any(k.startswith("lora_unet_") and "_resnets_0_conv1." in k for k in file.state_dict)
+    assert any(k.startswith("lora_unet_") and "_resnets_0_time_emb_proj." in k for k in file.state_dict)
     lora.remove()
     assert torch.equal(pair.outputs()[0][0], before)
     pair.pipe.load_lora_weights(path, adapter_name="trained")
