@@ -236,12 +236,7 @@ class DDIMScheduleSampler(Sampler):
                    repeat: bool = False) -> torch.Tensor:
         """Noise for one update, drawn even when sigma is 0 (as the original does, so the global
         random stream matches it step for step); ``repeat`` shares one draw across the batch."""
-        if not repeat:
-            return randn(shape, generator, device=self.device, dtype=dtype)
-        if isinstance(generator, (list, tuple)):
-            generator = generator[0]
-        one = randn((1, *shape[1:]), generator, device=self.device, dtype=dtype)
-        return one.repeat(shape[0], *((1,) * (len(shape) - 1)))
+        return randn(shape, generator, self.device, dtype, repeat=repeat)
 
     def ddim_update(self, x: torch.Tensor, e_t: torch.Tensor,
                     coefficients: Tuple[torch.Tensor, ...], pred_x0: Optional[torch.Tensor] = None,

@@ -217,14 +217,19 @@ def check_finite(x: torch.Tensor, step: int, total: int, sampler: str) -> None:
 # Noise
 # ---------------------------------------------------------------------------------------------
 def randn(shape: Sequence[int], generator: Generator = None, device=None,
-          dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+          dtype: Optional[torch.dtype] = None, repeat: bool = False) -> torch.Tensor:
     """Standard normal noise of ``shape``.
 
     ``generator`` may be None (global RNG, the same draws as the original's ``torch.randn``),
     one ``torch.Generator``, or a list with one generator per batch element, so that image k
     gets the same noise whatever batch it is sampled in. Draws happen on the generator's device.
+    ``repeat``: one draw (from the first generator of a list) shared by the whole batch, the
+    original's ``repeat_noise``.
     """
     dtype = dtype or torch.float32
+    if repeat:
+        first = generator[0] if isinstance(generator, (list, tuple)) else generator
+        return randn((1, *shape[1:]), first, device, dtype).repeat(shape[0], *((1,) * (len(shape) - 1)))
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
     if isinstance(generator, torch.Generator):

@@ -218,11 +218,11 @@ def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
 
 
 def noise_like(shape: Sequence[int], device, repeat: bool = False) -> torch.Tensor:
-    """Standard normal noise; with ``repeat`` one sample shared across the batch."""
-    if repeat:
-        one = torch.randn((1, *shape[1:]), device=device)
-        return one.repeat(shape[0], *((1,) * (len(shape) - 1)))
-    return torch.randn(shape, device=device)
+    """Standard normal noise from the global RNG (in the default dtype); with ``repeat`` one sample
+    shared across the batch (:func:`ldm.models.diffusion.sampling_util.randn`)."""
+    from ldm.models.diffusion.sampling_util import randn
+
+    return randn(shape, None, device, torch.get_default_dtype(), repeat=repeat)
 
 
 class HybridConditioner(nn.Module):

@@ -16,6 +16,7 @@ from ldm.models.diffusion.sampling_util import (
     spatial_norm_thresholding,
 )
 from ldm.models.diffusion.sigma_schedule import DiscreteSigmaSchedule
+from ldm.modules.diffusionmodules.util import noise_like
 
 
 def test_append_dims_adds_trailing_singletons_and_rejects_fewer_dims():
@@ -108,6 +109,15 @@ def test_randn_rejects_wrong_number_of_generators():
     with pytest.raises(ValueError, match="one generator per batch element"):
         randn((3, 2), [torch.Generator()] * 2)
 
+
+
+def test_repeated_noise_is_one_draw_shared_by_the_batch_from_the_first_generator():
+    shared = randn((3, 2, 4), [torch.Generator().manual_seed(s) for s in (1, 2, 3)], repeat=True)
+    assert torch.equal(shared, randn((1, 2, 4), torch.Generator().manual_seed(1)).repeat(3, 1, 1))
+    torch.manual_seed(7)
+    from_global = noise_like((2, 3), "cpu", repeat=True)
+    torch.manual_seed(7)
+    assert torch.equal(from_global, torch.randn(1, 3).repeat(2, 1))  # the original's repeat_noise draws
 
 def _as_parameterization(parameterization, x, eps, a):
     x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
