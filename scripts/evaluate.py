@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pytorch-fid's Inception weights, pt_inception-2015-12-05-6726825d.pth "
                              "(default: %(default)s)")
     parser.add_argument("--clip", default=None,
-                        help="folder of a transformers CLIPModel with its tokenizer and image processor "
-                             "(save_pretrained of e.g. openai/clip-vit-large-patch14), for the CLIP score")
+                        help="folder of a transformers CLIPModel with its image processor and tokenizer (or the "
+                             "shipped CLIP vocabulary when it has none) (save_pretrained of e.g. "
+                             "openai/clip-vit-large-patch14), for the CLIP score")
     parser.add_argument("--prompts", default=None,
                         help="text file with one prompt per image of GENERATED, in its order (clip, shapes)")
     parser.add_argument("--save-stats", default=None, metavar="FILE.npz",
@@ -108,12 +109,12 @@ def _inception(path: str, device):
 def _clip_scorer(directory: str, device):
     from ldm.evaluation.clip_score import ClipScorer
     from ldm.inference.errors import UsageError
+    from ldm.modules.encoders.clip_model import ClipDirectoryError
 
     try:
         return ClipScorer(directory, device)
-    except OSError as err:
-        reason = getattr(err, "reason", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"--clip {directory}: {reason}") from None
+    except ClipDirectoryError as err:
+        raise UsageError(f"--clip {directory}: {err.reason}") from None
 
 
 def evaluate(opt: argparse.Namespace) -> dict:

@@ -26,16 +26,21 @@ def _image_processor_class():
 
 class ClipScorer:
     """A ``CLIPModel`` with its tokenizer and image processor, read from ``directory``
-    (:func:`~ldm.modules.encoders.clip_model.load_local_clip`; OSError with a one-line reason)."""
+    (:func:`~ldm.modules.encoders.clip_model.load_local_clip`); a folder that does not give them
+    raises :class:`~ldm.modules.encoders.clip_model.ClipDirectoryError` with a one-line reason."""
 
     def __init__(self, directory: str, device: Union[str, torch.device] = "cpu"):
-        from ldm.modules.encoders.clip_model import load_local_clip
+        from ldm.modules.encoders.clip_model import ClipDirectoryError, load_local_clip
         from ldm.modules.encoders.clip_text import load_offline
+        from ldm.util.errors import first_line
 
         self.device = torch.device(device)
         model, self.tokenizer = load_local_clip(directory)
         self.model = model.requires_grad_(False).to(self.device)
-        self.processor = load_offline(_image_processor_class(), directory, "CLIP image processor")
+        try:
+            self.processor = load_offline(_image_processor_class(), directory, "CLIP image processor")
+        except OSError as err:
+            raise ClipDirectoryError(directory, first_line(err)) from None
         self.context = self.model.config.text_config.max_position_embeddings
 
     @torch.no_grad()

@@ -41,3 +41,15 @@ def test_a_folder_without_a_model_is_one_clear_error(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(OSError, match="no such directory"):
         ClipScorer(str(tmp_path / "missing"))
+
+
+def test_a_clip_folder_without_its_image_processor_is_one_clear_error(clip_folder, tmp_path):
+    import shutil
+
+    from ldm.modules.encoders.clip_model import ClipDirectoryError
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(clip_folder / name, tmp_path / name)
+    with pytest.raises(ClipDirectoryError, match="CLIP image processor") as err:
+        ClipScorer(str(tmp_path))
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)

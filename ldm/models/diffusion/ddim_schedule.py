@@ -232,12 +232,6 @@ class DDIMScheduleSampler(Sampler):
         img_orig = self.model.q_sample(x0, ts, noise)
         return img_orig * mask + (1. - mask) * img
 
-    def draw_noise(self, shape, generator: Generator, dtype: torch.dtype,
-                   repeat: bool = False) -> torch.Tensor:
-        """Noise for one update, drawn even when sigma is 0 (as the original does, so the global
-        random stream matches it step for step); ``repeat`` shares one draw across the batch."""
-        return randn(shape, generator, self.device, dtype, repeat=repeat)
-
     def ddim_update(self, x: torch.Tensor, e_t: torch.Tensor,
                     coefficients: Tuple[torch.Tensor, ...], pred_x0: Optional[torch.Tensor] = None,
                     quantize_denoised: bool = False, temperature: float = 1.,
@@ -257,8 +251,8 @@ class DDIMScheduleSampler(Sampler):
         if dynamic_threshold is not None:
             pred_x0 = norm_thresholding(pred_x0, dynamic_threshold)
         dir_xt = (1. - a_prev - sigma_t ** 2).sqrt() * e_t
-        noise = sigma_t * self.draw_noise(x.shape, generator, a_t.dtype,
-                                          repeat=repeat_noise) * temperature
+        # Drawn even when sigma is 0, as the original does, so the global random stream matches it step for step.
+        noise = sigma_t * randn(x.shape, generator, self.device, a_t.dtype, repeat=repeat_noise) * temperature
         if noise_dropout > 0.:
             noise = torch.nn.functional.dropout(noise, p=noise_dropout)
         return a_prev.sqrt() * pred_x0 + dir_xt + noise, pred_x0

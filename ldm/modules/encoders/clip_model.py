@@ -24,6 +24,7 @@ def load_local_clip(directory: str) -> Tuple[Any, Any]:
 
     from ldm.modules.encoders.clip_text import TOKENIZER_FILES, load_offline, load_tokenizer_offline
     from ldm.modules.encoders.tokenizer import build_clip_tokenizer
+    from ldm.util.errors import first_line
 
     if not os.path.isdir(directory):
         raise ClipDirectoryError(directory, "no such directory (a local transformers CLIP model, saved with "
@@ -38,7 +39,7 @@ def load_local_clip(directory: str) -> Tuple[Any, Any]:
         tokenizer = load_tokenizer_offline(CLIPTokenizer, directory, "CLIP tokenizer") if has_tokenizer \
             else build_clip_tokenizer(int(clip.config.text_config.max_position_embeddings))
     except (OSError, ValueError) as err:
-        raise ClipDirectoryError(directory, (str(err).strip().splitlines() or [type(err).__name__])[0]) from None
+        raise ClipDirectoryError(directory, first_line(err)) from None
     return clip.float().eval(), tokenizer
 
 
