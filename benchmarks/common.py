@@ -7,6 +7,7 @@ Imported by the scripts in this folder as ``benchmarks.common`` (they put the re
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import statistics
@@ -121,10 +122,12 @@ def diffusers_text_encoder(cond_stage_model: torch.nn.Module):
     """transformers' ``CLIPTextModel`` with the weights of our ``FrozenCLIPEmbedder``, converted
     with diffusers' ``convert_ldm_clip_checkpoint`` (what ``from_single_file`` does for SD 1.x)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    inner = cond_stage_model.transformer.text_model  # our ``text_model`` level around CLIPTextModel
+    inner = cond_stage_model.transformer.text_model  # our text model's, or the level around a CLIPTextModel
     text_config = inner.config
+    if not isinstance(text_config, CLIPTextConfig):  # ours (a ClipTextConfig dataclass)
+        text_config = CLIPTextConfig(**dataclasses.asdict(text_config))
     state_dict = convert_ldm_clip_checkpoint(prefixed_state_dict(cond_stage_model.transformer, TEXT_PREFIX))
     with torch.device("meta"):
         twin = CLIPTextModel(text_config)

@@ -1,4 +1,4 @@
-"""transformers' CLIP text model laid out as Stable Diffusion 1.x checkpoints store it.
+"""The SD 1.x CLIP text model, laid out as Stable Diffusion 1.x checkpoints store it.
 
 SD 1.x checkpoints were written with transformers 4.19: ``CLIPTextModel`` had a ``text_model`` level
 and saved ``embeddings.position_ids`` (int64 ``[1, 77]``) as a persistent buffer. transformers 5 has
@@ -6,8 +6,10 @@ neither. Whatever version is installed, the modules built here have the state-di
 ``text_model.embeddings.position_ids, text_model.embeddings.token_embedding.weight, ...`` in the
 original order, and load checkpoints with or without ``position_ids`` (and with transformers-5 keys).
 
-Known hub names select a built-in ``CLIPTextConfig`` (no download); a local directory is loaded
-with ``from_pretrained(..., local_files_only=True)``.
+Known hub names select a built-in config and our own text model of the same layout
+(:mod:`ldm.modules.encoders.clip_text_tower`; no download, and transformers' modeling code is not
+imported); a local directory is loaded into transformers' ``CLIPTextModel`` with
+``from_pretrained(..., local_files_only=True)``.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
+from ldm.modules.encoders.clip_text_tower import ClipTextConfig, ClipTextModel
+
 # Text configs of the public OpenAI CLIP checkpoints on the Hugging Face hub (their config.json).
 _COMMON = dict(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-               attention_dropout=0.0, dropout=0.0, initializer_range=0.02, initializer_factor=1.0,
-               bos_token_id=0, eos_token_id=2, pad_token_id=1)
+               eos_token_id=2)
 _LARGE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               projection_dim=768)
 _BASE = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
@@ -68,28 +71,27 @@ def _file_available(name: str, filename: str) -> bool:
         return False
 
 
-def text_config(version: str):
-    """The built-in ``CLIPTextConfig`` of a known hub name."""
-    from transformers import CLIPTextConfig
-
+def text_config(version: str) -> ClipTextConfig:
+    """The built-in text config of a known hub name."""
     if version not in KNOWN_TEXT_CONFIGS:
         raise ValueError(f"unknown CLIP text model {version!r}: pass a local directory or one of "
                          f"{', '.join(KNOWN_TEXT_CONFIGS)}")
-    return CLIPTextConfig(**_COMMON, **KNOWN_TEXT_CONFIGS[version])
+    return ClipTextConfig(**_COMMON, **KNOWN_TEXT_CONFIGS[version])
 
 
 def build_text_model_and_tokenizer(version: str, max_length: int) -> Tuple[nn.Module, object]:
-    """(text model with the SD 1.x layout, CLIPTokenizer) for a known hub name or a local directory.
-    A diffusers-style directory (``text_encoder/`` and ``tokenizer/`` subfolders) works too."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from ldm.modules.encoders.tokenizer import build_clip_tokenizer
-
+    """(text model with the SD 1.x layout, CLIPTokenizer) for a known hub name (our text model) or a
+    local directory (transformers' ``CLIPTextModel``). A diffusers-style directory (``text_encoder/``
+    and ``tokenizer/`` subfolders) works too."""
     if os.path.isdir(version):
+        from transformers import CLIPTextModel, CLIPTokenizer
+
         model = load_offline(CLIPTextModel, _subfolder(version, "text_encoder"), "CLIP text model")
         tokenizer = load_tokenizer_offline(CLIPTokenizer, _subfolder(version, "tokenizer"), "CLIP tokenizer")
     else:
-        model = CLIPTextModel(text_config(version))
+        from ldm.modules.encoders.tokenizer import build_clip_tokenizer
+
+        model = ClipTextModel(text_config(version))
         tokenizer = build_clip_tokenizer(max_length)
     return with_original_layout(model), tokenizer
 
@@ -116,8 +118,8 @@ class TextModelLevel(nn.Module):
 
 
 def with_original_layout(model: nn.Module) -> nn.Module:
-    """``model`` (a ``CLIPTextModel`` of any transformers version) with a ``text_model`` level,
-    a persistent ``position_ids`` buffer, and load hooks for checkpoints of other layouts."""
+    """``model`` (ours, or a ``CLIPTextModel`` of any transformers version) with a ``text_model``
+    level, a persistent ``position_ids`` buffer, and load hooks for checkpoints of other layouts."""
     outer = model if hasattr(model, "text_model") else TextModelLevel(model)
     embeddings = outer.text_model.embeddings
     embeddings.register_buffer("position_ids", embeddings.position_ids.clone(), persistent=True)

@@ -170,11 +170,12 @@ class _PromptEncoder(AbstractEncoder):
 
 
 class FrozenCLIPEmbedder(_PromptEncoder):
-    """SD 1.x text encoder: transformers' ``CLIPTextModel`` (ViT-L/14 by default) and its
-    ``CLIPTokenizer`` (start/end tokens, padded with ``<|endoftext|>`` to ``max_length``).
+    """SD 1.x text encoder: the CLIP text model (ViT-L/14 by default) and its ``CLIPTokenizer``
+    (start/end tokens, padded with ``<|endoftext|>`` to ``max_length``).
 
-    ``version``: a known hub name (built-in architecture, weights from the checkpoint, nothing
-    downloaded) or a local model directory. ``layer``: "last" (after the final LayerNorm,
+    ``version``: a known hub name (built-in architecture in our own text model with transformers'
+    ``CLIPTextModel`` layout and outputs, weights from the checkpoint, nothing downloaded) or a
+    local model directory (loaded into transformers' ``CLIPTextModel``). ``layer``: "last" (after the final LayerNorm,
     [B, 77, 768]), "pooled" (the end token's state, [B, 1, 768]) or "hidden"
     (``hidden_states[layer_idx]``, without the final LayerNorm).
     """
