@@ -14,7 +14,7 @@ imported); a local directory is loaded into transformers' ``CLIPTextModel`` with
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -79,20 +79,17 @@ def text_config(version: str) -> ClipTextConfig:
     return ClipTextConfig(**_COMMON, **KNOWN_TEXT_CONFIGS[version])
 
 
-def build_text_model_and_tokenizer(version: str, max_length: int) -> Tuple[nn.Module, object]:
-    """(text model with the SD 1.x layout, CLIPTokenizer) for a known hub name (our text model) or a
-    local directory (transformers' ``CLIPTextModel``). A diffusers-style directory (``text_encoder/``
-    and ``tokenizer/`` subfolders) works too."""
-    if os.path.isdir(version):
-        from transformers import CLIPTextModel, CLIPTokenizer
+def build_text_model_and_tokenizer(version: str) -> Tuple[nn.Module, Optional[object]]:
+    """(text model with the SD 1.x layout, tokenizer) for a known hub name (our text model; tokenizer
+    None: the shipped CLIP vocabulary) or a local directory (transformers' ``CLIPTextModel`` and the
+    directory's ``CLIPTokenizer``). A diffusers-style directory (``text_encoder/`` and ``tokenizer/``
+    subfolders) works too."""
+    if not os.path.isdir(version):
+        return with_original_layout(ClipTextModel(text_config(version))), None
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-        model = load_offline(CLIPTextModel, _subfolder(version, "text_encoder"), "CLIP text model")
-        tokenizer = load_tokenizer_offline(CLIPTokenizer, _subfolder(version, "tokenizer"), "CLIP tokenizer")
-    else:
-        from ldm.modules.encoders.tokenizer import build_clip_tokenizer
-
-        model = ClipTextModel(text_config(version))
-        tokenizer = build_clip_tokenizer(max_length)
+    model = load_offline(CLIPTextModel, _subfolder(version, "text_encoder"), "CLIP text model")
+    tokenizer = load_tokenizer_offline(CLIPTokenizer, _subfolder(version, "tokenizer"), "CLIP tokenizer")
     return with_original_layout(model), tokenizer
 
 

@@ -30,10 +30,12 @@ from ldm.modules.encoders.clip_text import build_text_model_and_tokenizer, load_
 from ldm.modules.encoders.image_embedders import ClipImageEmbedder, FrozenClipImageEmbedder, FrozenOpenCLIPImageEmbedder
 from ldm.modules.encoders.openclip import CLIP, create_openclip_model, openai_arch, run_blocks
 from ldm.modules.encoders.tokenizer import (
+    ClipTokenIds,
     OpenCLIPTokenizer,
     Prompts,
     TruncationNotice,
     as_prompt_list,
+    build_clip_tokenizer,
     pack_rows,
     split_into_windows,
 )
@@ -188,7 +190,9 @@ class FrozenCLIPEmbedder(_PromptEncoder):
         super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
-        self.transformer, self.tokenizer = build_text_model_and_tokenizer(version, max_length)
+        self.transformer, self._tokenizer = build_text_model_and_tokenizer(version)
+        # A known hub name tokenizes with the shipped vocabulary without importing transformers.
+        self._token_ids = ClipTokenIds() if self._tokenizer is None else None
         config = self.transformer.config
         if layer == "hidden" and (layer_idx is None or abs(layer_idx) > config.num_hidden_layers):
             raise ValueError(f"layer='hidden' needs layer_idx in [-{config.num_hidden_layers}, "
@@ -200,11 +204,26 @@ class FrozenCLIPEmbedder(_PromptEncoder):
         if freeze:
             self.freeze()
 
+    @property
+    def tokenizer(self):
+        """transformers' ``CLIPTokenizer``: the local directory's, or for a known hub name one over the
+        shipped vocabulary, built when first asked for (prompts are tokenized to the same ids without
+        it until then; once built, prompts go through it, changes included)."""
+        if self._tokenizer is None:
+            self._tokenizer = build_clip_tokenizer(self.max_length)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
     def _content_ids(self, prompts: List[str]) -> List[List[int]]:
-        return self.tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        if self._tokenizer is None:
+            return self._token_ids.content_ids(prompts)
+        return self._tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def _window_rows(self, windows: List[List[int]]) -> torch.Tensor:
-        tok = self.tokenizer
+        tok = self._token_ids if self._tokenizer is None else self._tokenizer
         return pack_rows(windows, self.max_length, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
 
     def _cut_rows(self, prompts: List[str], content: List[List[int]]) -> torch.Tensor:

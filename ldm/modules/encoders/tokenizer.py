@@ -98,13 +98,16 @@ class ClipTokenIds:
     """CLIP token ids of prompts from the ``tokenizers`` pipeline that transformers' ``CLIPTokenizer``
     runs (NFC, whitespace runs to one space, lower case; CLIP's pieces; byte-level BPE with ``</w>``
     word ends; the start and end tokens matched as special), built here so that a model that needs
-    only ids (the shapes text encoder) does not import transformers: its package initialisation
-    indexes every model it ships, about 1 s of every command (docs/PERFORMANCE.md, "Start-up")."""
+    only ids (the shapes, SD 1.x and SD 2.x text encoders) does not import transformers: its package
+    initialisation indexes every model it ships, about 1 s of every command (docs/PERFORMANCE.md,
+    "Start-up"). ``split_special_tokens``: read the start and end tokens typed in a prompt as plain
+    text (open_clip does), as transformers' ``split_special_tokens=True``."""
 
     bos_token_id = VOCAB_SIZE - 2
     eos_token_id = VOCAB_SIZE - 1
+    pad_token_id = VOCAB_SIZE - 1  # the end token, as CLIPTokenizer pads
 
-    def __init__(self):
+    def __init__(self, split_special_tokens: bool = False):
         from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
         from tokenizers.models import BPE
 
@@ -118,6 +121,7 @@ class ClipTokenIds:
              pre_tokenizers.ByteLevel(add_prefix_space=False)])
         self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                             for t in (START_TOKEN, END_TOKEN)])
+        self._tokenizer.encode_special_tokens = split_special_tokens
 
     def content_ids(self, texts: Prompts) -> List[List[int]]:
         """Token ids of each prompt without start and end tokens, uncut."""
@@ -171,21 +175,21 @@ def split_into_windows(content: Sequence[Sequence[int]], window: int) -> List[Li
 class OpenCLIPTokenizer:
     """``open_clip.tokenize`` over the shipped vocabulary: start token 49406, content, end token
     49407, zero padding, truncation that keeps the end token last. The byte-pair encoding itself
-    is done by transformers' ``CLIPTokenizer`` (same vocabulary, same pre-tokenization pattern)."""
+    is :class:`ClipTokenIds`' (the pipeline of transformers' ``CLIPTokenizer``: same vocabulary,
+    same pre-tokenization pattern)."""
 
     pad_token_id = 0
+    sot_token_id = ClipTokenIds.bos_token_id
+    eot_token_id = ClipTokenIds.eos_token_id
 
     def __init__(self, context_length: int = 77):
         self.context_length = context_length
-        self.bpe = build_clip_tokenizer(context_length)
-        self.sot_token_id = self.bpe.convert_tokens_to_ids(START_TOKEN)
-        self.eot_token_id = self.bpe.convert_tokens_to_ids(END_TOKEN)
+        # open_clip reads "<|endoftext|>" typed in a prompt as plain text, not as the end token.
+        self.bpe = ClipTokenIds(split_special_tokens=True)
 
     def encode(self, texts: Prompts) -> List[List[int]]:
         """Content token ids (no start/end tokens, no truncation) of each prompt."""
-        cleaned = [clean_like_open_clip(t) for t in as_prompt_list(texts)]
-        # open_clip reads "<|endoftext|>" typed in a prompt as plain text, not as the end token.
-        return self.bpe(cleaned, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        return self.bpe.content_ids([clean_like_open_clip(t) for t in as_prompt_list(texts)])
 
     def pack(self, content: Sequence[Sequence[int]], context_length: int = None) -> torch.Tensor:
         return pack_rows(content, context_length or self.context_length, self.sot_token_id,

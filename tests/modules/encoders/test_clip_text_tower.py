@@ -93,13 +93,26 @@ def test_known_name_loads_checkpoints_without_position_ids_or_text_model_level(t
         torch.testing.assert_close(ours("a red circle"), reference("a red circle"), rtol=1e-5, atol=1e-5)
 
 
-def test_sd1_encoder_builds_without_importing_transformers_modeling_code():
+def test_sd1_encoder_builds_and_tokenizes_without_importing_transformers_or_torch_dynamo():
     code = ("import sys, torch\n"
             "from ldm.modules.encoders.modules import FrozenCLIPEmbedder\n"
-            "with torch.device('meta'):\n"
+            "from ldm.util.meta_init import no_random_init_on_meta\n"
+            "with torch.device('meta'), no_random_init_on_meta():\n"
             "    encoder = FrozenCLIPEmbedder()\n"
-            "encoder.tokenize('a red circle')\n"
-            "print(sorted(m for m in sys.modules if m.startswith('transformers.model')))\n")
+            "tokens, _ = encoder.tokenize('a red circle, a blue square')\n"
+            "print(tokens[0, :10].tolist(), sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = eval(result.stdout.strip().splitlines()[-1])
-    assert "transformers.models.clip.modeling_clip" not in loaded and "transformers.modeling_utils" not in loaded
+    assert result.stdout.strip().splitlines()[-1] == \
+        "[49406, 320, 736, 7117, 267, 320, 1746, 3999, 49407, 49407] []"
+
+
+def test_tokenizer_is_built_when_asked_for_and_then_tokenizes_with_its_changes():
+    with torch.device("meta"):
+        encoder = FrozenCLIPEmbedder()
+    before, _ = encoder.tokenize("a red circle, a blue square")
+    assert encoder._tokenizer is None
+    assert type(encoder.tokenizer).__name__ == "CLIPTokenizer"
+    assert torch.equal(encoder.tokenize("a red circle, a blue square")[0], before)
+    encoder.tokenizer.add_tokens(["<my-token>"])
+    tokens, _ = encoder.tokenize("a <my-token> circle")
+    assert tokens[0, :5].tolist() == [49406, 320, 49408, 7117, 49407]
