@@ -230,6 +230,9 @@ def compare(folder: Path, runs: int) -> None:
         ours, theirs = medians["ours"], medians["diffusers"]
         print(f"{name:32s} {'ratio':9s} {ours['seconds'] / theirs['seconds']:12.2f} "
               f"{ours['done'] / theirs['done']:11.2f} {ours['peak'] / theirs['peak']:12.2f}   (ours / diffusers)")
+        if runs > 1:
+            print(f"{name:32s} {'runs':9s} first step s, in order: " + "; ".join(
+                f"{side} " + " ".join(f"{r['seconds']:.2f}" for r in rows) for side, rows in results.items()))
 
 
 def main() -> None:

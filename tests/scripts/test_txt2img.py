@@ -130,7 +130,8 @@ print("imported:", sorted(m for m in ("pytorch_lightning", "lightning_fabric", "
 
 @pytest.mark.parametrize("model, imported", [
     ("shipped default", []),
-    # transformers' CLIPTextModel (SD 1.x's text encoder) imports torch._dynamo itself (masking_utils)
+    # its CLIP text encoder is a local directory, loaded into transformers' CLIPTextModel, which imports
+    # torch._dynamo itself (masking_utils); the known hub names use our own text model
     ("tiny CLIP-conditioned", ["torch._dynamo"]),
 ])
 def test_generating_imports_no_lightning_and_no_torch_dynamo_of_ours(model, imported, tiny_models, tmp_path):
