@@ -1,6 +1,7 @@
 """Our CLIP text model (ldm/modules/encoders/clip_text_tower.py) is transformers' CLIPTextModel in keys,
 module names and outputs, and building the SD 1.x encoder with it does not import transformers' modeling code."""
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -93,17 +94,22 @@ def test_known_name_loads_checkpoints_without_position_ids_or_text_model_level(t
         torch.testing.assert_close(ours("a red circle"), reference("a red circle"), rtol=1e-5, atol=1e-5)
 
 
-def test_sd1_encoder_builds_and_tokenizes_without_importing_transformers_or_torch_dynamo():
-    code = ("import sys, torch\n"
-            "from ldm.modules.encoders.modules import FrozenCLIPEmbedder\n"
+@pytest.mark.parametrize("encoder, ids", [
+    ("FrozenCLIPEmbedder()", "[49406, 320, 736, 7117, 267, 320, 1746, 3999, 49407, 49407]"),  # SD 1.x
+    ("FrozenOpenCLIPEmbedder(layer='penultimate')", "[49406, 320, 736, 7117, 267, 320, 1746, 3999, 49407, 0]"),
+])
+def test_sd_encoders_build_and_tokenize_without_importing_transformers_or_torch_dynamo(encoder, ids):
+    code = ("import sys\n"
+            "from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder\n"
             "from ldm.util.meta_init import no_random_init_on_meta\n"
-            "with torch.device('meta'), no_random_init_on_meta():\n"
-            "    encoder = FrozenCLIPEmbedder()\n"
+            "from ldm.util.model_loading import parameters_on_meta\n"
+            "with parameters_on_meta(), no_random_init_on_meta():  # as the checkpoint loader builds\n"
+            f"    encoder = {encoder}\n"
             "tokens, _ = encoder.tokenize('a red circle, a blue square')\n"
             "print(tokens[0, :10].tolist(), sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().splitlines()[-1] == \
-        "[49406, 320, 736, 7117, 267, 320, 1746, 3999, 49407, 49407] []"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, LDM_NATIVE_CLIP="1"))
+    assert result.stdout.strip().splitlines()[-1] == f"{ids} []"
 
 
 def test_tokenizer_is_built_when_asked_for_and_then_tokenizes_with_its_changes():
