@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ldm.modules.encoders import openclip
+from ldm.modules.encoders import clip_text, openclip
 from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
 from ldm.modules.encoders.shapes_text import ShapesTextEncoder
 from ldm.modules.encoders.textual_inversion import (
@@ -134,9 +134,18 @@ def test_the_token_is_a_whole_word_of_any_case(clip_encoder, tmp_path):
     assert handle.used_in("a Mignon circle") and not handle.used_in("mignons")
 
 
-def test_equal_to_diffusers_load_textual_inversion(clip_encoder, clip_dir, tmp_path):
+@pytest.mark.parametrize("text_model", ["transformers", "ours"])
+def test_equal_to_diffusers_load_textual_inversion(text_model, clip_encoder, clip_dir, tmp_path, monkeypatch):
     """diffusers adds the tokens to the tokenizer and rows to the text encoder's embedding matrix,
-    and spells a multi-vector token out as ``tok tok_1 tok_2``: the same encoder states."""
+    and spells a multi-vector token out as ``tok tok_1 tok_2``: the same encoder states, with
+    transformers' CLIPTextModel in our encoder or our own text model (a known name's)."""
+    if text_model == "ours":
+        monkeypatch.setitem(clip_text.KNOWN_TEXT_CONFIGS, "tiny/clip-ti", dict(
+            hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2, num_attention_heads=4,
+            projection_dim=WIDTH))
+        weights, clip_encoder = clip_encoder.state_dict(), FrozenCLIPEmbedder(version="tiny/clip-ti")
+        clip_encoder.load_state_dict(weights, strict=True)
+        assert clip_encoder._tokenizer is None  # prompts tokenized without transformers
     from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
     from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from ldm.modules.encoders import openclip
+from ldm.modules.encoders import clip_text, openclip
+from ldm.modules.encoders.clip_text_tower import ClipTextModel
 from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder
 from ldm.modules.lora import LoraError, apply_lora
 from ldm.util import instantiate_from_config
@@ -72,12 +73,18 @@ def _pipeline(unet, text_encoder):
 class Pair:
     """Our tiny UNet and SD 1.x text encoder, and a diffusers pipeline holding the same weights."""
 
-    def __init__(self, params, clip_dir):
+    def __init__(self, params, clip_dir, text_model_name=None):
+        """``text_model_name``: a known name of ours to build the SD 1.x encoder with our own text
+        model (given the directory's weights) instead of transformers' ``CLIPTextModel``."""
         from transformers import CLIPTextModel
 
         self.params = params
         self.unet = tiny_unet(params)
         self.encoder = FrozenCLIPEmbedder(version=clip_dir)
+        if text_model_name is not None:
+            weights = self.encoder.state_dict()
+            self.encoder = FrozenCLIPEmbedder(version=text_model_name)
+            self.encoder.load_state_dict(weights, strict=True)
         self.pipe = _pipeline(_diffusers_unet(params, self.unet), CLIPTextModel.from_pretrained(clip_dir).eval())
         self.unet_layers = lora_layers_of(self.pipe.unet)
         self.text_layers = clip_text_layers(self.pipe.text_encoder)
@@ -107,9 +114,20 @@ def _apply_both(pair, path, weight=1.0):
 # ---------------------------------------------------------------------------------------------
 # Equivalence with diffusers
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("params", [SD1_LIKE, SD2_LIKE], ids=["sd1-like", "sd2-like"])
-def test_kohya_lora_on_every_linear_and_conv_equals_diffusers(params, clip_dir, tmp_path):
-    pair = Pair(params, clip_dir)
+@pytest.fixture
+def tiny_text_model_name(monkeypatch):
+    """A known name whose built-in config is the tiny directory's (our own CLIP text model)."""
+    monkeypatch.setitem(clip_text.KNOWN_TEXT_CONFIGS, "tiny/clip-lora", dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32))
+    return "tiny/clip-lora"
+
+
+@pytest.mark.parametrize("params, text_model", [(SD1_LIKE, "transformers"), (SD2_LIKE, "transformers"),
+                                                (SD1_LIKE, "ours")], ids=["sd1-like", "sd2-like", "sd1-our-clip"])
+def test_kohya_lora_on_every_linear_and_conv_equals_diffusers(params, text_model, clip_dir, tiny_text_model_name,
+                                                              tmp_path):
+    pair = Pair(params, clip_dir, tiny_text_model_name if text_model == "ours" else None)
+    assert isinstance(pair.encoder.transformer, ClipTextModel) == (text_model == "ours")
     (before, theirs_before) = pair.outputs()
     torch.testing.assert_close(before, theirs_before, rtol=0, atol=0)
     path = write_kohya_lora(tmp_path / "kohya.safetensors", pair.unet_layers, pair.text_layers)
