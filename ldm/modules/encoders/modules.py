@@ -177,8 +177,8 @@ class FrozenCLIPEmbedder(_PromptEncoder):
 
     ``version``: a known hub name (built-in architecture in our own text model with transformers'
     ``CLIPTextModel`` layout and outputs, weights from the checkpoint, nothing downloaded) or a
-    local model directory (loaded into transformers' ``CLIPTextModel``). ``layer``: "last" (after the final LayerNorm,
-    [B, 77, 768]), "pooled" (the end token's state, [B, 1, 768]) or "hidden"
+    local model directory (loaded into transformers' ``CLIPTextModel``). ``layer``: "last" (after
+    the final LayerNorm, [B, 77, 768]), "pooled" (the end token's state, [B, 1, 768]) or "hidden"
     (``hidden_states[layer_idx]``, without the final LayerNorm).
     """
 
