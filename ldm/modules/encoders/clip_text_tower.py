@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm.modules.encoders.openclip import QuickGELU
+
 
 @dataclass(frozen=True)
 class ClipTextConfig:
@@ -41,12 +43,7 @@ class ClipTextOutput(NamedTuple):
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
 
 
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    """OpenAI CLIP's GELU approximation, x * sigmoid(1.702 x)."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-_ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+_ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class ClipTextEmbeddings(nn.Module):
@@ -90,7 +87,7 @@ class ClipMLP(nn.Module):
         super().__init__()
         if config.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unsupported CLIP activation {config.hidden_act!r}: one of {', '.join(_ACTIVATIONS)}")
-        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.activation = _ACTIVATIONS[config.hidden_act]()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 

@@ -122,6 +122,12 @@ class ClipTokenIds:
         self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                             for t in (START_TOKEN, END_TOKEN)])
         self._tokenizer.encode_special_tokens = split_special_tokens
+        self.split_special_tokens = split_special_tokens
+
+    def __reduce__(self):
+        # Built again when copied or unpickled: the tokenizers library's own pickling drops
+        # ``encode_special_tokens``, which would turn typed "<|endoftext|>" back into the end token.
+        return ClipTokenIds, (self.split_special_tokens,)
 
     def content_ids(self, texts: Prompts) -> List[List[int]]:
         """Token ids of each prompt without start and end tokens, uncut."""

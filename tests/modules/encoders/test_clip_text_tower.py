@@ -106,7 +106,8 @@ def test_sd_encoders_build_and_tokenize_without_importing_transformers_or_torch_
             "with parameters_on_meta(), no_random_init_on_meta():  # as the checkpoint loader builds\n"
             f"    encoder = {encoder}\n"
             "tokens, _ = encoder.tokenize('a red circle, a blue square')\n"
-            "print(tokens[0, :10].tolist(), sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules))\n")
+            "imported = sorted(m for m in ('transformers', 'torch._dynamo') if m in sys.modules)\n"
+            "print(tokens[0, :10].tolist(), imported)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env=dict(os.environ, LDM_NATIVE_CLIP="1"))
     assert result.stdout.strip().splitlines()[-1] == f"{ids} []"
