@@ -3,7 +3,6 @@ a CLIPTokenizer loaded the way the original loads it (vocab.json + merges.txt fi
 plain-Python byte-pair encoder following open_clip's rules."""
 import copy
 import json
-import pickle
 import warnings
 
 import pytest
@@ -101,10 +100,9 @@ def test_truncation_notice_warns_once_per_prompt_with_dropped_count():
     assert f"{len(content[0]) - 75} tokens dropped" in str(caught[0].message)
 
 
-@pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda t: pickle.loads(pickle.dumps(t))],
-                         ids=["deepcopy", "pickle"])
-def test_copies_of_the_open_clip_tokenizer_still_read_typed_end_tokens_as_text(copy_of):
+def test_copies_of_the_open_clip_tokenizer_still_read_typed_end_tokens_as_text():
+    # deepcopy goes through __reduce__, as pickling does (the project never unpickles: tests/security)
     tokenizer = OpenCLIPTokenizer()
     texts = ["a <|endoftext|> circle", "a red circle"]
-    assert torch.equal(copy_of(tokenizer)(texts), tokenizer(texts))
+    assert torch.equal(copy.deepcopy(tokenizer)(texts), tokenizer(texts))
     assert torch.equal(tokenizer(texts), reference_open_clip_tokenize(texts))
