@@ -11,6 +11,7 @@ object; two objects: each named object). Also whether weight 0 gives the base mo
 
     python benchmarks/lora_style.py --lora logs/<run>/lora/shapes_dark.safetensors [--repeats 2]
                                     [--two-object 24] [--steps 20] [--scale 5] [--weights 0.5 1] [--device cpu]
+                                    [--vae checkpoints/shapes-autoencoder-kl-f4-dark.safetensors]
 """
 from __future__ import annotations
 
@@ -73,16 +74,20 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vae", default=None,
+                        help="an autoencoder file for the model (--vae), e.g. "
+                             "checkpoints/shapes-autoencoder-kl-f4-dark.safetensors")
     args = parser.parse_args(argv)
 
     cases = single_object_cases(args.repeats) + two_object_cases(args.two_object, held_out=False, seed=args.seed)
-    pipe = ldm.load("txt2img", device=args.device)
+    pipe = ldm.load("txt2img", device=args.device, vae=args.vae)
 
     def generate() -> np.ndarray:
         return generation.txt2img(pipe, [case.text for case in cases], seed=args.seed, steps=args.steps,
                                   scale=args.scale, batch_size=args.batch_size, sampler=args.sampler)
 
-    print(f"shipped txt2img model, LoRA {args.lora}, {len(cases)} prompts, {args.steps} {args.sampler} steps, "
+    print(f"shipped txt2img model, VAE {args.vae or 'its own'}, LoRA {args.lora}, {len(cases)} prompts, "
+          f"{args.steps} {args.sampler} steps, "
           f"scale {args.scale}, seeds {args.seed}..{args.seed + len(cases) - 1}", flush=True)
     base = generate()
     rows = {"base (no LoRA)": measure(cases, base)}

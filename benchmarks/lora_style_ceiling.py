@@ -8,7 +8,7 @@ base model, or with ``--lora`` applied): at a low strength the sampler only redo
 noisy steps, so what comes out is as dark as the model can keep an image that starts out right.
 Printed per row: the fraction read as dark, the mean, median, smallest and largest background value.
 
-    python benchmarks/lora_style_ceiling.py [--count 24] [--strengths 0.1 0.3 0.5] [--lora FILE]
+    python benchmarks/lora_style_ceiling.py [--count 24] [--strengths 0.1 0.3 0.5] [--lora FILE] [--vae FILE]
 """
 from __future__ import annotations
 
@@ -63,10 +63,13 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vae", default=None,
+                        help="an autoencoder file for the model (--vae), e.g. "
+                             "checkpoints/shapes-autoencoder-kl-f4-dark.safetensors")
     args = parser.parse_args(argv)
 
     images, captions = renders(args.count)
-    pipe = ldm.load("img2img", device=args.device)
+    pipe = ldm.load("img2img", device=args.device, vae=args.vae)
     if args.lora:
         apply_lora(pipe.model, args.lora, weight=1.0)
     default_style = renders(args.count, "default")[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -400,16 +400,19 @@ class ShapesDataset(Dataset):
     "to the left of", makes a curriculum in which the first-named object is always on top or
     left). ``crop_size`` (a multiple of 4) cuts every map to the same random square, e.g. to
     train a convolutional autoencoder on 32 x 32 patches at a quarter of the cost. ``style``
-    "dark" draws the same scenes on near-black backgrounds (:func:`styled`; default "default").
+    "dark" draws the same scenes on near-black backgrounds (:func:`styled`; default "default"); a
+    list of styles gives example ``i`` the style ``styles[i % len(styles)]`` (the same scenes, the
+    styles taking turns), e.g. ``[default, dark]`` to fine-tune a decoder on both.
     """
 
     def __init__(self, length: int = 100_000, size: int = 64, seed: int = 0, split: str = "train",
                  two_object_p: float = 0.5, size_word_p: float = 0.7, mask_object_p: float = 0.75,
                  crop_size: Optional[int] = None, relations: Optional[Sequence[str]] = None,
-                 all_combinations: bool = False, style: str = "default"):
+                 all_combinations: bool = False, style: Union[str, Sequence[str]] = "default"):
         super().__init__()
-        if style not in STYLES:
-            raise DatasetError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+        styles = (style,) if isinstance(style, str) else tuple(style)
+        if not styles or any(s not in STYLES for s in styles):
+            raise DatasetError(f"style must be one of {', '.join(STYLES)} or a list of them, got {style!r}")
         if split not in SPLITS:
             raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if length < 1:
@@ -428,7 +431,7 @@ class ShapesDataset(Dataset):
             raise DatasetError(f"relations must be a non-empty list of {', '.join(RELATIONS)}; got {list(relations)}")
         self.relations = relations
         self.length, self.size, self.seed, self.split = length, size, seed, split
-        self.crop_size, self.all_combinations, self.style = crop_size, all_combinations, style
+        self.crop_size, self.all_combinations, self.styles = crop_size, all_combinations, styles
         self.two_object_p, self.size_word_p, self.mask_object_p = two_object_p, size_word_p, mask_object_p
 
     def __len__(self) -> int:
@@ -439,18 +442,18 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene of example ``index`` (without rendering it)."""
-        return self._sample_scene(self.rng(index))
+        return self._sample_scene(self.rng(index), index)
 
-    def _sample_scene(self, rng: np.random.Generator) -> Scene:
+    def _sample_scene(self, rng: np.random.Generator, index: int) -> Scene:
         scene = sample_scene(rng, self.split, self.two_object_p, self.relations, self.all_combinations)
-        return styled(scene, self.style)
+        return styled(scene, self.styles[index % len(self.styles)])
 
     def __getitem__(self, index: int) -> dict:
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length} examples")
         index %= self.length
         rng = self.rng(index)
-        scene = self._sample_scene(rng)
+        scene = self._sample_scene(rng, index)
         rendered = render_scene(scene, self.size)
         caption = caption_of(scene, with_size=rng.uniform() < self.size_word_p)
         mask = inpainting_mask(rng, scene, self.size, self.mask_object_p)[..., None]

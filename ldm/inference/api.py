@@ -81,6 +81,7 @@ from ldm.inference.sampler_choice import (
     sampler_takes_eta,
 )
 from ldm.inference.tasks import TASKS, Task
+from ldm.inference.vae import load_vae, vae_parameters, vae_path
 from ldm.models.diffusion.seeding import ImageNoise
 from ldm.modules.diffusionmodules.deepcache import deep_cache
 from ldm.modules.encoders.textual_inversion import EmbeddingHandle
@@ -90,7 +91,7 @@ from ldm.util import pick_device
 
 # Settings fixed when the model is loaded (``ldm.load`` keywords), not per call.
 LOAD_SETTINGS = ("config", "ckpt", "device", "precision", "bf16", "ema", "compile", "attention_slicing",
-                 "vae_tiling", "lora", "embedding")
+                 "vae_tiling", "lora", "embedding", "vae")
 # Flags of the scripts' output and batching that a call expresses otherwise (n, batch_size, a return value).
 _SCRIPT_ONLY = ("outdir", "skip_save", "skip_grid", "n_rows", "from_file", "n_iter", "n_samples", "repeat",
                 "resume", "logdir")
@@ -224,6 +225,7 @@ class Pipeline:
         settings = copy.copy(opt)
         check_runtime_options(settings)
         check_adapter_options(settings)
+        vae = vae_path(settings)
         paths = paths or choose_model_paths(task, opt.config, opt.ckpt)
         settings.config, settings.ckpt = paths.config, paths.ckpt
         config = read_config(settings.config)
@@ -234,6 +236,8 @@ class Pipeline:
         config = inference_config(config, fp16_unet=dtype is not None and device.type != "cpu", ema=settings.ema)
         retype = autocast_weight_retyper(device, dtype)
         model = load_model(config, paths, device, settings.ema, retype)
+        if vae is not None:
+            load_vae(model, vae)
         loras, embeddings = apply_adapters(model, settings)
         apply_runtime_options(model, settings)
         return cls(task, model, spec, settings, device, dtype, loras, embeddings,
@@ -324,7 +328,7 @@ class Pipeline:
                       cfg_scale=opt.scale, width=width, height=height,
                       model_name=model_name(ckpt) if ckpt else None)
         extra = {**run.task.extra_parameters(), **run.task.guidance_parameters(), **lora_parameters(self.loras),
-                 **speed_up_parameters(opt)}
+                 **speed_up_parameters(opt), **vae_parameters(getattr(self.settings, "vae", None))}
 
         def describe(prompt: str, seed: int) -> str:
             # The hash reads the whole file (seconds for an SD-size one): asked for once the first
@@ -350,18 +354,20 @@ class Pipeline:
 def load(task: str = "txt2img", ckpt: Optional[str] = None, config: Optional[str] = None, device: str = "auto",
          precision: str = "autocast", ema: Optional[bool] = None, *, bf16: bool = False, compile: bool = False,
          attention_slicing: Optional[int] = None, vae_tiling: bool = False,
-         lora: Union[None, str, Sequence[str]] = None, embeddings: Union[None, str, Sequence[str]] = None) -> Pipeline:
+         lora: Union[None, str, Sequence[str]] = None, embeddings: Union[None, str, Sequence[str]] = None,
+         vae: Optional[str] = None) -> Pipeline:
     """Load the model of ``task`` (txt2img, img2img, inpaint, depth2img, upscale, unclip as the scripts
     are named; unconditional for sample_diffusion.py, class for sample_class.py): the shipped
     shapes model when neither ``ckpt`` nor ``config`` is given; with ``ckpt`` alone the config
     beside it or the original config its layout fits, as the scripts pick it. ``lora``: LoRA files
     as ``"FILE[:WEIGHT]"`` (``--lora``); ``embeddings``: textual-inversion embeddings as
-    ``"FILE[:TOKEN]"`` (``--embedding``); one string or a list."""
+    ``"FILE[:TOKEN]"`` (``--embedding``); one string or a list. ``vae``: an autoencoder file whose
+    weights replace the model's (``--vae``)."""
     opt = task_options(task)
     if precision not in ("autocast", "full"):
         raise UsageError(f"--precision must be autocast or full, got {precision!r}")
     for name, value in dict(ckpt=ckpt, config=config, device=device, precision=precision, ema=ema, bf16=bf16,
                             compile=compile, attention_slicing=attention_slicing, vae_tiling=vae_tiling, lora=lora,
-                            embedding=embeddings).items():
+                            embedding=embeddings, vae=vae).items():
         setattr(opt, name, str(value) if name in ("ckpt", "config") and value is not None else value)
     return Pipeline.from_options(task, opt)

@@ -157,7 +157,7 @@ def add_device_arg(group: argparse._ArgumentGroup) -> None:
 
 
 def add_adapter_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("LoRA and embeddings", "put on the model after it is loaded (docs/LORA.md)")
+    group = parser.add_argument_group("LoRA, embeddings and VAE", "put on the model after it is loaded (docs/LORA.md)")
     group.add_argument("--lora", action="append", default=None, metavar="FILE[:WEIGHT]",
                        help="apply a LoRA file (.safetensors, kohya-ss or diffusers/PEFT format) to the UNet and "
                             "text encoder at WEIGHT (default: 1; 0 is the model without it); repeat for several")
@@ -166,6 +166,10 @@ def add_adapter_args(parser: argparse.ArgumentParser) -> None:
                             "learned_embeds) into the CLIP text encoder; TOKEN in a prompt stands for its "
                             "vectors (default: the file's token, else its name without extension); repeat "
                             "for several")
+    group.add_argument("--vae", type=str, default=None, metavar="FILE",
+                       help="replace the model's autoencoder weights with those of FILE (a VAE .safetensors/.ckpt "
+                            "such as vae-ft-mse-840000-ema-pruned, or a checkpoint holding first_stage_model.*) "
+                            "(default: the checkpoint's own)")
 
 
 def add_performance_args(parser: argparse.ArgumentParser) -> None:

@@ -184,6 +184,8 @@ def test_scene_for_builds_the_prompted_objects():
     (dict(relations=["under"]), "relations must be a non-empty list of above"),
     (dict(relations=[]), "relations must be a non-empty list"),
     (dict(style="outline"), "style must be one of default, dark"),
+    (dict(style=["default", "outline"]), "style must be one of default, dark or a list of them"),
+    (dict(style=[]), "style must be one of default, dark"),
 ])
 def test_bad_parameters_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(DatasetError, match=message):
@@ -209,3 +211,12 @@ def test_dark_style_draws_the_same_scenes_on_near_black_backgrounds():
         inside = alphas.max(axis=0) == 1.0
         assert inside.any()
         np.testing.assert_array_equal(a["image"][inside], b["image"][inside])
+
+
+def test_a_list_of_styles_takes_turns_over_the_same_scenes():
+    mixed = ShapesDataset(length=6, style=["default", "dark"])
+    default, dark = ShapesDataset(length=6), ShapesDataset(length=6, style="dark")
+    for i in range(6):
+        expected = (default, dark)[i % 2][i]
+        np.testing.assert_array_equal(mixed[i]["image"], expected["image"])
+        assert mixed[i]["txt"] == expected["txt"]

@@ -1,0 +1,90 @@
+"""``--vae FILE`` on the scripts, ``ldm.load(..., vae=FILE)`` in Python: replace the model's
+autoencoder weights with those of another file after the model is loaded, as users of Stable
+Diffusion swap in Stability AI's fine-tuned ``vae-ft-mse-840000-ema-pruned`` (and as AUTOMATIC1111's
+``--vae-path`` does). The file holds an autoencoder state dict (``encoder.*``, ``decoder.*``,
+``quant_conv.*``, ``post_quant_conv.*``; a Lightning checkpoint's ``state_dict``, with its
+training-only ``loss.*`` keys, also works) or a whole latent-diffusion checkpoint, whose
+``first_stage_model.*`` keys are taken. It must fit the model's autoencoder exactly: a missing,
+unexpected or differently shaped key is a one-line error that names it. The images' parameters
+record ``VAE hash: <10 hex digits>, VAE: <file name>`` (AUTOMATIC1111's fields)."""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from ldm.inference.errors import UsageError
+from ldm.inference.loading import model_hash
+from ldm.util import in_cwd_or_repository
+from ldm.util.checkpoints import load_checkpoint
+
+VAE_FLAG = "--vae"
+_WHOLE_MODEL_PREFIX = "first_stage_model."
+_TRAINING_ONLY_PREFIX = "loss."   # the autoencoder's loss (LPIPS, discriminator) in a training checkpoint
+
+
+def vae_path(opt: argparse.Namespace) -> Optional[str]:
+    """``opt.vae`` (None: keep the model's autoencoder), the file checked to exist."""
+    value = getattr(opt, "vae", None)
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{VAE_FLAG}: give a file name, got {value!r}")
+    path = os.fspath(value)
+    if not os.path.isfile(in_cwd_or_repository(path)):
+        raise UsageError(f"{VAE_FLAG}: autoencoder file not found: {path}")
+    return path
+
+
+def autoencoder_state(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The autoencoder's tensors of a VAE file or of a whole latent-diffusion checkpoint."""
+    if any(key.startswith(_WHOLE_MODEL_PREFIX) for key in state_dict):
+        return {key[len(_WHOLE_MODEL_PREFIX):]: value for key, value in state_dict.items()
+                if key.startswith(_WHOLE_MODEL_PREFIX)}
+    return {key: value for key, value in state_dict.items() if not key.startswith(_TRAINING_ONLY_PREFIX)}
+
+
+def load_vae(model: torch.nn.Module, path: str) -> None:
+    """Copy the autoencoder weights of ``path`` into ``model.first_stage_model`` (each cast to the
+    dtype and device of the weight it replaces); raises UsageError when they do not fit it."""
+    autoencoder = getattr(model, "first_stage_model", None)
+    if autoencoder is None or not any(True for _ in autoencoder.parameters()):
+        raise UsageError(f"{VAE_FLAG}: this model has no autoencoder to replace (it samples in pixel space)")
+    state = autoencoder_state(load_checkpoint(in_cwd_or_repository(path))[0])
+    problem = _mismatch(autoencoder.state_dict(), state)
+    if problem:
+        raise UsageError(f"{VAE_FLAG}: {path} does not fit the model's autoencoder: {problem}")
+    with torch.no_grad():
+        autoencoder.load_state_dict(state, strict=True)
+
+
+def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """What is wrong with ``given`` as a replacement for ``expected``, in plain words ("" if nothing)."""
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    reshaped = [f"{key} {tuple(given[key].shape)} instead of {tuple(value.shape)}"
+                for key, value in expected.items() if key in given and given[key].shape != value.shape]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{more})")
+    return "; ".join(parts)
+
+
+def vae_parameters(path: Optional[str]) -> Dict[str, str]:
+    """``{"VAE hash": ..., "VAE": file name}`` of the autoencoder file used (none: empty)."""
+    if path is None:
+        return {}
+    resolved = os.path.abspath(in_cwd_or_repository(path))
+    stat = os.stat(resolved)
+    return {"VAE hash": _file_hash(resolved, stat.st_size, stat.st_mtime_ns), "VAE": os.path.basename(resolved)}
+
+
+@functools.lru_cache(maxsize=8)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    """A1111's 10-digit hash of a file, read once per version of it (an SD VAE is 335 MB)."""
+    return model_hash(path)
