@@ -19,7 +19,7 @@ SHIPPED_AUTOENCODER = "checkpoints/shapes-autoencoder-kl-f4.safetensors"
 # Parameters of the training configs that only matter while training (or that point at files of
 # the training machine): dropped from the shipped configs.
 TRAINING_ONLY = ("ckpt_path", "ignore_keys", "monitor", "scheduler_config", "ucg_training", "reset_ema",
-                 "reset_num_ema_updates")
+                 "reset_num_ema_updates", "train_decoder_only")
 
 
 def inference_config(training_config: DictConfig, autoencoder: str = SHIPPED_AUTOENCODER) -> DictConfig:
