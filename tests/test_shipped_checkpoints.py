@@ -21,10 +21,12 @@ from tests.scripts.helpers import run_script
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 AUTOENCODER = "shapes-autoencoder-kl-f4"
+DARK_VAE = "shapes-autoencoder-kl-f4-dark"   # the autoencoder with a decoder that also draws the dark style
+DARK_LORA = "shapes-lora-dark"               # a LoRA on shapes-txt2img: the dark style (configs/shapes/lora-style.yaml)
 DIFFUSION_MODELS = ["shapes-txt2img", "shapes-inpainting", "shapes-depth", "shapes-x4-upscaler",
                     "shapes-class-conditional"]
 PIXEL_MODELS = ["shapes-pixel-ddpm"]
-SHIPPED = [AUTOENCODER, *DIFFUSION_MODELS, *PIXEL_MODELS]
+SHIPPED = [AUTOENCODER, DARK_VAE, *DIFFUSION_MODELS, *PIXEL_MODELS]
 SIZE_BUDGET_BYTES = 80 * 10 ** 6
 
 
@@ -58,8 +60,51 @@ def test_shipped_weights_are_half_precision(name):
 
 
 def test_shipped_models_fit_the_size_budget():
-    total = sum((CHECKPOINTS / f"{name}.safetensors").stat().st_size for name in SHIPPED)
+    total = sum((CHECKPOINTS / f"{name}.safetensors").stat().st_size for name in [*SHIPPED, DARK_LORA])
     assert total < SIZE_BUDGET_BYTES
+
+
+def test_the_dark_vae_keeps_the_latent_space_and_decodes_dark_renders_dark():
+    """Only its decoder side differs from the shipped autoencoder's, so every shipped model's latents
+    stay valid; it gives dark renders back dark, where the shipped decoder greys their backgrounds."""
+    from ldm.data.shapes import ShapesDataset
+    from ldm.evaluation.shipping import LATENT_SPACE_PREFIXES
+    from ldm.evaluation.style import background_value
+
+    shipped, dark = (load_model_from_config(OmegaConf.load(CHECKPOINTS / f"{name}.yaml"),
+                                            str(CHECKPOINTS / f"{name}.safetensors"), device="cpu", verbose=False)
+                     for name in (AUTOENCODER, DARK_VAE))
+    dark_weights = dark.state_dict()
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(value, dark_weights[key]) == key.startswith(LATENT_SPACE_PREFIXES), key
+    renders = ShapesDataset(length=8, split="test", style="dark")
+    images = torch.stack([torch.from_numpy(renders[i]["image"]).permute(2, 0, 1) for i in range(8)])
+
+    def background(decoder_of):
+        with torch.no_grad():
+            decoded = decoder_of.decode(shipped.encode(images).mode())
+        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        return np.array([background_value(image) for image in pixels])
+
+    assert background(dark).max() < 0.05 < background(shipped).min()
+
+
+def test_the_dark_lora_draws_the_prompt_in_the_dark_style_with_the_dark_vae(txt2img_pipe):
+    """The shipped LoRA at weight 1 with the dark VAE: dark backgrounds (docs/LORA.md measures 72
+    prompts); the prompted colour and shape stay. Without them, the base model's images."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from ldm.evaluation.style import shows_dark_style
+
+    styled = ldm.load("txt2img", device="cpu", vae=f"checkpoints/{DARK_VAE}.safetensors",
+                      lora=f"checkpoints/{DARK_LORA}.safetensors")
+    prompts = [p for p, _, _ in PROMPTS]
+    images = generation.txt2img(styled, prompts, seed=1234, steps=20, scale=5.0)
+    assert sum(shows_dark_style(image) for image in images) >= 3
+    drawn = [(objects[0].colour, objects[0].shape) if objects else None
+             for objects in map(detect_objects, images)]
+    assert sum(d == (colour, shape) for d, (_, colour, shape) in zip(drawn, PROMPTS)) >= 3, drawn
+    plain = generation.txt2img(txt2img_pipe, prompts, seed=1234, steps=20, scale=5.0)
+    assert not any(shows_dark_style(image) for image in plain)
 
 
 PROMPTS = [("a red circle", "red", "circle"), ("a blue square", "blue", "square"),
