@@ -3,7 +3,7 @@ autoencoder weights with those of another file after the model is loaded, as use
 Diffusion swap in Stability AI's fine-tuned ``vae-ft-mse-840000-ema-pruned`` (and as AUTOMATIC1111's
 ``--vae-path`` does). The file holds an autoencoder state dict (``encoder.*``, ``decoder.*``,
 ``quant_conv.*``, ``post_quant_conv.*``; a Lightning checkpoint's ``state_dict``, with its
-training-only ``loss.*`` keys, also works) or a whole latent-diffusion checkpoint, whose
+training-only ``loss.*`` keys and EMA counters, also works) or a whole latent-diffusion checkpoint, whose
 ``first_stage_model.*`` keys are taken. It must fit the model's autoencoder exactly: a missing,
 unexpected or differently shaped key is a one-line error that names it. The images' parameters
 record ``VAE hash: <10 hex digits>, VAE: <file name>`` (AUTOMATIC1111's fields)."""
@@ -24,6 +24,8 @@ from ldm.util.checkpoints import load_checkpoint
 VAE_FLAG = "--vae"
 _WHOLE_MODEL_PREFIX = "first_stage_model."
 _TRAINING_ONLY_PREFIX = "loss."   # the autoencoder's loss (LPIPS, discriminator) in a training checkpoint
+_DIFFUSERS_MARK = "down_blocks."   # diffusers' AutoencoderKL names its levels down_blocks/up_blocks
+_EMA_COUNTERS = ("model_ema.decay", "model_ema.num_updates")   # left in some VAE files; AUTOMATIC1111 drops them too
 
 
 def vae_path(opt: argparse.Namespace) -> Optional[str]:
@@ -44,7 +46,8 @@ def autoencoder_state(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch
     if any(key.startswith(_WHOLE_MODEL_PREFIX) for key in state_dict):
         return {key[len(_WHOLE_MODEL_PREFIX):]: value for key, value in state_dict.items()
                 if key.startswith(_WHOLE_MODEL_PREFIX)}
-    return {key: value for key, value in state_dict.items() if not key.startswith(_TRAINING_ONLY_PREFIX)}
+    return {key: value for key, value in state_dict.items()
+            if not key.startswith(_TRAINING_ONLY_PREFIX) and key not in _EMA_COUNTERS}
 
 
 def load_vae(model: torch.nn.Module, path: str) -> None:
@@ -55,6 +58,9 @@ def load_vae(model: torch.nn.Module, path: str) -> None:
         raise UsageError(f"{VAE_FLAG}: this model has no autoencoder to replace (it samples in pixel space)")
     state = autoencoder_state(load_checkpoint(in_cwd_or_repository(path))[0])
     problem = _mismatch(autoencoder.state_dict(), state)
+    if problem and any(_DIFFUSERS_MARK in key for key in state):
+        raise UsageError(f"{VAE_FLAG}: {path} is a VAE in diffusers' layout (encoder.down_blocks...); give one in the "
+                         "original layout (encoder.down...), as vae-ft-mse-840000-ema-pruned.safetensors is")
     if problem:
         raise UsageError(f"{VAE_FLAG}: {path} does not fit the model's autoencoder: {problem}")
     with torch.no_grad():

@@ -77,7 +77,8 @@ def test_a_whole_checkpoint_or_a_lightning_autoencoder_checkpoint_also_works(tin
     save_file({**{PREFIX + key: value for key, value in state.items()}, "model.diffusion_model.x": torch.zeros(2)},
               str(whole))
     lightning = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {**state, "loss.logvar": torch.zeros(())}, "global_step": 10}, lightning)
+    torch.save({"state_dict": {**state, "loss.logvar": torch.zeros(()), "model_ema.decay": torch.tensor(0.999),
+                               "model_ema.num_updates": torch.tensor(5)}, "global_step": 10}, lightning)
     reference = _pixels(_load(tiny, vae=str(other_vae))("a red circle", **CALL))
     for path in (whole, lightning):
         assert np.array_equal(_pixels(_load(tiny, vae=str(path))("a red circle", **CALL)), reference)
@@ -113,6 +114,14 @@ def test_a_file_that_does_not_fit_is_one_line_and_exit_2_with_nothing_written(ch
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == f"txt2img.py: error: --vae: {path} {words}"
     assert not outdir.exists()
+
+
+def test_a_vae_in_diffusers_layout_is_named_as_such(tiny, tmp_path):
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({"encoder.down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3),
+               "decoder.up_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}, str(path))
+    with pytest.raises(UsageError, match=r"^--vae: .* is a VAE in diffusers' layout \(encoder.down_blocks...\); give one"):
+        _load(tiny, vae=str(path))
 
 
 def test_a_missing_file_is_refused_before_the_model_is_loaded(tiny, tmp_path, monkeypatch):
