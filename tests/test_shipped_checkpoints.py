@@ -22,7 +22,7 @@ from tests.scripts.helpers import run_script
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 AUTOENCODER = "shapes-autoencoder-kl-f4"
 DARK_VAE = "shapes-autoencoder-kl-f4-dark"   # the autoencoder with a decoder that also draws the dark style
-DARK_LORA = "shapes-lora-dark"               # a LoRA on shapes-txt2img: the dark style (configs/shapes/lora-style.yaml)
+DARK_LORA = "lora/shapes-dark"               # a LoRA on shapes-txt2img: the dark style (configs/shapes/lora-style.yaml)
 DIFFUSION_MODELS = ["shapes-txt2img", "shapes-inpainting", "shapes-depth", "shapes-x4-upscaler",
                     "shapes-class-conditional"]
 PIXEL_MODELS = ["shapes-pixel-ddpm"]
