@@ -144,6 +144,28 @@ def test_png_info_reads_a_png_back_into_the_controls(page, served):
     expect(page.locator("#txt2img-seed input")).to_have_value("7")
 
 
+def _draw_stroke_across_the_middle(page, canvas, attempts: int = 5) -> None:
+    """Drag the brush across the canvas's middle row until the stroke shows on it: on a loaded
+    machine the editor may not take the first drag yet (the image still settling in)."""
+    def picture() -> bytes:
+        page.mouse.move(0, 0)  # the brush cursor is drawn over the canvas; keep it off the picture
+        page.wait_for_timeout(300)
+        return canvas.screenshot()
+
+    empty = picture()
+    for _ in range(attempts):
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x - 30, y)
+        page.mouse.down()
+        for step in range(7):
+            page.mouse.move(x - 30 + 10 * step, y, steps=2)
+        page.mouse.up()
+        if picture() != empty:
+            return
+    raise AssertionError(f"no stroke shows on the inpaint canvas after {attempts} drags")
+
+
 def test_inpaint_repaints_where_the_mask_is_drawn(page, served):
     """txt2img's image sent to the inpaint tab, a stroke drawn across it with the mouse, generated."""
     source = served[1] / "txt2img-samples" / "samples" / "00000.png"
@@ -153,14 +175,7 @@ def test_inpaint_repaints_where_the_mask_is_drawn(page, served):
     expect(page.locator("#inpaint-init-img").get_by_text("Upload an image")).to_be_hidden(timeout=20_000)
     canvas = page.locator("#inpaint-init-img canvas").first
     expect(canvas).to_be_visible()
-    page.wait_for_timeout(500)
-    box = canvas.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 30, y)
-    page.mouse.down()
-    for step in range(7):
-        page.mouse.move(x - 30 + 10 * step, y)
-    page.mouse.up()
+    _draw_stroke_across_the_middle(page, canvas)
     _set(page, "inpaint-steps", "2")
     parameters = _generate(page, "inpaint")
     assert "Model: shapes-inpainting, Inpainting: model" in parameters
