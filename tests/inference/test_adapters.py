@@ -15,7 +15,7 @@ from ldm.inference.errors import UsageError
 from ldm.modules.encoders.textual_inversion import EmbeddingError
 from ldm.modules.lora import LoraError, unet_diffusers_names
 from tests.modules.lora.lora_fixtures import clip_text_layers, write_kohya_lora
-from tests.scripts.helpers import files_under, main_exit_code, png_parameters
+from tests.scripts.helpers import files_under, main_exit_code, pixel_array, png_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CALL = dict(steps=4, seed=7, n=2, scale=3.0)
@@ -28,18 +28,14 @@ def _unet_layers(model):
             if isinstance(unet.get_submodule(path), (torch.nn.Linear, torch.nn.Conv2d))}
 
 
-def _pixels(images):
-    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+@pytest.fixture(scope="module")
+def tiny(tiny_txt2img):
+    return tiny_txt2img
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models):
-    return tiny_models["txt2img"]
-
-
-@pytest.fixture(scope="module")
-def base(tiny):
-    return ldm.load("txt2img", ckpt=str(tiny.ckpt), config=str(tiny.config), device="cpu")
+def base(tiny_txt2img_pipe):
+    return tiny_txt2img_pipe
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +62,7 @@ def _load(tiny, **keywords):
 # Python API
 # ---------------------------------------------------------------------------------------------
 def test_a_lora_changes_the_images_with_its_weight_and_weight_0_is_the_base_model(tiny, base, lora_file, capsys):
-    plain = _pixels(base("a red circle", **CALL))
+    plain = pixel_array(base("a red circle", **CALL))
     pipe = _load(tiny, lora=[f"{lora_file}:0.7"])
     handle, = pipe.loras
     # the tiny CLIP has one layer: q, k, v, out, fc1, fc2
@@ -77,12 +73,12 @@ def test_a_lora_changes_the_images_with_its_weight_and_weight_0_is_the_base_mode
     handle.weight = 0.35
     weaker = pipe("a red circle", **CALL)
     assert 'LoRA: "style:0.35"' in weaker[0].info["parameters"]
-    assert np.abs(_pixels(strong) - plain).mean() > np.abs(_pixels(weaker) - plain).mean() > 0.5
+    assert np.abs(pixel_array(strong) - plain).mean() > np.abs(pixel_array(weaker) - plain).mean() > 0.5
     handle.weight = 0.0
-    assert np.array_equal(_pixels(pipe("a red circle", **CALL)), plain)
-    assert np.array_equal(_pixels(_load(tiny, lora=f"{lora_file}:0")("a red circle", **CALL)), plain)
+    assert np.array_equal(pixel_array(pipe("a red circle", **CALL)), plain)
+    assert np.array_equal(pixel_array(_load(tiny, lora=f"{lora_file}:0")("a red circle", **CALL)), plain)
     handle.remove()
-    assert np.array_equal(_pixels(pipe("a red circle", **CALL)), plain)
+    assert np.array_equal(pixel_array(pipe("a red circle", **CALL)), plain)
     assert "LoRA" not in pipe("a red circle", **CALL)[0].info["parameters"]
 
 
@@ -91,11 +87,11 @@ def test_an_embedding_token_changes_the_images_of_prompts_that_use_it(tiny, base
     handle, = pipe.embeddings
     assert handle.token == "look" and handle.encoder is pipe.model.cond_stage_model
     without = pipe("a red circle", **CALL)
-    assert np.array_equal(_pixels(without), _pixels(base("a red circle", **CALL)))
+    assert np.array_equal(pixel_array(without), pixel_array(base("a red circle", **CALL)))
     assert "Embeddings" not in without[0].info["parameters"]
     used = pipe("a red circle, look", **CALL)
     assert 'Embeddings: look' in used[0].info["parameters"]
-    assert np.abs(_pixels(used) - _pixels(base("a red circle, look", **CALL))).mean() > 0.5
+    assert np.abs(pixel_array(used) - pixel_array(base("a red circle, look", **CALL))).mean() > 0.5
     negative = pipe("a red circle", negative_prompt="look", **CALL)
     assert 'Embeddings: look' in negative[0].info["parameters"]
 
@@ -150,7 +146,7 @@ def test_the_script_makes_the_apis_pixels_and_records_the_lora_and_embedding(tin
     written = files_under(tmp_path)
     pipe = _load(tiny, lora=[f"{lora_file}:0.6", f"{lora_file}:-0.2"], embeddings=[f"{embedding_file}:look"])
     images = pipe("look, a red circle", **CALL)
-    assert np.array_equal(_pixels(images), _pixels([Image.open(path) for path in written]))
+    assert np.array_equal(pixel_array(images), pixel_array([Image.open(path) for path in written]))
     parameters = png_parameters(written[0])
     assert parameters["LoRA"] == "style:0.6, style:-0.2" and parameters["Embeddings"] == "look"
 
@@ -190,7 +186,7 @@ def test_a_kohya_lora_on_the_shipped_shapes_model_changes_the_unet_and_names_the
     path = tmp_path / "shapes-style.safetensors"
     write_kohya_lora(path, _unet_layers(shapes.model), {"text_model.encoder.layers.0.self_attn.q_proj": (128, 128)})
     call = dict(steps=4, seed=1, n=1, H=32, W=32)
-    plain = _pixels(shapes("a red circle", **call))
+    plain = pixel_array(shapes("a red circle", **call))
     styled = ldm.load("txt2img", device="cpu", lora=f"{path}:0.5")
     handle, = styled.loras
     lines = capsys.readouterr().out.strip().splitlines()
@@ -198,12 +194,12 @@ def test_a_kohya_lora_on_the_shipped_shapes_model_changes_the_unet_and_names_the
     assert lines[-1] == (f"LoRA {path}: its 1 text-encoder layer is not used: the model's text encoder is "
                          "ShapesTextEncoder, not a CLIP text encoder of SD 1.x/2.x, which is what LoRA files name; "
                          "only the UNet is changed")
-    assert np.abs(_pixels(styled("a red circle", **call)) - plain).mean() > 1.0
+    assert np.abs(pixel_array(styled("a red circle", **call)) - plain).mean() > 1.0
     handle.weight = 0
-    assert np.array_equal(_pixels(styled("a red circle", **call)), plain)
+    assert np.array_equal(pixel_array(styled("a red circle", **call)), plain)
 
 
-def _float_pixels(pipe):
+def _floatpixel_array(pipe):
     run = api.prepare_run("txt2img", pipe.options("a red circle", **CALL), pipe.spec)
     return torch.cat([pixels for _, pixels, _ in pipe.generate(run)])
 
@@ -215,4 +211,4 @@ def test_a_lora_on_bf16_stored_weights_gives_the_images_of_bf16_autocast_over_fl
     assert ours.weights_dtype is torch.bfloat16
     autocast_over_float32 = dataclasses.replace(_load(tiny, lora=f"{lora_file}:0.7", precision="full"),
                                                 dtype=torch.bfloat16)
-    assert torch.equal(_float_pixels(ours), _float_pixels(autocast_over_float32))
+    assert torch.equal(_floatpixel_array(ours), _floatpixel_array(autocast_over_float32))

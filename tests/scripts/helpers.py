@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -205,6 +206,11 @@ def bad_input_failures(script: str, cases, output_flag: str, folder: Path, capsy
         if out.exists():
             failures.append(f"{argv[-2:]}: wrote {files_under(out)}")
     return failures
+
+
+def pixel_array(images) -> np.ndarray:
+    """PIL images as one int16 array [N, H, W, C]: compared exactly, or subtracted without wrapping."""
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
 def files_under(folder: Path) -> List[Path]:
