@@ -5,8 +5,8 @@ Diffusion swap in Stability AI's fine-tuned ``vae-ft-mse-840000-ema-pruned`` (an
 ``quant_conv.*``, ``post_quant_conv.*``; a Lightning checkpoint's ``state_dict``, with its
 training-only ``loss.*`` keys and EMA counters, also works) or a whole latent-diffusion checkpoint, whose
 ``first_stage_model.*`` keys are taken. It must fit the model's autoencoder exactly: a missing,
-unexpected or differently shaped key is a one-line error that names it. The images' parameters
-record ``VAE hash: <10 hex digits>, VAE: <file name>`` (AUTOMATIC1111's fields)."""
+unexpected or differently shaped key is a one-line error that names it in the checkpoint loader's
+words. The images' parameters record ``VAE hash: <10 hex digits>, VAE: <file name>`` (AUTOMATIC1111's fields)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ from ldm.inference.errors import UsageError
 from ldm.inference.loading import model_hash
 from ldm.util import in_cwd_or_repository
 from ldm.util.checkpoints import load_checkpoint
+from ldm.util.state_dicts import compare_state_dict
 
 VAE_FLAG = "--vae"
 _WHOLE_MODEL_PREFIX = "first_stage_model."
@@ -57,28 +58,23 @@ def load_vae(model: torch.nn.Module, path: str) -> None:
     if autoencoder is None or not any(True for _ in autoencoder.parameters()):
         raise UsageError(f"{VAE_FLAG}: this model has no autoencoder to replace (it samples in pixel space)")
     state = autoencoder_state(load_checkpoint(in_cwd_or_repository(path))[0])
-    problem = _mismatch(autoencoder.state_dict(), state)
+    problem = _mismatch(model, state)
     if problem and any(_DIFFUSERS_MARK in key for key in state):
         raise UsageError(f"{VAE_FLAG}: {path} is a VAE in diffusers' layout (encoder.down_blocks...); give one in the "
                          "original layout (encoder.down...), as vae-ft-mse-840000-ema-pruned.safetensors is")
     if problem:
-        raise UsageError(f"{VAE_FLAG}: {path} does not fit the model's autoencoder: {problem}")
+        raise UsageError(f"{VAE_FLAG}: {path} does not fit the model: {problem}")
     with torch.no_grad():
         autoencoder.load_state_dict(state, strict=True)
 
 
-def _mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
-    """What is wrong with ``given`` as a replacement for ``expected``, in plain words ("" if nothing)."""
-    missing = [key for key in expected if key not in given]
-    unexpected = [key for key in given if key not in expected]
-    reshaped = [f"{key} {tuple(given[key].shape)} instead of {tuple(value.shape)}"
-                for key, value in expected.items() if key in given and given[key].shape != value.shape]
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
-        if keys:
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{more})")
-    return "; ".join(parts)
+def _mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """How ``state`` fails to fit ``model.first_stage_model``, in the checkpoint loader's words ("" if
+    it fits); every weight outside the autoencoder counts as loaded already."""
+    outside = tuple(key for key in model.state_dict() if not key.startswith(_WHOLE_MODEL_PREFIX))
+    report = compare_state_dict(model, {_WHOLE_MODEL_PREFIX + key: value for key, value in state.items()},
+                                preloaded_prefixes=outside)
+    return "" if report.ok else "; ".join(report.lines())
 
 
 def vae_parameters(path: Optional[str]) -> Dict[str, str]:

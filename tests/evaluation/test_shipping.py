@@ -47,12 +47,13 @@ def test_inference_config_drops_training_settings_and_points_at_the_shared_autoe
     assert params.first_stage_config.params.ckpt_path == SHIPPED_AUTOENCODER
 
 
-def test_autoencoder_loss_becomes_identity_and_finetune_keys_are_cleared():
+def test_autoencoder_loss_becomes_identity_and_finetune_keys_and_decoder_only_training_are_cleared():
     training = OmegaConf.create({"model": {"target": "x.Y", "params": {
         "lossconfig": {"target": "ldm.modules.losses.LPIPSWithDiscriminator", "params": {"disc_start": 1}},
-        "finetune_keys": ["a"]}}})
+        "finetune_keys": ["a"], "train_decoder_only": True}}})
     params = inference_config(training).model.params
     assert params.lossconfig.target == "torch.nn.Identity" and params.finetune_keys is None
+    assert "train_decoder_only" not in params
 
 
 def test_shipped_weights_take_the_ema_unet_in_half_precision_keep_buffers_and_leave_out_the_autoencoder(

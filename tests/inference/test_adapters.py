@@ -29,21 +29,11 @@ def _unet_layers(model):
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_txt2img):
-    return tiny_txt2img
-
-
-@pytest.fixture(scope="module")
-def base(tiny_txt2img_pipe):
-    return tiny_txt2img_pipe
-
-
-@pytest.fixture(scope="module")
-def lora_file(base, tmp_path_factory):
+def lora_file(tiny_pipe, tmp_path_factory):
     """A kohya-ss file for every layer of the tiny model's UNet and CLIP text encoder."""
     folder = tmp_path_factory.mktemp("lora")
-    return write_kohya_lora(folder / "style.safetensors", _unet_layers(base.model),
-                            clip_text_layers(base.model.cond_stage_model.transformer))
+    return write_kohya_lora(folder / "style.safetensors", _unet_layers(tiny_pipe.model),
+                            clip_text_layers(tiny_pipe.model.cond_stage_model.transformer))
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +44,15 @@ def embedding_file(tmp_path_factory):
     return str(path)
 
 
-def _load(tiny, **keywords):
-    return ldm.load("txt2img", ckpt=str(tiny.ckpt), config=str(tiny.config), device="cpu", **keywords)
-
-
 # ---------------------------------------------------------------------------------------------
 # Python API
 # ---------------------------------------------------------------------------------------------
-def test_a_lora_changes_the_images_with_its_weight_and_weight_0_is_the_base_model(tiny, base, lora_file, capsys):
-    plain = pixel_array(base("a red circle", **CALL))
-    pipe = _load(tiny, lora=[f"{lora_file}:0.7"])
+def test_a_lora_changes_the_images_with_its_weight_and_weight_0_is_the_base_model(tiny, tiny_pipe, lora_file, capsys):
+    plain = pixel_array(tiny_pipe("a red circle", **CALL))
+    pipe = tiny.load(lora=[f"{lora_file}:0.7"])
     handle, = pipe.loras
     # the tiny CLIP has one layer: q, k, v, out, fc1, fc2
-    assert handle.counts == {"unet": len(_unet_layers(base.model)), "text_encoder": 6}
+    assert handle.counts == {"unet": len(_unet_layers(tiny_pipe.model)), "text_encoder": 6}
     assert f"LoRA {lora_file}: {len(handle.layers)} layers (UNet " in capsys.readouterr().out
     strong = pipe("a red circle", **CALL)
     assert 'LoRA: "style:0.7"' in strong[0].info["parameters"]
@@ -76,22 +62,22 @@ def test_a_lora_changes_the_images_with_its_weight_and_weight_0_is_the_base_mode
     assert np.abs(pixel_array(strong) - plain).mean() > np.abs(pixel_array(weaker) - plain).mean() > 0.5
     handle.weight = 0.0
     assert np.array_equal(pixel_array(pipe("a red circle", **CALL)), plain)
-    assert np.array_equal(pixel_array(_load(tiny, lora=f"{lora_file}:0")("a red circle", **CALL)), plain)
+    assert np.array_equal(pixel_array(tiny.load(lora=f"{lora_file}:0")("a red circle", **CALL)), plain)
     handle.remove()
     assert np.array_equal(pixel_array(pipe("a red circle", **CALL)), plain)
     assert "LoRA" not in pipe("a red circle", **CALL)[0].info["parameters"]
 
 
-def test_an_embedding_token_changes_the_images_of_prompts_that_use_it(tiny, base, embedding_file):
-    pipe = _load(tiny, embeddings=[embedding_file])
+def test_an_embedding_token_changes_the_images_of_prompts_that_use_it(tiny, tiny_pipe, embedding_file):
+    pipe = tiny.load(embeddings=[embedding_file])
     handle, = pipe.embeddings
     assert handle.token == "look" and handle.encoder is pipe.model.cond_stage_model
     without = pipe("a red circle", **CALL)
-    assert np.array_equal(pixel_array(without), pixel_array(base("a red circle", **CALL)))
+    assert np.array_equal(pixel_array(without), pixel_array(tiny_pipe("a red circle", **CALL)))
     assert "Embeddings" not in without[0].info["parameters"]
     used = pipe("a red circle, look", **CALL)
     assert 'Embeddings: look' in used[0].info["parameters"]
-    assert np.abs(pixel_array(used) - pixel_array(base("a red circle, look", **CALL))).mean() > 0.5
+    assert np.abs(pixel_array(used) - pixel_array(tiny_pipe("a red circle, look", **CALL))).mean() > 0.5
     negative = pipe("a red circle", negative_prompt="look", **CALL)
     assert 'Embeddings: look' in negative[0].info["parameters"]
 
@@ -100,7 +86,7 @@ def test_loras_go_on_before_compile_and_the_runtime_options(tiny, lora_file, mon
     seen = []
     monkeypatch.setattr(api, "apply_runtime_options",
                         lambda model, opt: seen.append(bool(model.model.diffusion_model.out[2]._forward_hooks)))
-    _load(tiny, lora=lora_file, compile=True)
+    tiny.load(lora=lora_file, compile=True)
     assert seen == [True]
 
 
@@ -111,14 +97,14 @@ def test_bad_specs_are_refused_before_the_model_is_loaded(tiny, lora_file, monke
              "": (LoraError, "give a LoRA file")}
     for spec, (error, words) in cases.items():
         with pytest.raises(error, match=words):
-            _load(tiny, lora=[spec])
+            tiny.load(lora=[spec])
     with pytest.raises(UsageError, match="--embedding: embedding file not found: gone.pt"):
-        _load(tiny, embeddings="gone.pt")
+        tiny.load(embeddings="gone.pt")
     with pytest.raises(UsageError, match=r"--lora: give file names \(a string or a list of strings\), got 0.5"):
-        _load(tiny, lora=0.5)
+        tiny.load(lora=0.5)
 
 
-def test_a_failing_file_leaves_nothing_applied(tiny, base, lora_file, tmp_path):
+def test_a_failing_file_leaves_nothing_applied(tiny, tiny_pipe, lora_file, tmp_path):
     save_file({"emb_params": torch.zeros(1, 768)}, str(tmp_path / "sd1.safetensors"))
     applied = []
     original = api.apply_adapters
@@ -129,7 +115,7 @@ def test_a_failing_file_leaves_nothing_applied(tiny, base, lora_file, tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(api, "apply_adapters", spy)
         with pytest.raises(EmbeddingError, match="does not fit the text encoder"):
-            _load(tiny, lora=lora_file, embeddings=str(tmp_path / "sd1.safetensors"))
+            tiny.load(lora=lora_file, embeddings=str(tmp_path / "sd1.safetensors"))
     model = applied[0]
     assert not any(module._forward_hooks for module in model.modules())
 
@@ -144,7 +130,7 @@ def test_the_script_makes_the_apis_pixels_and_records_the_lora_and_embedding(tin
              "--lora", f"{lora_file}:0.6", "--lora", f"{lora_file}:-0.2", "--embedding", f"{embedding_file}:look"]
     assert main_exit_code("txt2img.py", flags) == 0, capsys.readouterr().err
     written = files_under(tmp_path)
-    pipe = _load(tiny, lora=[f"{lora_file}:0.6", f"{lora_file}:-0.2"], embeddings=[f"{embedding_file}:look"])
+    pipe = tiny.load(lora=[f"{lora_file}:0.6", f"{lora_file}:-0.2"], embeddings=[f"{embedding_file}:look"])
     images = pipe("look, a red circle", **CALL)
     assert np.array_equal(pixel_array(images), pixel_array([Image.open(path) for path in written]))
     parameters = png_parameters(written[0])
@@ -207,8 +193,8 @@ def _floatpixel_array(pipe):
 def test_a_lora_on_bf16_stored_weights_gives_the_images_of_bf16_autocast_over_float32_weights(tiny, lora_file,
                                                                                               monkeypatch):
     monkeypatch.setenv("LDM_CPU_BF16", "1")
-    ours = _load(tiny, lora=f"{lora_file}:0.7")
+    ours = tiny.load(lora=f"{lora_file}:0.7")
     assert ours.weights_dtype is torch.bfloat16
-    autocast_over_float32 = dataclasses.replace(_load(tiny, lora=f"{lora_file}:0.7", precision="full"),
+    autocast_over_float32 = dataclasses.replace(tiny.load(lora=f"{lora_file}:0.7", precision="full"),
                                                 dtype=torch.bfloat16)
     assert torch.equal(_floatpixel_array(ours), _floatpixel_array(autocast_over_float32))

@@ -131,8 +131,7 @@ def test_an_unknown_task_is_named_in_the_error():
 
 def test_a_model_of_another_task_is_refused_at_load(tiny_models):
     with pytest.raises(UsageError, match="txt2img needs a text-to-image model.*use scripts/inpaint.py"):
-        ldm.load("txt2img", ckpt=str(tiny_models["inpaint"].ckpt), config=str(tiny_models["inpaint"].config),
-                 device="cpu")
+        tiny_models["inpaint"].load()
 
 
 def test_import_ldm_does_not_import_the_api_or_torch():
@@ -234,8 +233,7 @@ def top_attention_model(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def top_attention_pipe(top_attention_model):
-    return ldm.load("txt2img", ckpt=str(top_attention_model.ckpt), config=str(top_attention_model.config),
-                    device="cpu")
+    return top_attention_model.load()
 
 
 def _pixels(images):
@@ -259,8 +257,7 @@ def test_token_merging_zero_makes_the_same_pixels_and_a_half_changes_them_reprod
 
 def test_token_merging_works_under_the_cpu_bf16_autocast_with_bf16_weights(top_attention_model, monkeypatch):
     monkeypatch.setenv("LDM_CPU_BF16", "1")
-    pipe = ldm.load("txt2img", ckpt=str(top_attention_model.ckpt), config=str(top_attention_model.config),
-                    device="cpu")
+    pipe = top_attention_model.load()
     assert pipe.dtype == pipe.weights_dtype == torch.bfloat16
     options = dict(steps=4, n=2, seed=3)
     plain = _pixels(pipe("a red circle", **options))

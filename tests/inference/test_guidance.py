@@ -100,8 +100,7 @@ def test_capped_guidance_scales_a_large_step_down_to_the_cap_and_leaves_a_small_
 # --- --guide-color / --guide-scale on txt2img and img2img, script and API -------------------------
 @pytest.fixture(scope="module")
 def txt2img(tiny_models):
-    model = tiny_models["txt2img"]
-    return ldm.load("txt2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    return tiny_models["txt2img"].load()
 
 
 def _pixels(images):
@@ -218,8 +217,7 @@ def test_clip_guidance_gradient_lowers_the_clip_loss_of_pixels_and_of_decoded_la
 
     pixels = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1  # resized and cropped
     _step_lowers_the_loss(clip_guide.loss, pixels, clip_guidance(GaussianDataModel(), clip_guide, 1.))
-    model = ldm.load("txt2img", ckpt=str(tiny_models["txt2img"].ckpt), config=str(tiny_models["txt2img"].config),
-                     device="cpu").model
+    model = tiny_models["txt2img"].load().model
     latents = torch.randn(2, model.channels, 8, 8, generator=torch.Generator().manual_seed(1))
     _step_lowers_the_loss(lambda z: clip_guide.loss(model.decode_first_stage(z)), latents,
                           clip_guidance(model, clip_guide, 1.))

@@ -3,7 +3,6 @@ import dataclasses
 import pytest
 import torch
 
-import ldm
 from ldm.inference import precision
 from ldm.inference.api import prepare_run
 from ldm.inference.errors import UsageError
@@ -109,7 +108,7 @@ def test_the_unet_samples_under_bf16_autocast_on_cpu_only_with_native_bf16(tiny_
                                                                             expected):
     monkeypatch.setenv("LDM_CPU_BF16", native)
     model = tiny_models["txt2img"]
-    pipe = ldm.load("txt2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    pipe = model.load()
     assert pipe.dtype is (torch.bfloat16 if native == "1" else None)
     states = _unet_autocast_states(pipe)
     if expected is not None:
@@ -119,7 +118,7 @@ def test_the_unet_samples_under_bf16_autocast_on_cpu_only_with_native_bf16(tiny_
 
 
 def _loaded(model, precision="autocast"):
-    return ldm.load("txt2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu", precision=precision)
+    return model.load(precision=precision)
 
 
 def _pixels(pipe):

@@ -18,19 +18,9 @@ PREFIX = "first_stage_model."
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_txt2img):
-    return tiny_txt2img
-
-
-@pytest.fixture(scope="module")
-def base(tiny_txt2img_pipe):
-    return tiny_txt2img_pipe
-
-
-@pytest.fixture(scope="module")
-def autoencoder(base):
+def autoencoder(tiny_pipe):
     """The tiny model's own autoencoder weights."""
-    return {key: value.clone() for key, value in base.model.first_stage_model.state_dict().items()}
+    return {key: value.clone() for key, value in tiny_pipe.model.first_stage_model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +35,22 @@ def other_vae(autoencoder, tmp_path_factory):
     return path
 
 
-def _load(tiny, **keywords):
-    return ldm.load("txt2img", ckpt=str(tiny.ckpt), config=str(tiny.config), device="cpu", **keywords)
-
-
-def test_a_vae_file_replaces_the_autoencoder_weights_and_changes_only_the_decoded_images(tiny, base, other_vae):
-    pipe = _load(tiny, vae=str(other_vae))
+def test_a_vae_file_replaces_the_autoencoder_weights_and_changes_only_the_decoded_images(tiny, tiny_pipe, other_vae):
+    pipe = tiny.load(vae=str(other_vae))
     expected = load_file(str(other_vae))
     for key, value in pipe.model.first_stage_model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     for key, value in pipe.model.model.state_dict().items():
-        assert torch.equal(value, base.model.model.state_dict()[key]), key
-    swapped, plain = pixel_array(pipe("a red circle", **CALL)), pixel_array(base("a red circle", **CALL))
+        assert torch.equal(value, tiny_pipe.model.model.state_dict()[key]), key
+    swapped, plain = pixel_array(pipe("a red circle", **CALL)), pixel_array(tiny_pipe("a red circle", **CALL))
     assert np.abs(swapped - plain).mean() > 1.0
 
 
-def test_the_models_own_autoencoder_as_vae_gives_its_images_bit_for_bit(tiny, base, autoencoder, tmp_path):
+def test_the_models_own_autoencoder_as_vae_gives_its_images_bit_for_bit(tiny, tiny_pipe, autoencoder, tmp_path):
     path = tmp_path / "same.safetensors"
     save_file(autoencoder, str(path))
-    images = _load(tiny, vae=str(path))("a red circle", **CALL)
-    assert np.array_equal(pixel_array(images), pixel_array(base("a red circle", **CALL)))
+    images = tiny.load(vae=str(path))("a red circle", **CALL)
+    assert np.array_equal(pixel_array(images), pixel_array(tiny_pipe("a red circle", **CALL)))
 
 
 def test_a_whole_checkpoint_or_a_lightning_autoencoder_checkpoint_also_works(tiny, other_vae, tmp_path):
@@ -75,9 +61,9 @@ def test_a_whole_checkpoint_or_a_lightning_autoencoder_checkpoint_also_works(tin
     lightning = tmp_path / "last.ckpt"
     torch.save({"state_dict": {**state, "loss.logvar": torch.zeros(()), "model_ema.decay": torch.tensor(0.999),
                                "model_ema.num_updates": torch.tensor(5)}, "global_step": 10}, lightning)
-    reference = pixel_array(_load(tiny, vae=str(other_vae))("a red circle", **CALL))
+    reference = pixel_array(tiny.load(vae=str(other_vae))("a red circle", **CALL))
     for path in (whole, lightning):
-        assert np.array_equal(pixel_array(_load(tiny, vae=str(path))("a red circle", **CALL)), reference)
+        assert np.array_equal(pixel_array(tiny.load(vae=str(path))("a red circle", **CALL)), reference)
 
 
 def test_the_images_record_the_vae_as_automatic1111_does(tiny, other_vae, tmp_path, capsys):
@@ -87,24 +73,27 @@ def test_the_images_record_the_vae_as_automatic1111_does(tiny, other_vae, tmp_pa
     written, = files_under(tmp_path)
     parameters = png_parameters(written)
     assert parameters["VAE"] == "other-vae.safetensors" and parameters["VAE hash"] == model_hash(str(other_vae))
-    image = _load(tiny, vae=str(other_vae))("a red circle", **CALL)[0]
+    image = tiny.load(vae=str(other_vae))("a red circle", **CALL)[0]
     assert "VAE: other-vae.safetensors" in image.info["parameters"]
 
 
 @pytest.mark.parametrize("change, words", [
     (lambda state: {k: v for k, v in state.items() if k != "decoder.conv_out.bias"},
-     "does not fit the model's autoencoder: 1 missing (decoder.conv_out.bias)"),
+     "does not fit the model: autoencoder (first_stage_model): 1 tensors missing from the checkpoint "
+     "(e.g. first_stage_model.decoder.conv_out.bias)"),
     (lambda state: {**state, "decoder.extra.weight": torch.zeros(1)},
-     "does not fit the model's autoencoder: 1 unexpected (decoder.extra.weight)"),
+     "does not fit the model: autoencoder (first_stage_model): 1 tensors not used by the model "
+     "(e.g. first_stage_model.decoder.extra.weight)"),
     (lambda state: {**state, "decoder.conv_out.bias": torch.zeros(5)},
-     "does not fit the model's autoencoder: 1 wrong shape (decoder.conv_out.bias (5,) instead of (3,))"),
+     "does not fit the model: autoencoder (first_stage_model): 1 tensors of the wrong shape "
+     "(e.g. first_stage_model.decoder.conv_out.bias (5,) vs model (3,))"),
 ])
 def test_a_file_that_does_not_fit_is_one_line_and_exit_2_with_nothing_written(change, words, tiny, autoencoder,
                                                                               tmp_path, capsys):
     path = tmp_path / "bad.safetensors"
     save_file(change(dict(autoencoder)), str(path))
     with pytest.raises(UsageError, match=r"^--vae: .*" + words.replace("(", r"\(").replace(")", r"\)")):
-        _load(tiny, vae=str(path))
+        tiny.load(vae=str(path))
     outdir = tmp_path / "out"
     code = main_exit_code("txt2img.py", [*tiny.flags(), "--steps", "2", "--outdir", str(outdir), "--vae", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -117,7 +106,7 @@ def test_a_vae_in_diffusers_layout_is_named_as_such(tiny, tmp_path):
     save_file({"encoder.down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3),
                "decoder.up_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}, str(path))
     with pytest.raises(UsageError, match=r"^--vae: .* is a VAE in diffusers' layout \(encoder.down_blocks...\); "):
-        _load(tiny, vae=str(path))
+        tiny.load(vae=str(path))
 
 
 def test_a_missing_file_is_refused_before_the_model_is_loaded(tiny, tmp_path, monkeypatch):
@@ -125,7 +114,7 @@ def test_a_missing_file_is_refused_before_the_model_is_loaded(tiny, tmp_path, mo
 
     monkeypatch.setattr(api, "load_model", lambda *args: pytest.fail("the model was loaded"))
     with pytest.raises(UsageError, match="^--vae: autoencoder file not found: .*nothing.safetensors$"):
-        _load(tiny, vae=str(tmp_path / "nothing.safetensors"))
+        tiny.load(vae=str(tmp_path / "nothing.safetensors"))
 
 
 def test_a_pixel_space_model_has_no_autoencoder_to_replace(tiny_sampling_models, other_vae):

@@ -42,6 +42,12 @@ class TinyModel:
     def flags(self) -> List[str]:
         return ["--config", str(self.config), "--ckpt", str(self.ckpt)]
 
+    def load(self, task: str = "txt2img", **keywords):
+        """``ldm.load(task)`` of this model on the CPU, with ``keywords`` (``vae=``, ``lora=``, ...)."""
+        import ldm
+
+        return ldm.load(task, ckpt=str(self.ckpt), config=str(self.config), device="cpu", **keywords)
+
 
 def _save_tiny_clip(folder: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
