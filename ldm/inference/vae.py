@@ -24,6 +24,7 @@ from ldm.util.state_dicts import compare_state_dict
 
 VAE_FLAG = "--vae"
 _WHOLE_MODEL_PREFIX = "first_stage_model."
+_AUTOENCODER_PARTS = ("encoder.", "decoder.")
 _TRAINING_ONLY_PREFIX = "loss."   # the autoencoder's loss (LPIPS, discriminator) in a training checkpoint
 _DIFFUSERS_MARK = "down_blocks."   # diffusers' AutoencoderKL names its levels down_blocks/up_blocks
 _EMA_COUNTERS = ("model_ema.decay", "model_ema.num_updates")   # left in some VAE files; AUTOMATIC1111 drops them too
@@ -58,6 +59,9 @@ def load_vae(model: torch.nn.Module, path: str) -> None:
     if autoencoder is None or not any(True for _ in autoencoder.parameters()):
         raise UsageError(f"{VAE_FLAG}: this model has no autoencoder to replace (it samples in pixel space)")
     state = autoencoder_state(load_checkpoint(in_cwd_or_repository(path))[0])
+    if not any(key.startswith(_AUTOENCODER_PARTS) for key in state):
+        raise UsageError(f"{VAE_FLAG}: {path} holds no autoencoder weights (no encoder.*, decoder.* or "
+                         "first_stage_model.* tensors)")
     problem = _mismatch(model, state)
     if problem and any(_DIFFUSERS_MARK in key for key in state):
         raise UsageError(f"{VAE_FLAG}: {path} is a VAE in diffusers' layout (encoder.down_blocks...); give one in the "

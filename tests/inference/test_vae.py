@@ -101,6 +101,15 @@ def test_a_file_that_does_not_fit_is_one_line_and_exit_2_with_nothing_written(ch
     assert not outdir.exists()
 
 
+def test_a_file_without_autoencoder_weights_says_so(tiny, tmp_path):
+    path = tmp_path / "unet-only.safetensors"
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3), "alphas_cumprod": torch.ones(4)},
+              str(path))
+    with pytest.raises(UsageError, match=r"^--vae: .* holds no autoencoder weights \(no encoder\.\*, decoder\.\* or "
+                                         r"first_stage_model\.\* tensors\)$"):
+        tiny.load(vae=str(path))
+
+
 def test_a_vae_in_diffusers_layout_is_named_as_such(tiny, tmp_path):
     path = tmp_path / "diffusion_pytorch_model.safetensors"
     save_file({"encoder.down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3),
