@@ -119,6 +119,17 @@ class GaussianDataModel:
         return float(self.alphas_cumprod[index])
 
 
+def sample_with_diffusers_scheduler(scheduler, model: GaussianDataModel, x_T: torch.Tensor,
+                                    steps: int) -> torch.Tensor:
+    """x_0 from a diffusers scheduler (the peer) driven by the model's eps prediction from x_T."""
+    scheduler.set_timesteps(steps)
+    x = x_T.clone()
+    for t in scheduler.timesteps:
+        eps = model.apply_model(x, torch.full((x.shape[0],), int(t)), None)
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
 def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
     return float((x - reference).norm() / reference.norm())
 

@@ -7,7 +7,13 @@ import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.sampling_util import NonFiniteSampleError
-from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
+from tests.models.diffusion.gaussian_analytic import (
+    GaussianDataModel,
+    fitted_order,
+    format_table,
+    relative_error,
+    sample_with_diffusers_scheduler,
+)
 
 STEPS = (5, 10, 20, 40)
 SHAPE = (4, 8, 8)
@@ -45,12 +51,8 @@ def test_ddim_matches_diffusers_ddim_scheduler(steps):
     scheduler = diffusers.DDIMScheduler(
         num_train_timesteps=1000, trained_betas=model.betas.numpy(), clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
-    scheduler.set_timesteps(steps)
-    x = x_T.clone()
-    for t in scheduler.timesteps:
-        eps = model.apply_model(x, torch.full((2,), int(t)), None)
-        x = scheduler.step(eps, t, x).prev_sample
-    assert torch.allclose(ours, x, atol=2e-5, rtol=1e-5)
+    theirs = sample_with_diffusers_scheduler(scheduler, model, x_T, steps)
+    assert torch.allclose(ours, theirs, atol=2e-5, rtol=1e-5)
 
 
 def test_ddim_grid_has_the_original_quirks():

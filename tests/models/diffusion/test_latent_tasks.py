@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ldm.models.diffusion import latent_tasks
+from ldm.models.diffusion.latent_tasks import normalized_depth
 from ldm.modules.diffusionmodules.upscaling import (
     AbstractLowScaleModel,
     ImageConcatWithNoiseAugmentation,
     SimpleImageConcat,
 )
-from ldm.models.diffusion.latent_tasks import normalized_depth
 from ldm.util import CheckpointError, get_obj_from_str, instantiate_from_config, load_state_dict_checked
 from tests.manifests import MANIFEST_CONFIGS, REPO_ROOT, layout_of, read_manifest
 from tests.models.diffusion.test_ddpm import reference_betas, reference_buffers

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from ldm.models.diffusion.plms import PLMSSampler, adams_bashforth_eps
-from tests.models.diffusion.gaussian_analytic import GaussianDataModel, fitted_order, format_table, relative_error
+from tests.models.diffusion.gaussian_analytic import (
+    GaussianDataModel,
+    fitted_order,
+    format_table,
+    relative_error,
+    sample_with_diffusers_scheduler,
+)
 
 STEPS = (5, 10, 20, 40)
 SHAPE = (4, 8, 8)
@@ -40,12 +46,8 @@ def test_plms_matches_diffusers_pndm_without_runge_kutta_steps(steps):
     scheduler = diffusers.PNDMScheduler(
         num_train_timesteps=1000, trained_betas=model.betas.numpy(), skip_prk_steps=True,
         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
-    scheduler.set_timesteps(steps)
-    x = x_T.clone()
-    for t in scheduler.timesteps:
-        eps = model.apply_model(x, torch.full((2,), int(t)), None)
-        x = scheduler.step(eps, t, x).prev_sample
-    assert torch.allclose(ours, x, atol=5e-5, rtol=1e-5)
+    theirs = sample_with_diffusers_scheduler(scheduler, model, x_T, steps)
+    assert torch.allclose(ours, theirs, atol=5e-5, rtol=1e-5)
 
 
 def test_plms_rejects_nonzero_eta():
