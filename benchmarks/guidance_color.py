@@ -1,9 +1,10 @@
 """Colour loss guidance (``--guide-color``) on the shipped shapes model, read seed for seed on the object.
 
-"a red circle", ``--seeds`` seeds, made without guidance and with ``--guide-color 40,85,220`` (blue) at
-each ``--scales`` value, through ``ldm.load("txt2img")`` as users run it. The object is located in the
-UNGUIDED image of each seed (the detector's largest object, its pixel mask); the guided image of the same
-seed is read there, so a background that turns blue is not taken for the object:
+"a red circle" (or ``--prompt``, which must ask for one circle), ``--seeds`` seeds, made without guidance
+and with ``--guide-color 40,85,220`` (blue) at each ``--scales`` value, through ``ldm.load("txt2img")`` as
+users run it. The object is located in the UNGUIDED image of each seed (the detector's largest object, its
+pixel mask); the guided image of the same seed is read there, so a background that turns blue is not taken
+for the object:
 
 - object hue: circular mean hue over the unguided object's pixels (weighted by saturation, so near-grey
   pixels, whose hue is noise, count little), unguided and guided; its shift toward blue is how many
@@ -23,7 +24,7 @@ then per scale the seeds moved, the mean shift, the mean object IoU, circle kept
 background change.
 
     python benchmarks/guidance_color.py [--seeds 24] [--steps 20] [--scales 50 100 200] [--device cpu]
-        [--region image|object] [--space rgb|hue] [--max-step X]
+        [--region image|object] [--space rgb|hue] [--max-step X] [--prompt "a circle"]
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ from ldm.evaluation.detector import (  # noqa: E402
 )
 from ldm.inference.guidance import GUIDE_COLOR_SPACES, GUIDE_REGIONS  # noqa: E402
 
-PROMPT = "a red circle"
+DEFAULT_PROMPT = "a red circle"
 BLUE = (40, 85, 220)
 TARGET_HUE = 360.0 * colorsys.rgb_to_hsv(*(c / 255 for c in BLUE))[0]
 MIN_SHIFT = 10.0   # degrees toward the target for a seed to count as moved
@@ -201,12 +202,17 @@ def main() -> None:
     parser.add_argument("--region", default="image", choices=GUIDE_REGIONS, help="--guide-region")
     parser.add_argument("--space", default="rgb", choices=GUIDE_COLOR_SPACES, help="--guide-color-space")
     parser.add_argument("--max-step", type=float, default=None, help="--guide-max-step (default: no cap)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help="a prompt asking for one circle, e.g. 'a circle' (no colour word to pull back against "
+                             "the guidance) (default: %(default)s)")
     args = parser.parse_args()
+    if "circle" not in args.prompt.split():
+        parser.error(f"--prompt must ask for a circle (the detector reads the circle), got {args.prompt!r}")
 
     pipe = ldm.load("txt2img", device=args.device)
     common = dict(steps=args.steps, seed=args.seed, n=args.seeds)
-    plain = [np.asarray(image) for image in pipe(PROMPT, **common)]
-    print(f"{PROMPT!r}, {args.seeds} seeds, {args.steps} steps, default sampler and CFG scale; target "
+    plain = [np.asarray(image) for image in pipe(args.prompt, **common)]
+    print(f"{args.prompt!r}, {args.seeds} seeds, {args.steps} steps, default sampler and CFG scale; target "
           f"{','.join(map(str, BLUE))} (hue {TARGET_HUE:.0f} deg), --guide-region {args.region} "
           f"--guide-color-space {args.space} --guide-max-step {args.max_step}; moved = >= {MIN_SHIFT:g} deg "
           f"toward blue on the unguided object's pixels; circle kept = a detected circle with IoU >= {MIN_IOU:g} "
@@ -214,7 +220,7 @@ def main() -> None:
     summaries = []
     for scale in args.scales:
         start = time.perf_counter()
-        guided = [np.asarray(image) for image in pipe(PROMPT, guide_color=BLUE, guide_scale=scale,
+        guided = [np.asarray(image) for image in pipe(args.prompt, guide_color=BLUE, guide_scale=scale,
                                                      guide_region=args.region, guide_color_space=args.space,
                                                      guide_max_step=args.max_step, **common)]
         seconds = time.perf_counter() - start
