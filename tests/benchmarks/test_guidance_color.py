@@ -1,8 +1,11 @@
 """benchmarks/guidance_color.py's measure on synthetic image pairs: the object is read where the unguided
 image has it, so a background tinted blue is not an object moved, and a circle must stay where it was."""
-import numpy as np
+import sys
 
-from benchmarks.guidance_color import read_seed
+import numpy as np
+import pytest
+
+from benchmarks.guidance_color import main, read_seed
 
 GREY, RED, BLUE = (128, 128, 128), (214, 40, 40), (40, 85, 220)
 
@@ -46,3 +49,11 @@ def test_a_circle_elsewhere_or_a_square_in_place_is_not_kept():
 def test_a_seed_without_an_unguided_object_counts_as_not_moved_and_not_kept():
     reading = read_seed(_disc(colour=GREY), _disc(colour=BLUE))
     assert not reading.has_object and not reading.moved and not reading.circle_kept
+
+
+def test_a_prompt_without_a_circle_is_refused_before_any_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["guidance_color.py", "--prompt", "a red square"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "--prompt must ask for a circle" in capsys.readouterr().err
