@@ -20,7 +20,8 @@ cannot be expected to recolour a case whose target the model cannot draw.
     python benchmarks/edit_inversion.py [--keep 0.4] [--scale 5] [--steps 50] [--inversion-steps 50]
                                        [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
                                        [--mask-noises 10] [--mask-dilate 0] [--mask-fill inverted]
-                                       [--inversion-prompt source] [--eta 0] [--cases 48 | --only 8,13,...]
+                                       [--inversion-prompt source] [--eta 0] [--color-transfer]
+                                       [--structure-scale S] [--cases 48 | --only 8,13,...]
                                        [--device cpu] [--txt2img]
 """
 from __future__ import annotations
@@ -69,7 +70,8 @@ def edit_options(args: argparse.Namespace) -> dict:
     return dict(steps=args.steps, inversion_steps=args.inversion_steps, scale=args.scale, keep=args.keep,
                 mask_mode=args.mask_mode, mask_threshold=args.mask_threshold, mask_strength=args.mask_strength,
                 mask_noises=args.mask_noises, mask_dilate=args.mask_dilate, mask_fill=args.mask_fill,
-                inversion_prompt=args.inversion_prompt, eta=args.eta)
+                inversion_prompt=args.inversion_prompt, eta=args.eta, color_transfer=args.color_transfer,
+                structure_scale=args.structure_scale)
 
 
 def score_cases(pipe, indices: List[int], options: dict) -> List[Tuple[str, str, str, float, object]]:
@@ -94,6 +96,10 @@ def report(rows, options: dict, seconds: float) -> None:
     mask = (f"mask mode diffedit (threshold {options['mask_threshold']}, strength {options['mask_strength']}, "
             f"{options['mask_noises']} noises, dilate {options['mask_dilate']}, fill {options['mask_fill']})"
             if options["mask_mode"] == "diffedit" else "mask mode none")
+    if options["color_transfer"]:
+        mask += ", color transfer"
+    if options["structure_scale"] is not None:
+        mask += f", structure scale {options['structure_scale']}"
     print(f"keep {options['keep']}, scale {options['scale']}, steps {options['steps']}, inversion steps "
           f"{options['inversion_steps']}, inversion prompt {options['inversion_prompt']}, eta {options['eta']}, "
           f"{mask}: {len(rows)} cases in {seconds:.0f} s")
@@ -151,6 +157,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated case indices (0-47) instead of --cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the regeneration")
+    parser.add_argument("--color-transfer", action="store_true", help="edit.py's --color-transfer")
+    parser.add_argument("--structure-scale", type=float, default=None, help="default: edit.py's")
     parser.add_argument("--txt2img", action="store_true",
                         help="measure the ceiling: plain txt2img of the target prompts (same seed, steps, scale)")
     for flag in ("mask-mode", "mask-threshold", "mask-strength", "mask-noises", "mask-dilate", "mask-fill",

@@ -59,6 +59,15 @@ def _edit_inputs(parser: argparse.ArgumentParser) -> None:
                         help="diffedit: inside the mask start from the inverted latent ('inverted') or from the "
                              "image latent noised afresh to the start level ('noise': inpaint the region with "
                              "--prompt; with --ddim_eta > 0 re-noised at every step) (default: %(default)s)")
+    parser.add_argument("--color-transfer", "--color_transfer", dest="color_transfer", action="store_true",
+                        help="recolour an object in place: regenerate the image from its inverted noise with "
+                             "--prompt to see the new colour, move the object's latent colour to it where the "
+                             "object is (its pixels more colourful than the background), then invert and "
+                             "regenerate that latent at --keep with --structure-scale (--keep 0.6 recommended)")
+    parser.add_argument("--structure-scale", "--structure_scale", dest="structure_scale", type=float, default=None,
+                        help="loss guidance of the regeneration toward the input image's object footprint (where "
+                             "its pixels are colourful, whatever the hue); 0 turns it off (default: 10000 with "
+                             "--color-transfer, 0 without)")
     parser.add_argument("--inversion-prompt", "--inversion_prompt", dest="inversion_prompt",
                         choices=("source", "empty"), default="source",
                         help="the prompt the image is inverted with: --source-prompt, or the empty prompt as "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ldm.inference.class_names import class_names_of, class_text, default_classes, parse_classes
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import GuidanceRequests
+from ldm.inference.guidance import GuidanceRequests, image_loss_guidance
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import (
     DepthMapWriter,
@@ -43,6 +43,12 @@ from ldm.inference.pipeline import (
     step_progress,
 )
 from ldm.inference.sampler_choice import chosen_sampler
+from ldm.models.diffusion.color_transfer import (
+    DEFAULT_STRUCTURE_SCALE,
+    object_coverage,
+    structure_loss,
+    transfer_color,
+)
 from ldm.models.diffusion.inversion import (
     blend_levels,
     check_diffedit,
@@ -279,8 +285,21 @@ class Edit(_FromInitImage):
                 blend_levels(self.plan, self.spec.timesteps)
                 if opt.mask_dilate < 0:
                     raise ValueError(f"--mask-dilate must be 0 or more, got {opt.mask_dilate}")
+            if opt.color_transfer:
+                self.full_plan = plan_edit(0.0, opt.steps, opt.inversion_steps, self.spec.timesteps)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        if opt.structure_scale is not None and not (math.isfinite(opt.structure_scale) and opt.structure_scale >= 0):
+            raise UsageError(f"--structure-scale must be a number >= 0, got {opt.structure_scale}")
+        if opt.color_transfer and opt.mask_mode == "diffedit":
+            raise UsageError("--color-transfer and --mask-mode diffedit cannot be combined; give one of them")
+
+    @property
+    def structure_scale(self) -> float:
+        """``--structure-scale``; unset, 10000 with ``--color-transfer`` and 0 (off) without."""
+        if self.opt.structure_scale is not None:
+            return self.opt.structure_scale
+        return DEFAULT_STRUCTURE_SCALE if self.opt.color_transfer else 0.0
 
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
@@ -291,10 +310,32 @@ class Edit(_FromInitImage):
         mask = self._mask(sampler, init_latent, source, c, noise)
         fill = (noise.randn(init_latent.shape[1:]).to(init_latent)
                 if mask is not None and self.opt.mask_fill == "noise" else None)
-        with step_progress(self.plan.inversion_count + self.plan.regeneration_steps, "editing") as on_step:
+        image = rows_for(self.image, batch)
+        cond_fn = (image_loss_guidance(model, structure_loss(image, self.structure_scale))
+                   if self.structure_scale else None)
+        steps = self.plan.inversion_count + self.plan.regeneration_steps
+        if self.opt.color_transfer:
+            steps += self.full_plan.inversion_count + self.full_plan.regeneration_steps + self.plan.inversion_count
+        with step_progress(steps, "editing") as on_step:
+            if self.opt.color_transfer:
+                init_latent = self._transfer_color(model, sampler, image, init_latent, inverted_with, c, uc,
+                                                   noise, on_step)
+                inverted_with = c
             z = edit_latent(sampler, init_latent, inverted_with, c, self.plan, uc, self.opt.scale,
-                            self.opt.ddim_eta, noise.generators, mask=mask, fill_noise=fill, callback=on_step)
+                            self.opt.ddim_eta, noise.generators, mask=mask, fill_noise=fill, callback=on_step,
+                            cond_fn=cond_fn)
         return self._decode(model, z)
+
+    def _transfer_color(self, model, sampler, image, init_latent, inverted_with, c, uc, noise, on_step):
+        """The image latent with its object recoloured as ``--prompt`` draws it when regenerated from the
+        inverted noise (:mod:`~ldm.models.diffusion.color_transfer`); the edit then inverts this latent
+        with ``--prompt`` and regenerates it at ``--keep``."""
+        drawn = edit_latent(sampler, init_latent, inverted_with, c, self.full_plan, uc, self.opt.scale,
+                            self.opt.ddim_eta, noise.generators, callback=on_step)
+        size = init_latent.shape[-2:]
+        drawn_image = model.decode_first_stage(drawn)
+        return transfer_color(init_latent, drawn, object_coverage(image, size).to(init_latent),
+                              object_coverage(drawn_image, size).to(init_latent))
 
     def _mask(self, sampler, init_latent, source, c, noise) -> Optional[torch.Tensor]:
         """DiffEdit's mask with ``--mask-mode diffedit``, None (edit everywhere) otherwise."""
@@ -310,6 +351,10 @@ class Edit(_FromInitImage):
                       "Keep": self.opt.keep}
         if self.opt.inversion_prompt != "source":
             parameters["Inversion prompt"] = self.opt.inversion_prompt
+        if self.opt.color_transfer:
+            parameters["Color transfer"] = True
+        if self.structure_scale:
+            parameters["Structure scale"] = self.structure_scale
         if self.opt.mask_mode == "diffedit":
             parameters.update({"Mask mode": "diffedit", "Mask threshold": self.opt.mask_threshold,
                                "Mask strength": self.opt.mask_strength, "Mask noises": self.opt.mask_noises,

@@ -63,6 +63,11 @@ def test_edit_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_models, tmp
         ([*flags, "--inversion-prompt", "target"], r"--inversion-prompt.* invalid choice: 'target'"),
         ([*diffedit, "--steps", "8", "--inversion-steps", "4", "--keep", "0.625"],
          r"masked regeneration passes timestep 126 .* 4-step inversion does not reach"),
+        ([*flags, "--structure-scale", "-1"], r"--structure-scale must be a number >= 0, got -1.0"),
+        ([*flags, "--structure-scale", "nan"], r"--structure-scale must be a number >= 0, got nan"),
+        ([*diffedit, "--color-transfer"], r"--color-transfer and --mask-mode diffedit cannot be combined"),
+        ([*flags, "--color-transfer", "--steps", "5", "--keep", "1"],
+         r"starts at timestep 801 .* 8-step inversion does not reach"),
     ]
     assert bad_input_failures("edit.py", cases, "--outdir", tmp_path, capsys) == []
 
@@ -107,6 +112,28 @@ def test_diffedit_options_are_recorded_and_change_the_edit(tiny_models, tmp_path
     assert np.array_equal(np.asarray(again), np.asarray(variants["fill"]))
     other, = pipe("a blue circle", **{**request, "seed": 8}, mask_fill="noise")
     assert not np.array_equal(np.asarray(other), np.asarray(variants["fill"]))
+
+
+def test_color_transfer_records_its_options_equals_the_api_and_changes_the_edit(tiny_models, tmp_path, capsys):
+    flags = [*edit_flags(tmp_path, tiny_models), "--color-transfer"]
+    assert main_exit_code("edit.py", [*flags, "--outdir", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    sample = tmp_path / "out" / "samples" / "00000.png"
+    parsed = png_parameters(sample)
+    assert (parsed["Color transfer"], float(parsed["Structure scale"])) == ("True", 10000.0)
+    model = tiny_models["txt2img"]
+    pipe = ldm.load("edit", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    request = dict(source_prompt="a red circle", image=str(tmp_path / "in.png"), steps=4, inversion_steps=8,
+                   keep=0.5, scale=3.0, seed=7)
+    transferred, = pipe("a blue circle", color_transfer=True, **request)
+    assert np.array_equal(np.asarray(transferred), np.asarray(Image.open(sample)))
+    plain, = pipe("a blue circle", **request)
+    unguided, = pipe("a blue circle", color_transfer=True, structure_scale=0, **request)
+    guided_plain, = pipe("a blue circle", structure_scale=10000, **request)
+    assert "Color transfer" not in plain.info["parameters"] and "Structure scale" not in plain.info["parameters"]
+    assert "Structure scale" not in unguided.info["parameters"]
+    assert float(png_parameters_of(guided_plain)["Structure scale"]) == 10000.0
+    images = [np.asarray(image) for image in (transferred, plain, unguided, guided_plain)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(images) for b in images[i + 1:])
 
 
 def png_parameters_of(image):

@@ -38,7 +38,7 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampling_util import check_finite, randn
+from ldm.models.diffusion.sampling_util import CondFn, check_finite, randn
 from ldm.modules.diffusionmodules.util import make_ddim_timesteps
 
 
@@ -168,9 +168,11 @@ def ddim_invert(sampler: Any, x0: torch.Tensor, cond: Any, steps: int, count: Op
 def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, cond: Any,
                unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
                generator: Any = None, callback: Optional[Callable[[int], None]] = None,
-               mask: Optional[torch.Tensor] = None, fill_noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+               mask: Optional[torch.Tensor] = None, fill_noise: Optional[torch.Tensor] = None,
+               cond_fn: Optional[CondFn] = None) -> torch.Tensor:
     """The edited latent: ``plan.regeneration_steps`` DDIM steps with ``cond`` (guided by
-    ``scale`` against ``unconditional_conditioning``) from the inverted latent of ``plan``. With
+    ``scale`` against ``unconditional_conditioning``, and by the loss guidance ``cond_fn`` when
+    given) from the inverted latent of ``plan``. With
     ``mask`` (1: edit), each step's latent is kept only inside it and is the inverted latent of the
     same level outside (DiffEdit's blending); the trajectory must hold those levels. With
     ``fill_noise`` too, the start inside the mask is the image latent noised to the start level
@@ -187,13 +189,14 @@ def regenerate(sampler: Any, trajectory: InvertedTrajectory, plan: EditPlan, con
     if mask is None:
         return sampler.decode(start, cond, plan.regeneration_steps, unconditional_guidance_scale=scale,
                               unconditional_conditioning=unconditional_conditioning, callback=callback,
-                              verbose=False, generator=generator)
+                              verbose=False, generator=generator, cond_fn=cond_fn)
     levels = blend_levels(plan, sampler.ddpm_num_timesteps)
     x = start
     for done, index in enumerate(reversed(range(plan.regeneration_steps))):
         t = torch.full((x.shape[0],), int(sampler.ddim_timesteps[index]), device=x.device, dtype=torch.long)
         x, _ = sampler.p_sample_ddim(x, cond, t, index, unconditional_guidance_scale=scale,
-                                     unconditional_conditioning=unconditional_conditioning, generator=generator)
+                                     unconditional_conditioning=unconditional_conditioning, generator=generator,
+                                     cond_fn=cond_fn)
         check_finite(x, done + 1, plan.regeneration_steps, sampler.label)
         x = mask * x + (1 - mask) * trajectory.latents[levels[index]]
         if callback:
@@ -205,7 +208,7 @@ def edit_latent(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, pla
                 unconditional_conditioning: Any = None, scale: float = 1.0, eta: float = 0.0,
                 generator: Any = None, mask: Optional[torch.Tensor] = None,
                 fill_noise: Optional[torch.Tensor] = None,
-                callback: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                callback: Optional[Callable[[int], None]] = None, cond_fn: Optional[CondFn] = None) -> torch.Tensor:
     """Invert ``x0`` with ``source_cond`` at scale 1 as far as ``plan`` needs, then regenerate
     with ``cond`` at ``scale`` (blended outside ``mask`` when given, started inside it from
     ``x0`` noised with ``fill_noise`` when given): the whole edit on latents (``callback`` after
@@ -213,4 +216,4 @@ def edit_latent(sampler: Any, x0: torch.Tensor, source_cond: Any, cond: Any, pla
     trajectory = ddim_invert(sampler, x0, source_cond, plan.inversion_steps, plan.inversion_count,
                              callback=callback)
     return regenerate(sampler, trajectory, plan, cond, unconditional_conditioning, scale, eta, generator,
-                      callback=callback, mask=mask, fill_noise=fill_noise)
+                      callback=callback, mask=mask, fill_noise=fill_noise, cond_fn=cond_fn)
