@@ -152,6 +152,8 @@ class Page:
             return gr.Textbox(value=value or "", label=label, elem_id=elem_id)
         if name == "sampler":
             return gr.Dropdown(webui.sampler_choices(), value=value, label=label, elem_id=elem_id)
+        if name == "color_transfer":
+            return gr.Checkbox(value=bool(value), label=label, elem_id=elem_id)
         if name in ("strength", "keep"):
             return gr.Slider(0.0, 1.0, value=value, step=0.01, label=label, elem_id=elem_id)
         if value is None:  # the model's own default: a text field that may stay blank

@@ -31,13 +31,14 @@ IMAGE_INPUT_TASKS = ("img2img", "inpaint", "depth2img", "upscale", "edit", "uncl
 # file and output flags (--from-file, --outdir, --skip_*), load settings (server-wide: --device,
 # --precision), --fixed_code, --C/--f, --save-depth, the Karlo prior and sample_diffusion.py's -v.
 CONTROLS = ("prompt", "negative_prompt", "source_prompt", "classes", "sampler", "steps", "scale", "ddim_eta",
-            "strength", "noise_level", "inversion_steps", "keep", "W", "H", "guide_color", "guide_scale", "seed",
-            "n_iter", "n_samples", "batch_size", "token_merging")
+            "strength", "noise_level", "inversion_steps", "keep", "color_transfer", "W", "H", "guide_color",
+            "guide_scale", "seed", "n_iter", "n_samples", "batch_size", "token_merging")
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "source_prompt": "Source prompt (describes the "
           "image)", "classes": "Classes (numbers or names, comma-separated; blank: four spread over the model's)",
           "sampler": "Sampler", "steps": "Steps", "scale": "CFG scale", "ddim_eta": "DDIM eta",
           "strength": "Denoising strength", "noise_level": "Noise level", "inversion_steps": "Inversion steps",
-          "keep": "Keep (fraction of steps from the inversion)", "W": "Width", "H": "Height",
+          "keep": "Keep (fraction of steps from the inversion)",
+          "color_transfer": "Color transfer (recolour the object in place)", "W": "Width", "H": "Height",
           "guide_color": "Guide colour R,G,B (blank: off)", "guide_scale": "Guide scale",
           "seed": "Seed (-1: random)", "n_iter": "Batch count", "n_samples": "Batch size",
           "batch_size": "Batch size (blank: as many as fit)",
@@ -239,7 +240,8 @@ _PARAMETER_OPTIONS = {"Prompt": ("prompt", str), "Negative prompt": ("negative_p
                       "Size-1": ("W", int), "Size-2": ("H", int), "Denoising strength": ("strength", float),
                       "Noise level": ("noise_level", int), "Source prompt": ("source_prompt", str),
                       "Inversion steps": ("inversion_steps", int), "Keep": ("keep", float),
-                      "Token merging ratio": ("token_merging", float)}
+                      "Token merging ratio": ("token_merging", float),
+                      "Color transfer": ("color_transfer", lambda text: text == "True")}
 
 
 def controls_from_parameters(text: str) -> Dict[str, Any]:

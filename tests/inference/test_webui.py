@@ -57,6 +57,19 @@ def test_token_merging_is_a_field_whose_blank_is_off_and_is_read_back_from_the_p
     assert webui.controls_from_parameters(text)["token_merging"] == 0.3
 
 
+def test_the_edit_tab_has_a_color_transfer_box_that_is_passed_on_and_read_back():
+    assert webui.task_controls("edit")["color_transfer"] is False
+    assert "color_transfer" not in webui.task_controls("img2img")
+    _, keywords = webui.call_keywords("edit", {"n_iter": 1, "n_samples": 1, "color_transfer": True})
+    assert keywords["color_transfer"] is True
+    made = GenerationParameters(prompt="a", negative_prompt="", steps=50, sampler="DDIM", cfg_scale=5.0, seed=1,
+                                width=64, height=64, extra={"Color transfer": True, "Keep": 0.6}).to_text()
+    assert webui.controls_from_parameters(made)["color_transfer"] is True
+    plain = GenerationParameters(prompt="a", negative_prompt="", steps=50, sampler="DDIM", cfg_scale=5.0, seed=1,
+                                 width=64, height=64, extra={"Keep": 0.6}).to_text()
+    assert "color_transfer" not in webui.controls_from_parameters(plain)
+
+
 def test_class_names_are_split_at_commas():
     _, keywords = webui.call_keywords("class", {"classes": "0, blue square", "n_samples": 2})
     assert keywords == {"classes": ["0", "blue square"], "n": 2}

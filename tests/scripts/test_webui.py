@@ -144,6 +144,21 @@ def test_png_info_reads_a_png_back_into_the_controls(page, served):
     expect(page.locator("#txt2img-seed input")).to_have_value("7")
 
 
+def test_the_edit_tab_recolours_with_color_transfer_ticked(page, served):
+    source = served[1] / "txt2img-samples" / "samples" / "00000.png"  # txt2img's "a blue circle"
+    page.locator("#tab-edit-button").click()
+    page.locator("#edit-init-img input[type=file]").set_input_files(str(source))
+    expect(page.locator("#edit-init-img img")).to_be_visible(timeout=20_000)
+    _set(page, "edit-source_prompt", "a blue circle")
+    _set(page, "edit-prompt", "a red circle")
+    for name, value in (("steps", "2"), ("inversion_steps", "2"), ("n_iter", "1"), ("n_samples", "1")):
+        _set(page, f"edit-{name}", value)
+    page.locator("#edit-color_transfer input[type=checkbox]").check()
+    parameters = _generate(page, "edit")
+    assert "Source prompt: a blue circle" in parameters and "Color transfer: True" in parameters
+    assert read_parameters(str(served[1] / "edit-samples" / "samples" / "00000.png")) == parameters
+
+
 def _draw_stroke_across_the_middle(page, canvas, attempts: int = 5) -> None:
     """Drag the brush across the canvas's middle row until the stroke shows on it: on a loaded
     machine the editor may not take the first drag yet (the image still settling in)."""
