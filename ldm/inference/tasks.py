@@ -15,6 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ldm.inference.class_names import class_names_of, class_text, default_classes, parse_classes
+from ldm.inference.color_transfer import (
+    DEFAULT_STRUCTURE_SCALE,
+    object_coverage,
+    structure_loss,
+    transfer_color,
+)
 from ldm.inference.errors import UsageError
 from ldm.inference.guidance import GuidanceRequests, image_loss_guidance
 from ldm.inference.host_memory import release_free_host_memory
@@ -43,12 +49,6 @@ from ldm.inference.pipeline import (
     step_progress,
 )
 from ldm.inference.sampler_choice import chosen_sampler
-from ldm.models.diffusion.color_transfer import (
-    DEFAULT_STRUCTURE_SCALE,
-    object_coverage,
-    structure_loss,
-    transfer_color,
-)
 from ldm.models.diffusion.inversion import (
     blend_levels,
     check_diffedit,
@@ -328,7 +328,7 @@ class Edit(_FromInitImage):
 
     def _transfer_color(self, model, sampler, image, init_latent, inverted_with, c, uc, noise, on_step):
         """The image latent with its object recoloured as ``--prompt`` draws it when regenerated from the
-        inverted noise (:mod:`~ldm.models.diffusion.color_transfer`); the edit then inverts this latent
+        inverted noise (:mod:`~ldm.inference.color_transfer`); the edit then inverts this latent
         with ``--prompt`` and regenerates it at ``--keep``."""
         drawn = edit_latent(sampler, init_latent, inverted_with, c, self.full_plan, uc, self.opt.scale,
                             self.opt.ddim_eta, noise.generators, callback=on_step)

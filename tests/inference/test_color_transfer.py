@@ -1,9 +1,9 @@
-"""Colour transfer for inversion edits (ldm.models.diffusion.color_transfer): the object's latent takes
+"""Colour transfer for inversion edits (ldm.inference.color_transfer): the object's latent takes
 the target's colour where the source object is, the background stays, and the structure loss is blind
 to hue but not to layout."""
 import torch
 
-from ldm.models.diffusion.color_transfer import (
+from ldm.inference.color_transfer import (
     chroma_length,
     colored_share,
     object_coverage,
