@@ -21,7 +21,7 @@ cannot be expected to recolour a case whose target the model cannot draw.
                                        [--mask-mode diffedit] [--mask-threshold 0.5] [--mask-strength 0.5]
                                        [--mask-noises 10] [--mask-dilate 0] [--mask-fill inverted]
                                        [--inversion-prompt source] [--eta 0] [--color-transfer]
-                                       [--structure-scale S] [--cases 48 | --only 8,13,...]
+                                       [--structure-scale S] [--scene-offset 0] [--cases 48 | --only 8,13,...]
                                        [--device cpu] [--txt2img]
 """
 from __future__ import annotations
@@ -74,12 +74,14 @@ def edit_options(args: argparse.Namespace) -> dict:
                 structure_scale=args.structure_scale)
 
 
-def score_cases(pipe, indices: List[int], options: dict) -> List[Tuple[str, str, str, float, object]]:
-    """``(source, target, shape, mask IoU, colour read)`` of the cases at ``indices`` edited with ``options``."""
+def score_cases(pipe, indices: List[int], options: dict,
+                scene_offset: int = 0) -> List[Tuple[str, str, str, float, object]]:
+    """``(source, target, shape, mask IoU, colour read)`` of the cases at ``indices`` edited with ``options``;
+    case k's scene is drawn with seed ``k + scene_offset`` (0: the benchmark's own scenes)."""
     rows, cases = [], edit_cases(max(indices) + 1)
     for seed in indices:
         source, target, shape = cases[seed]
-        render = render_scene(scene_for([(source, shape)], seed=seed))
+        render = render_scene(scene_for([(source, shape)], seed=seed + scene_offset))
         image = Image.fromarray((render.image * 255).round().astype(np.uint8))
         edited, = pipe(noun_phrase(target, shape), source_prompt=noun_phrase(source, shape), image=image,
                        seed=seed, **options)
@@ -143,7 +145,9 @@ def run(args: argparse.Namespace) -> None:
         return
     pipe = ldm.load("edit", device=args.device)
     options = edit_options(args)
-    rows = score_cases(pipe, indices, options)
+    rows = score_cases(pipe, indices, options, args.scene_offset)
+    if args.scene_offset:
+        print(f"scenes drawn with seeds {args.scene_offset} + case")
     report(rows, options, time.perf_counter() - start)
 
 
@@ -158,6 +162,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta of the regeneration")
     parser.add_argument("--color-transfer", action="store_true", help="edit.py's --color-transfer")
+    parser.add_argument("--scene-offset", type=int, default=0,
+                        help="draw case k's scene with seed k + this: other scenes than the benchmark's own, "
+                             "to check settings chosen on them")
     parser.add_argument("--structure-scale", type=float, default=None, help="default: edit.py's")
     parser.add_argument("--txt2img", action="store_true",
                         help="measure the ceiling: plain txt2img of the target prompts (same seed, steps, scale)")

@@ -1,9 +1,10 @@
-"""benchmarks/edit_inversion.py's ceiling measure (``--txt2img``) on ground-truth renders: a model
-that draws exactly what the prompt says reads 100%, one that keeps the source colour reads 0%."""
+"""benchmarks/edit_inversion.py on ground-truth renders. The ceiling measure (``--txt2img``): a model
+that draws exactly what the prompt says reads 100%, one that keeps the source colour reads 0%. The edit
+measure: an edit that changes nothing keeps every mask and recolours nothing, on the scenes asked for."""
 import numpy as np
 from PIL import Image
 
-from benchmarks.edit_inversion import edit_cases, report_targets, score_targets
+from benchmarks.edit_inversion import edit_cases, report_targets, score_cases, score_targets
 from ldm.data.shapes import COLOURS, SHAPES, render_scene, scene_for
 
 
@@ -45,3 +46,26 @@ def test_ceiling_reads_the_drawn_target_and_reports_the_failures(capsys):
     report_targets(score_targets(RenderingPipe(colour_shift=-1), indices, steps=7, scale=3.0), 7, 3.0, 1.0)
     printed = capsys.readouterr().out
     assert "target colour read: 0.0%" in printed and printed.count("failed:") == 3
+
+
+class UnchangedEdit:
+    """Stands in for ``ldm.load("edit")``: gives the image back as it came, and records it."""
+
+    def __init__(self):
+        self.images = []
+
+    def __call__(self, prompt, image, **keywords):
+        self.images.append(np.asarray(image))
+        return [image]
+
+
+def test_an_edit_that_changes_nothing_keeps_every_mask_and_no_colour_on_the_scenes_asked_for():
+    indices = [0, 13]
+    for offset in (0, 1000):
+        pipe = UnchangedEdit()
+        rows = score_cases(pipe, indices, {}, scene_offset=offset)
+        assert all(row[3] >= 0.8 and row[4] == row[0] != row[1] for row in rows)  # kept, still the source colour
+        for index, image in zip(indices, pipe.images):
+            source, _, shape = edit_cases(48)[index]
+            render = render_scene(scene_for([(source, shape)], seed=index + offset))
+            assert np.array_equal(image, (render.image * 255).round().astype(np.uint8))
