@@ -101,7 +101,7 @@ def test_diffedit_options_are_recorded_and_change_the_edit(tiny_models, tmp_path
     base, = pipe("a blue circle", **request)
     variants = {name: pipe("a blue circle", **request, **option)[0] for name, option in [
         ("dilate", dict(mask_dilate=1)), ("fill", dict(mask_fill="noise")),
-        ("empty", dict(inversion_prompt="empty"))]}
+        ("empty", dict(inversion_prompt="empty")), ("structure", dict(structure_scale=1000.0))]}
     parsed = png_parameters_of(variants["fill"])
     assert (parsed["Mask dilate"], parsed["Mask fill"]) == ("0", "noise") and "Inversion prompt" not in parsed
     assert png_parameters_of(variants["empty"])["Inversion prompt"] == "empty"
