@@ -110,7 +110,10 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
                             "diffusers tutorial's colour loss (default: %(default)s)")
     group.add_argument("--guide-color-space", choices=GUIDE_COLOR_SPACES, default=DEFAULT_GUIDE_COLOR_SPACE,
                        help="what --guide-color compares: 'rgb' the squared channel differences (the tutorial), "
-                            "'hue' only the hue angle, leaving brightness and saturation alone (default: %(default)s)")
+                            "'hue' only the hue angle, leaving brightness and saturation alone; 'latent' pulls the "
+                            "predicted latent along the first stage's own colour direction, no decoder in the "
+                            "gradient (recolours the object in place; try --guide-scale 100 --guide-region object) "
+                            "(default: %(default)s)")
     group.add_argument("--guide-max-step", type=float, default=None, metavar="X",
                        help="cap the loss guidance's change of the noise prediction at this root-mean-square per "
                             "image and step (per-step gradient clipping; default: no cap)")

@@ -75,7 +75,7 @@ def object_weights(image: torch.Tensor) -> torch.Tensor:
     return (high - low) / high.clamp_min(1e-3)
 
 
-GUIDE_COLOR_SPACES = ("rgb", "hue")
+GUIDE_COLOR_SPACES = ("rgb", "hue", "latent")  # latent: ldm.inference.latent_color_guidance
 DEFAULT_GUIDE_COLOR_SPACE = "rgb"
 
 
@@ -118,8 +118,9 @@ def color_loss(rgb: Sequence[float], scale: float, region: str = "image", space:
         raise ValueError(f"the guide colour must be three numbers in [0, 1], got {list(rgb)}")
     if region not in GUIDE_REGIONS:
         raise ValueError(f"the guide region must be one of {', '.join(GUIDE_REGIONS)}, got {region!r}")
-    if space not in GUIDE_COLOR_SPACES:
-        raise ValueError(f"the guide colour space must be one of {', '.join(GUIDE_COLOR_SPACES)}, got {space!r}")
+    if space not in ("rgb", "hue"):
+        raise ValueError(f"the image-space guide colour space must be rgb or hue, got {space!r} (the latent "
+                         "space's loss is ldm.inference.latent_color_guidance.latent_color_loss)")
     if space == "hue" and is_grey(rgb):
         raise ValueError(f"a grey guide colour has no hue to guide toward, got {list(rgb)}")
 
@@ -164,8 +165,19 @@ class ColorGuidanceRequest:
             raise UsageError(f"--guide-color-space hue needs a colour with a hue, got the grey {color!r}")
         return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space)
 
+    @property
+    def in_latent_space(self) -> bool:
+        return self.space == "latent"
+
     def image_loss(self) -> ImageLoss:
         return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region, self.space)
+
+    def latent_guidance(self, model: torch.nn.Module) -> CondFn:
+        """The cond_fn of ``--guide-color-space latent`` (:mod:`~ldm.inference.latent_color_guidance`)."""
+        from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss, latent_loss_guidance
+
+        target = guide_color_latent(model, [c / 255.0 for c in self.rgb])
+        return latent_loss_guidance(latent_color_loss(target, self.scale, self.region))
 
     def parameters(self) -> Dict[str, object]:
         return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
@@ -307,6 +319,8 @@ class ClipGuidanceRequest:
         load_clip(request.directory)  # a bad directory fails here, before the diffusion model loads
         return request
 
+    in_latent_space = False
+
     def image_loss(self) -> ImageLoss:
         return clip_loss(ClipGuide(*load_clip(self.directory), self.prompt), self.scale)
 
@@ -318,6 +332,14 @@ class ClipGuidanceRequest:
 # ---------------------------------------------------------------------------------------------
 # All the loss guidance of a run
 # ---------------------------------------------------------------------------------------------
+def _summed(cond_fns: List[CondFn]) -> CondFn:
+    """One cond_fn giving the sum of ``cond_fns``' gradients."""
+    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        return sum(part(x, t, denoised) for part in cond_fns)
+
+    return cond_fn
+
+
 @dataclass(frozen=True)
 class GuidanceRequests:
     """The loss guidance asked for in ``opt`` (``--guide-color``, ``--guide-clip``, either or
@@ -342,8 +364,11 @@ class GuidanceRequests:
         one decode of the predicted x0, capped per step when ``max_step`` is set."""
         if not self.requests:
             return None
-        losses = [request.image_loss() for request in self.requests]
-        cond_fn = image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses))
+        losses = [request.image_loss() for request in self.requests if not request.in_latent_space]
+        parts = [request.latent_guidance(model) for request in self.requests if request.in_latent_space]
+        if losses:
+            parts.append(image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses)))
+        cond_fn = parts[0] if len(parts) == 1 else _summed(parts)
         return cond_fn if self.max_step is None else capped_guidance(model, cond_fn, self.max_step)
 
     def parameters(self) -> Dict[str, object]:

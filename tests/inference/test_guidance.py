@@ -79,8 +79,10 @@ def test_the_hue_distance_is_zero_at_the_targets_hue_and_for_grey():
 def test_color_loss_refuses_a_grey_hue_target_and_an_unknown_space():
     with pytest.raises(ValueError, match="grey guide colour has no hue"):
         color_loss((0.5, 0.5, 0.5), 1., space="hue")
-    with pytest.raises(ValueError, match="guide colour space must be one of rgb, hue"):
+    with pytest.raises(ValueError, match="image-space guide colour space must be rgb or hue"):
         color_loss((0., 0., 1.), 1., space="lab")
+    with pytest.raises(ValueError, match="latent_color_loss"):
+        color_loss((0., 0., 1.), 1., space="latent")
 
 
 def test_capped_guidance_scales_a_large_step_down_to_the_cap_and_leaves_a_small_one():
@@ -169,7 +171,7 @@ def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 2.5))
     with pytest.raises(UsageError, match="--guide-region must be one of object, image, got 'sky'"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_region="sky")
-    with pytest.raises(UsageError, match="--guide-color-space must be one of rgb, hue, got 'lab'"):
+    with pytest.raises(UsageError, match="--guide-color-space must be one of rgb, hue, latent, got 'lab'"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_color_space="lab")
 
 
@@ -244,6 +246,19 @@ def test_clip_guidance_moves_a_pixel_models_samples(clip_guide):
                                                 cond_fn=clip_guidance(model, clip_guide, 50.))[0]
     assert (guided - plain).abs().amax() > 1e-3
     assert clip_guide.loss(guided.float()).sum() < clip_guide.loss(plain.float()).sum()
+
+
+def test_the_latent_space_changes_the_images_is_recorded_and_combines_with_clip(txt2img, tiny_clip_dir):
+    common = dict(steps=4, scale=3.0, seed=5, n=2, guide_color=(40, 85, 220), guide_region="object")
+    plain = txt2img("a red circle", steps=4, scale=3.0, seed=5, n=2)
+    latent = txt2img("a red circle", guide_color_space="latent", guide_scale=100, **common)
+    zero = txt2img("a red circle", guide_color_space="latent", guide_scale=0, **common)
+    both = txt2img("a red circle", guide_color_space="latent", guide_scale=100, guide_clip="a blue square",
+                   guide_clip_model=tiny_clip_dir, guide_clip_scale=5000, **common)
+    assert not np.array_equal(_pixels(plain), _pixels(latent)) and np.array_equal(_pixels(plain), _pixels(zero))
+    assert not np.array_equal(_pixels(latent), _pixels(both))
+    assert "Guidance color space: latent" in latent[0].info["parameters"]
+    assert "Guidance CLIP: a blue square" in both[0].info["parameters"]
 
 
 def test_guide_clip_changes_the_images_and_is_recorded(txt2img, tiny_clip_dir):

@@ -1,0 +1,82 @@
+"""Colour guidance in the latent space (``--guide-color-space latent``).
+
+The image-space colour losses pull through the decoder, whose gradient at high noise barely turns an
+object's hue: a pull strong enough to recolour it also redraws it elsewhere (README, "Keeping the
+shape"). This loss acts on the predicted x0 latent itself, along the first stage's own colour
+direction, so no decoder is differentiated:
+
+- the guide colour's latent vector ``v_guide``: a square of that colour on mid-grey, encoded by the
+  model's first stage, its interior's mean minus the background's (computed once per run);
+- each latent pixel of the predicted x0 is read as background (the per-channel median) plus
+  ``a(p) v``, ``v`` the object's current colour vector (the mean deviation of the 15% most deviant
+  pixels) and ``a(p)`` how much of it the pixel shows (the projection on ``v``, clipped to [0, 1.2]);
+- the loss is ``scale`` times the mean over pixels of ``w(p) |x0(p) - (background + a(p) v_guide)|^2``,
+  with ``a``, the background and the weights held fixed: the pull changes the colour each pixel
+  shows, not how much of it is object. ``w(p) = a(p)`` for ``--guide-region object``, 1 for ``image``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ldm.models.diffusion.sampling_util import CondFn
+
+SWATCH_SIZE = 128  # pixels: a swatch of the guide colour, its middle half coloured
+OBJECT_SHARE = 0.15  # the most deviant share of latent pixels that gives the object's current colour
+SHARE_MAX = 1.2  # a(p) is clipped to [0, SHARE_MAX]
+
+
+@torch.no_grad()
+def guide_color_latent(model: torch.nn.Module, rgb: Sequence[float]) -> torch.Tensor:
+    """The latent vector [C] of the colour ``rgb`` (each in [0, 1]) against mid-grey: a swatch encoded
+    by ``model``'s first stage (the pixels themselves for a pixel-space model), inside minus outside."""
+    swatch = torch.zeros(1, 3, SWATCH_SIZE, SWATCH_SIZE)
+    quarter = SWATCH_SIZE // 4
+    swatch[:, :, quarter:-quarter, quarter:-quarter] = (torch.tensor(list(rgb)) * 2 - 1).view(3, 1, 1)
+    parameter = next(model.parameters())
+    swatch = swatch.to(parameter.device)
+    if hasattr(model, "encode_first_stage"):
+        latent = model.get_first_stage_encoding(model.encode_first_stage(swatch)).float()
+    else:
+        latent = swatch
+    size = latent.shape[-1]
+    inner, outer = size // 4 + size // 16, size // 4 - size // 16  # a margin away from the square's edge
+    inside = latent[0, :, inner:size - inner, inner:size - inner].flatten(1).mean(1)
+    ring = torch.ones(size, size, dtype=torch.bool, device=latent.device)
+    ring[outer:size - outer, outer:size - outer] = False
+    return inside - latent[0][:, ring].mean(1)
+
+
+def read_object(latent: torch.Tensor) -> tuple:
+    """``(background [B, C, 1, 1], a [B, 1, H, W])`` of latents [B, C, H, W], as the module docstring says."""
+    background = latent.flatten(2).median(2).values[..., None, None]
+    deviation = latent - background
+    length = deviation.norm(dim=1)
+    threshold = torch.quantile(length.flatten(1), 1 - OBJECT_SHARE, dim=1)[:, None, None]
+    top = (length >= threshold)[:, None].to(latent.dtype)
+    color = (deviation * top).sum((2, 3), keepdim=True) / top.sum((2, 3), keepdim=True)
+    share = (deviation * color).sum(1, keepdim=True) / color.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
+    return background, share.clamp(0, SHARE_MAX)
+
+
+def latent_color_loss(target: torch.Tensor, scale: float, region: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss on predicted x0 latents [B, C, H, W] toward the colour vector ``target`` [C] (see the
+    module docstring), per image (mean over pixels and channels), summed over the batch."""
+    def loss(latent: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            background, share = read_object(latent)
+            wanted = background + share * target.to(latent).view(1, -1, 1, 1)
+            weight = share if region == "object" else torch.ones_like(share)
+        return scale * (weight * (latent - wanted).pow(2)).flatten(1).mean(1).sum()
+
+    return loss
+
+
+def latent_loss_guidance(latent_loss: Callable[[torch.Tensor], torch.Tensor]) -> CondFn:
+    """The cond_fn of a loss on the predicted x0 latent: minus its gradient with respect to x (the graph
+    is kept, so that an image-space loss can take its own gradient through the same prediction)."""
+    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        return -torch.autograd.grad(latent_loss(denoised.float()), x, retain_graph=True)[0]
+
+    return cond_fn
