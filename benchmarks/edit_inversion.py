@@ -95,16 +95,16 @@ def score_cases(pipe, indices: List[int], options: dict,
 def report(rows, options: dict, seconds: float) -> None:
     kept = np.array([row[3] >= IOU_KEPT for row in rows])
     recoloured = np.array([row[4] == row[1] for row in rows])
-    mask = (f"mask mode diffedit (threshold {options['mask_threshold']}, strength {options['mask_strength']}, "
+    mode = (f"mask mode diffedit (threshold {options['mask_threshold']}, strength {options['mask_strength']}, "
             f"{options['mask_noises']} noises, dilate {options['mask_dilate']}, fill {options['mask_fill']})"
             if options["mask_mode"] == "diffedit" else "mask mode none")
     if options["color_transfer"]:
-        mask += ", color transfer"
+        mode += ", color transfer"
     if options["structure_scale"] is not None:
-        mask += f", structure scale {options['structure_scale']}"
+        mode += f", structure scale {options['structure_scale']}"
     print(f"keep {options['keep']}, scale {options['scale']}, steps {options['steps']}, inversion steps "
           f"{options['inversion_steps']}, inversion prompt {options['inversion_prompt']}, eta {options['eta']}, "
-          f"{mask}: {len(rows)} cases in {seconds:.0f} s")
+          f"{mode}: {len(rows)} cases in {seconds:.0f} s")
     print(f"  mask kept (IoU >= {IOU_KEPT}): {kept.mean():.1%}   mean IoU {np.mean([r[3] for r in rows]):.3f}")
     print(f"  new colour read:            {recoloured.mean():.1%}")
     print(f"  both:                       {(kept & recoloured).mean():.1%}")

@@ -37,13 +37,18 @@ ImageLoss = Callable[[torch.Tensor], torch.Tensor]
 each image's gradient does not depend on the batch)."""
 
 
-def image_loss_guidance(model: torch.nn.Module, image_loss: ImageLoss) -> CondFn:
-    """The cond_fn of ``image_loss`` on the decoded predicted x0 (``decoded_image``): minus its
-    gradient with respect to x (a log-probability-like objective), through the decoder."""
+def loss_guidance(x0_loss: Callable[[torch.Tensor], torch.Tensor]) -> CondFn:
+    """The cond_fn of a loss on the predicted x0 (latent, or pixels for a pixel model): minus its
+    gradient with respect to x (a log-probability-like objective)."""
     def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        return -torch.autograd.grad(image_loss(decoded_image(model, denoised)), x)[0]
+        return -torch.autograd.grad(x0_loss(denoised), x)[0]
 
     return cond_fn
+
+
+def image_loss_guidance(model: torch.nn.Module, image_loss: ImageLoss) -> CondFn:
+    """The cond_fn of ``image_loss`` on the decoded predicted x0 (``decoded_image``), through the decoder."""
+    return loss_guidance(lambda denoised: image_loss(decoded_image(model, denoised)))
 
 
 def capped_guidance(model: torch.nn.Module, cond_fn: CondFn, max_step: float) -> CondFn:
@@ -172,12 +177,12 @@ class ColorGuidanceRequest:
     def image_loss(self) -> ImageLoss:
         return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region, self.space)
 
-    def latent_guidance(self, model: torch.nn.Module) -> CondFn:
-        """The cond_fn of ``--guide-color-space latent`` (:mod:`~ldm.inference.latent_color_guidance`)."""
-        from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss, latent_loss_guidance
+    def latent_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The loss on the predicted x0 latent of ``--guide-color-space latent``
+        (:mod:`~ldm.inference.latent_color_guidance`)."""
+        from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss
 
-        target = guide_color_latent(model, [c / 255.0 for c in self.rgb])
-        return latent_loss_guidance(latent_color_loss(target, self.scale, self.region))
+        return latent_color_loss(guide_color_latent(model, [c / 255.0 for c in self.rgb]), self.scale, self.region)
 
     def parameters(self) -> Dict[str, object]:
         return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
@@ -332,14 +337,6 @@ class ClipGuidanceRequest:
 # ---------------------------------------------------------------------------------------------
 # All the loss guidance of a run
 # ---------------------------------------------------------------------------------------------
-def _summed(cond_fns: List[CondFn]) -> CondFn:
-    """One cond_fn giving the sum of ``cond_fns``' gradients."""
-    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        return sum(part(x, t, denoised) for part in cond_fns)
-
-    return cond_fn
-
-
 @dataclass(frozen=True)
 class GuidanceRequests:
     """The loss guidance asked for in ``opt`` (``--guide-color``, ``--guide-clip``, either or
@@ -360,15 +357,22 @@ class GuidanceRequests:
         return cls([request for request in found if request is not None], max_step)
 
     def cond_fn(self, model: torch.nn.Module) -> Optional[CondFn]:
-        """None without guidance; else the guidance by the sum of the requests' losses, all on
-        one decode of the predicted x0, capped per step when ``max_step`` is set."""
+        """None without guidance; else the guidance by the sum of the requests' losses (the image
+        losses all on one decode of the predicted x0, the latent ones on the latent itself), capped
+        per step when ``max_step`` is set."""
         if not self.requests:
             return None
-        losses = [request.image_loss() for request in self.requests if not request.in_latent_space]
-        parts = [request.latent_guidance(model) for request in self.requests if request.in_latent_space]
-        if losses:
-            parts.append(image_loss_guidance(model, lambda image: sum(loss(image) for loss in losses)))
-        cond_fn = parts[0] if len(parts) == 1 else _summed(parts)
+        image_losses = [request.image_loss() for request in self.requests if not request.in_latent_space]
+        latent_losses = [request.latent_loss(model) for request in self.requests if request.in_latent_space]
+
+        def total(denoised: torch.Tensor) -> torch.Tensor:
+            loss = sum(latent_loss(denoised) for latent_loss in latent_losses)
+            if image_losses:
+                image = decoded_image(model, denoised)
+                loss = loss + sum(image_loss(image) for image_loss in image_losses)
+            return loss
+
+        cond_fn = loss_guidance(total)
         return cond_fn if self.max_step is None else capped_guidance(model, cond_fn, self.max_step)
 
     def parameters(self) -> Dict[str, object]:

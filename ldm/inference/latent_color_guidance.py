@@ -20,8 +20,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from ldm.models.diffusion.sampling_util import CondFn
-
 SWATCH_SIZE = 128  # pixels: a swatch of the guide colour, its middle half coloured
 OBJECT_SHARE = 0.15  # the most deviant share of latent pixels that gives the object's current colour
 SHARE_MAX = 1.2  # a(p) is clipped to [0, SHARE_MAX]
@@ -65,18 +63,9 @@ def latent_color_loss(target: torch.Tensor, scale: float, region: str) -> Callab
     module docstring), per image (mean over pixels and channels), summed over the batch."""
     def loss(latent: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            background, share = read_object(latent)
-            wanted = background + share * target.to(latent).view(1, -1, 1, 1)
+            background, share = read_object(latent.float())
+            wanted = background + share * target.to(latent.device).view(1, -1, 1, 1)
             weight = share if region == "object" else torch.ones_like(share)
-        return scale * (weight * (latent - wanted).pow(2)).flatten(1).mean(1).sum()
+        return scale * (weight * (latent.float() - wanted).pow(2)).flatten(1).mean(1).sum()
 
     return loss
-
-
-def latent_loss_guidance(latent_loss: Callable[[torch.Tensor], torch.Tensor]) -> CondFn:
-    """The cond_fn of a loss on the predicted x0 latent: minus its gradient with respect to x (the graph
-    is kept, so that an image-space loss can take its own gradient through the same prediction)."""
-    def cond_fn(x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        return -torch.autograd.grad(latent_loss(denoised.float()), x, retain_graph=True)[0]
-
-    return cond_fn

@@ -22,7 +22,7 @@ from ldm.inference.color_transfer import (
     transfer_color,
 )
 from ldm.inference.errors import UsageError
-from ldm.inference.guidance import GuidanceRequests, image_loss_guidance
+from ldm.inference.guidance import GuidanceRequests, checked_scale, image_loss_guidance
 from ldm.inference.host_memory import release_free_host_memory
 from ldm.inference.images import (
     DepthMapWriter,
@@ -289,8 +289,8 @@ class Edit(_FromInitImage):
                 self.full_plan = plan_edit(0.0, opt.steps, opt.inversion_steps, self.spec.timesteps)
         except ValueError as err:
             raise UsageError(str(err)) from None
-        if opt.structure_scale is not None and not (math.isfinite(opt.structure_scale) and opt.structure_scale >= 0):
-            raise UsageError(f"--structure-scale must be a number >= 0, got {opt.structure_scale}")
+        if opt.structure_scale is not None:
+            checked_scale(opt.structure_scale, "--structure-scale")
         if opt.color_transfer and opt.mask_mode == "diffedit":
             raise UsageError("--color-transfer and --mask-mode diffedit cannot be combined; give one of them")
 

@@ -10,6 +10,7 @@ from ldm.inference.color_transfer import (
     structure_loss,
     transfer_color,
 )
+from tests.inference import synthetic_latents
 
 BACKGROUND = torch.tensor([0.5, -0.2, 0.1, 0.3])
 SOURCE_COLOR = torch.tensor([1.0, 0.5, -0.5, 0.0])
@@ -17,8 +18,7 @@ TARGET_COLOR = torch.tensor([-0.8, 0.2, 0.4, 1.0])
 
 
 def latent_with_object(color, coverage):
-    """A 4-channel latent: BACKGROUND plus ``coverage`` (h, w) times ``color`` at each pixel."""
-    return (BACKGROUND[:, None, None] + coverage[None] * color[:, None, None])[None]
+    return synthetic_latents.latent_with_object(BACKGROUND, color, coverage)
 
 
 def square_coverage(top, left, size=3, edge=0.5, hw=8):

@@ -2,12 +2,9 @@
 the pull along the guide colour's latent vector on the object only, and that vector from the first stage."""
 import torch
 
-from ldm.inference.latent_color_guidance import (
-    guide_color_latent,
-    latent_color_loss,
-    latent_loss_guidance,
-    read_object,
-)
+from ldm.inference.guidance import loss_guidance
+from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss, read_object
+from tests.inference import synthetic_latents
 
 BACKGROUND = torch.tensor([0.3, -0.1, 0.2, 0.0])
 OBJECT = torch.tensor([1.0, 0.5, -0.5, 0.2])
@@ -15,8 +12,7 @@ GUIDE = torch.tensor([-0.6, 0.1, 0.8, 0.4])
 
 
 def latent_with_object(share):
-    """[1, 4, h, w]: BACKGROUND plus ``share`` (h, w) times OBJECT."""
-    return (BACKGROUND[:, None, None] + share[None] * OBJECT[:, None, None])[None]
+    return synthetic_latents.latent_with_object(BACKGROUND, OBJECT, share)
 
 
 def object_share():
@@ -56,12 +52,12 @@ def test_the_image_region_weighs_every_pixel():
     assert latent_color_loss(GUIDE, 1.0, "image")(latent) > latent_color_loss(GUIDE, 1.0, "object")(latent)
 
 
-def test_the_guidance_is_minus_the_gradient_with_respect_to_x():
+def test_its_guidance_is_minus_the_gradient_with_respect_to_x():
     x = torch.randn(1, 4, 16, 16, requires_grad=True)
     denoised = 2 * x + latent_with_object(object_share())
     loss = latent_color_loss(GUIDE, 3.0, "object")
     expected, = torch.autograd.grad(loss(denoised), x, retain_graph=True)
-    assert torch.allclose(latent_loss_guidance(loss)(x, torch.tensor([500]), denoised), -expected)
+    assert torch.allclose(loss_guidance(loss)(x, torch.tensor([500]), denoised), -expected)
 
 
 def test_a_pixel_model_guides_toward_the_colour_itself():
