@@ -24,7 +24,7 @@ then per scale the seeds moved, the mean shift, the mean object IoU, circle kept
 background change.
 
     python benchmarks/guidance_color.py [--seeds 24] [--steps 20] [--scales 50 100 200] [--device cpu]
-        [--region image|object] [--space rgb|hue] [--max-step X] [--prompt "a circle"]
+        [--region image|object] [--space rgb|hue|latent] [--max-step X] [--keep-layout] [--prompt "a circle"]
 """
 from __future__ import annotations
 
@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--region", default="image", choices=GUIDE_REGIONS, help="--guide-region")
     parser.add_argument("--space", default="rgb", choices=GUIDE_COLOR_SPACES, help="--guide-color-space")
     parser.add_argument("--max-step", type=float, default=None, help="--guide-max-step (default: no cap)")
+    parser.add_argument("--keep-layout", action="store_true", help="--guide-keep-layout (needs --space latent)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help="a prompt asking for one circle, e.g. 'a circle' (no colour word to pull back against "
                              "the guidance) (default: %(default)s)")
@@ -214,7 +215,8 @@ def main() -> None:
     plain = [np.asarray(image) for image in pipe(args.prompt, **common)]
     print(f"{args.prompt!r}, {args.seeds} seeds, {args.steps} steps, default sampler and CFG scale; target "
           f"{','.join(map(str, BLUE))} (hue {TARGET_HUE:.0f} deg), --guide-region {args.region} "
-          f"--guide-color-space {args.space} --guide-max-step {args.max_step}; moved = >= {MIN_SHIFT:g} deg "
+          f"--guide-color-space {args.space} --guide-max-step {args.max_step}"
+          f"{' --guide-keep-layout' if args.keep_layout else ''}; moved = >= {MIN_SHIFT:g} deg "
           f"toward blue on the unguided object's pixels; circle kept = a detected circle with IoU >= {MIN_IOU:g} "
           f"with the unguided object")
     summaries = []
@@ -222,7 +224,8 @@ def main() -> None:
         start = time.perf_counter()
         guided = [np.asarray(image) for image in pipe(args.prompt, guide_color=BLUE, guide_scale=scale,
                                                      guide_region=args.region, guide_color_space=args.space,
-                                                     guide_max_step=args.max_step, **common)]
+                                                     guide_max_step=args.max_step,
+                                                     guide_keep_layout=args.keep_layout, **common)]
         seconds = time.perf_counter() - start
         readings = [read_seed(p, g) for p, g in zip(plain, guided)]
         print(f"-- guide scale {scale:g}")

@@ -114,6 +114,11 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
                             "predicted latent along the first stage's own colour direction, no decoder in the "
                             "gradient (recolours the object in place; try --guide-scale 100 --guide-region object) "
                             "(default: %(default)s)")
+    group.add_argument("--guide-keep-layout", action="store_true",
+                       help="with --guide-color-space latent, in txt2img: sample each image first without "
+                            "guidance, recolour its object in that latent, and pull the guided sample toward it, "
+                            "so the object keeps its place and shape (twice the time; try --guide-scale 3000; "
+                            "assumes one coloured object on a less colourful background, as the shapes world)")
     group.add_argument("--guide-max-step", type=float, default=None, metavar="X",
                        help="cap the loss guidance's change of the noise prediction at this root-mean-square per "
                             "image and step (per-step gradient clipping; default: no cap)")

@@ -51,6 +51,23 @@ def _has_interior(coverage: torch.Tensor) -> torch.Tensor:
     return (coverage >= INTERIOR_MIN).flatten(1).any(1)
 
 
+def _background_and_color(latent: torch.Tensor, coverage: torch.Tensor) -> tuple:
+    """The background's mean latent (coverage 0) and the object's colour vector (its mean deviation
+    from that background over the object's interior, coverage >= ``INTERIOR_MIN``), [B, C, 1, 1] each."""
+    background = _masked_mean(latent, (coverage == 0).float())
+    return background, _masked_mean(latent - background, (coverage >= INTERIOR_MIN).float())
+
+
+def _recolor(latent: torch.Tensor, coverage: torch.Tensor, color: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    """``latent`` with every pixel its object touches moved by ``a(p) * (color - v)`` in the images
+    where ``found`` [B] holds (see :func:`transfer_color`)."""
+    background, source_color = _background_and_color(latent, coverage)
+    share = ((latent - background) * source_color).sum(1, keepdim=True)
+    share = share / source_color.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
+    touched = (coverage > 0).float() * found.to(latent.dtype)[:, None, None, None]
+    return latent + touched * share * (color - source_color)
+
+
 def transfer_color(source: torch.Tensor, target: torch.Tensor, source_coverage: torch.Tensor,
                    target_coverage: torch.Tensor) -> torch.Tensor:
     """``source``'s latent with its object recoloured as ``target``'s object, in place.
@@ -61,18 +78,17 @@ def transfer_color(source: torch.Tensor, target: torch.Tensor, source_coverage: 
     the edges). Every pixel the source object touches moves by ``a(p) * (v_target - v_source)``; the
     background is left as it is. Images with no object interior in either latent come back unchanged.
     """
-    def background_and_color(latent, coverage):
-        background = _masked_mean(latent, (coverage == 0).float())
-        color = _masked_mean(latent - background, (coverage >= INTERIOR_MIN).float())
-        return background, color
-
-    source_background, source_color = background_and_color(source, source_coverage)
-    _, target_color = background_and_color(target, target_coverage)
-    share = ((source - source_background) * source_color).sum(1, keepdim=True)
-    share = share / source_color.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
+    _, target_color = _background_and_color(target, target_coverage)
     found = _has_interior(source_coverage) & _has_interior(target_coverage)
-    touched = (source_coverage > 0).float() * found.to(source.dtype)[:, None, None, None]
-    return source + touched * share * (target_color - source_color)
+    return _recolor(source, source_coverage, target_color, found)
+
+
+def recolored_latent(latent: torch.Tensor, image: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """``latent`` with the object of ``image`` (its decoded pixels, [B, 3, H, W] in [-1, 1]) recoloured
+    to the latent colour vector ``color`` [C], as :func:`transfer_color` does with a colour read from
+    another latent. Images with no object interior come back unchanged."""
+    coverage = object_coverage(image, tuple(latent.shape[-2:])).to(latent)
+    return _recolor(latent, coverage, color.to(latent).view(1, -1, 1, 1), _has_interior(coverage))
 
 
 def colored_share(image: torch.Tensor, softness: float = FOREGROUND_SOFTNESS) -> torch.Tensor:

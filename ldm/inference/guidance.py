@@ -155,6 +155,7 @@ class ColorGuidanceRequest:
     scale: float
     region: str = DEFAULT_GUIDE_REGION
     space: str = DEFAULT_GUIDE_COLOR_SPACE
+    keep_layout: bool = False
 
     @classmethod
     def from_options(cls, opt: Any) -> Optional["ColorGuidanceRequest"]:
@@ -168,7 +169,14 @@ class ColorGuidanceRequest:
         rgb = parse_color(color)
         if space == "hue" and is_grey(rgb):
             raise UsageError(f"--guide-color-space hue needs a colour with a hue, got the grey {color!r}")
-        return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space)
+        keep_layout = bool(getattr(opt, "guide_keep_layout", False))
+        if keep_layout and space != "latent":
+            raise UsageError(f"--guide-keep-layout pulls toward a recoloured latent: it needs --guide-color-space "
+                             f"latent, got {space!r}")
+        if keep_layout and region != "image":
+            raise UsageError("--guide-keep-layout pulls every pixel toward the recoloured image; leave "
+                             f"--guide-region out (got {region!r})")
+        return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space, keep_layout)
 
     @property
     def in_latent_space(self) -> bool:
@@ -177,16 +185,31 @@ class ColorGuidanceRequest:
     def image_loss(self) -> ImageLoss:
         return color_loss([c / 255.0 for c in self.rgb], self.scale, self.region, self.space)
 
-    def latent_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def latent_loss(self, model: torch.nn.Module,
+                    reference: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The loss on the predicted x0 latent of ``--guide-color-space latent``
-        (:mod:`~ldm.inference.latent_color_guidance`)."""
-        from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss
+        (:mod:`~ldm.inference.latent_color_guidance`); with ``keep_layout``, toward ``reference`` (the
+        latents sampled without guidance) with its objects recoloured."""
+        from ldm.inference.latent_color_guidance import (
+            guide_color_latent,
+            latent_color_loss,
+            layout_loss,
+            layout_target,
+        )
 
-        return latent_color_loss(guide_color_latent(model, [c / 255.0 for c in self.rgb]), self.scale, self.region)
+        rgb = [c / 255.0 for c in self.rgb]
+        if self.keep_layout:
+            if reference is None:
+                raise ValueError("--guide-keep-layout needs the latents sampled without guidance")
+            return layout_loss(layout_target(model, reference, rgb), self.scale)
+        return latent_color_loss(guide_color_latent(model, rgb), self.scale, self.region)
 
     def parameters(self) -> Dict[str, object]:
-        return {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
-                "Guidance region": self.region, "Guidance color space": self.space}
+        found = {"Guidance color": ",".join(str(c) for c in self.rgb), "Guidance scale": self.scale,
+                 "Guidance region": self.region, "Guidance color space": self.space}
+        if self.keep_layout:
+            found["Guidance keeps layout"] = True
+        return found
 
 
 def _choice(opt: Any, name: str, choices: Sequence[str], default: str) -> str:
@@ -356,14 +379,21 @@ class GuidanceRequests:
                                  "guidance off)")
         return cls([request for request in found if request is not None], max_step)
 
-    def cond_fn(self, model: torch.nn.Module) -> Optional[CondFn]:
+    @property
+    def keeps_layout(self) -> bool:
+        """Whether a request needs the images sampled first without guidance (``--guide-keep-layout``)."""
+        return any(getattr(request, "keep_layout", False) for request in self.requests)
+
+    def cond_fn(self, model: torch.nn.Module, reference: Optional[torch.Tensor] = None) -> Optional[CondFn]:
         """None without guidance; else the guidance by the sum of the requests' losses (the image
         losses all on one decode of the predicted x0, the latent ones on the latent itself), capped
-        per step when ``max_step`` is set."""
+        per step when ``max_step`` is set. ``reference``: the latents sampled without guidance, for
+        ``keeps_layout``."""
         if not self.requests:
             return None
         image_losses = [request.image_loss() for request in self.requests if not request.in_latent_space]
-        latent_losses = [request.latent_loss(model) for request in self.requests if request.in_latent_space]
+        latent_losses = [request.latent_loss(model, reference) for request in self.requests
+                         if request.in_latent_space]
 
         def total(denoised: torch.Tensor) -> torch.Tensor:
             loss = sum(latent_loss(denoised) for latent_loss in latent_losses)

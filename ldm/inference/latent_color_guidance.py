@@ -13,6 +13,12 @@ direction, so no decoder is differentiated:
 - the loss is ``scale`` times the mean over pixels of ``w(p) |x0(p) - (background + a(p) v_guide)|^2``,
   with ``a``, the background and the weights held fixed: the pull changes the colour each pixel
   shows, not how much of it is object. ``w(p) = a(p)`` for ``--guide-region object``, 1 for ``image``.
+
+Read from a blurry early x0, that pull also damages the image (README, "Keeping the shape"). With
+``--guide-keep-layout`` the target is instead a finished image: each image is first sampled without
+guidance from the same noise, its object is recoloured in that latent (:func:`layout_target`, the
+rank-1 transfer of ``edit.py --color-transfer``), and the guided pass pulls every pixel of the
+predicted x0 toward it (:func:`layout_loss`), so the object keeps the place and shape the model gave it.
 """
 from __future__ import annotations
 
@@ -67,5 +73,29 @@ def latent_color_loss(target: torch.Tensor, scale: float, region: str) -> Callab
             wanted = background + share * target.to(latent.device).view(1, -1, 1, 1)
             weight = share if region == "object" else torch.ones_like(share)
         return scale * (weight * (latent.float() - wanted).pow(2)).flatten(1).mean(1).sum()
+
+    return loss
+
+
+@torch.no_grad()
+def layout_target(model: torch.nn.Module, reference: torch.Tensor, rgb: Sequence[float]) -> torch.Tensor:
+    """``reference`` (latents [B, C, H, W] sampled without guidance) with the object of each image
+    recoloured to ``rgb`` (each in [0, 1]): the object's footprint is read on the decoded image
+    (``color_transfer.object_coverage``), and every latent pixel it touches moves by
+    ``a(p) (v_guide - v)``, ``v`` the object's colour vector there and ``v_guide`` the guide colour's
+    (:func:`guide_color_latent`). An image without a coloured object comes back unchanged."""
+    from ldm.inference.color_transfer import recolored_latent
+
+    reference = reference.float()
+    decode = getattr(model, "decode_first_stage", None)
+    image = decode(reference).float() if decode is not None else reference
+    return recolored_latent(reference, image, guide_color_latent(model, rgb).to(reference.device))
+
+
+def layout_loss(target: torch.Tensor, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of ``--guide-keep-layout`` on predicted x0 latents: ``scale`` times the mean squared
+    difference to ``target`` (:func:`layout_target`), per image, summed over the batch."""
+    def loss(latent: torch.Tensor) -> torch.Tensor:
+        return scale * (latent.float() - target.to(latent.device)).pow(2).flatten(1).mean(1).sum()
 
     return loss

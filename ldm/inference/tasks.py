@@ -78,12 +78,16 @@ class Task:
     accepted_kinds: Tuple[str, ...] = ("text",)
     needs_partial_denoising = False
     blends_known_region = False
+    keeps_layout = False  # whether --guide-keep-layout's two passes are implemented
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         self.opt = opt
         self.spec = spec
         self._check_model()
         self.guidance = GuidanceRequests.from_options(opt)  # txt2img/img2img's --guide-color/--guide-clip
+        if self.guidance.keeps_layout and not self.keeps_layout:
+            raise UsageError(f"--guide-keep-layout works in txt2img only (it samples each image twice from its "
+                             f"noise), not in {self.title or self.name}")
 
     def _check_model(self) -> None:
         self.check_model_kind(self.spec, self.opt.config)
@@ -103,11 +107,11 @@ class Task:
     def settings(self) -> SamplingSettings:
         return SamplingSettings(steps=self.opt.steps, eta=self.opt.ddim_eta, scale=self.opt.scale)
 
-    def guided_settings(self, model: torch.nn.Module) -> SamplingSettings:
+    def guided_settings(self, model: torch.nn.Module, reference: Optional[torch.Tensor] = None) -> SamplingSettings:
         """:attr:`settings` with the loss guidance asked for (``--guide-color``, ``--guide-clip``)
-        on ``model``."""
+        on ``model``; ``reference``: the latents sampled without it (``--guide-keep-layout``)."""
         settings = self.settings
-        settings.cond_fn = self.guidance.cond_fn(model)
+        settings.cond_fn = self.guidance.cond_fn(model, reference)
         return settings
 
     def guidance_parameters(self) -> Dict[str, object]:
@@ -194,6 +198,7 @@ def check_strength(strength: float) -> None:
 
 class TextToImage(Task):
     name = "txt2img"
+    keeps_layout = True
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
@@ -224,7 +229,12 @@ class TextToImage(Task):
     def generate(self, model, sampler, batch, noise):
         c, uc = self._text(model, batch)
         shape = [self.channels, self.height // self.factor, self.width // self.factor]
-        return self._decode(model, sample_from_noise(sampler, self.guided_settings(model), shape, c, uc, noise))
+        reference = None
+        if self.guidance.keeps_layout:  # the same images without guidance, from fresh copies of the seeds
+            reference = sample_from_noise(sampler, self.settings, shape, c, uc,
+                                          ImageNoise(noise.seeds, noise.device, noise.dtype))
+        settings = self.guided_settings(model, reference)
+        return self._decode(model, sample_from_noise(sampler, settings, shape, c, uc, noise))
 
 
 class _FromInitImage(Task):
@@ -619,6 +629,7 @@ class UnCLIP(TextToImage):
     augmentation, then the sampler's start noise."""
     name = "unclip"
     accepted_kinds = ("unclip",)
+    keeps_layout = False
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)

@@ -7,6 +7,7 @@ from ldm.inference.color_transfer import (
     chroma_length,
     colored_share,
     object_coverage,
+    recolored_latent,
     structure_loss,
     transfer_color,
 )
@@ -96,3 +97,27 @@ def test_the_coloured_share_is_a_soft_object_coverage():
     share = colored_share(image)
     assert share.shape == (1, 16, 16)
     assert torch.all(share[0, 4:12, 4:12] > 0.99) and float(share[0, 0, 0]) < 0.02
+
+
+def image_of_coverage(coverage, factor=4):
+    """A [1, 3, h*factor, w*factor] image in [-1, 1]: mid-grey, with saturated red pixels filling each latent
+    pixel's share of ``coverage`` (0, 0.5 or 1; a half-covered pixel has its left half red)."""
+    image = torch.zeros(1, 3, coverage.shape[0] * factor, coverage.shape[1] * factor)
+    red = torch.tensor([0.9, -0.8, -0.8])[:, None]
+    for (row, column), share in zip(coverage.nonzero().tolist(), coverage[coverage > 0].tolist()):
+        width = round(share * factor)
+        block = image[0, :, row * factor:(row + 1) * factor, column * factor:column * factor + width]
+        block[:] = red[..., None]
+    return image
+
+
+def test_a_latent_takes_a_given_colour_vector_where_its_decoded_image_shows_the_object():
+    coverage = square_coverage(2, 2)
+    latent = latent_with_object(SOURCE_COLOR, coverage)
+    recolored = recolored_latent(latent, image_of_coverage(coverage), TARGET_COLOR)
+    assert torch.allclose(recolored, latent_with_object(TARGET_COLOR, coverage), atol=1e-6)
+
+
+def test_a_latent_whose_image_shows_no_object_is_not_recoloured():
+    latent = latent_with_object(SOURCE_COLOR, square_coverage(2, 2))
+    assert torch.equal(recolored_latent(latent, torch.zeros(1, 3, 32, 32), TARGET_COLOR), latent)

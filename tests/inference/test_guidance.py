@@ -147,6 +147,7 @@ def test_guide_scale_zero_changes_no_pixel(task, tiny_models, tmp_path):
     (["--guide-color", "0,0,255", "--guide-max-step", "0"], "--guide-max-step must be > 0"),
     (["--guide-color", "0,0,255", "--guide-max-step", "-1"], "--guide-max-step must be a finite number >= 0"),
     (["--guide-color", "90,90,90", "--guide-color-space", "hue"], "--guide-color-space hue needs a colour with a hue"),
+    (["--guide-color", "0,0,255", "--guide-keep-layout"], "--guide-keep-layout pulls toward a recoloured latent"),
 ])
 def test_a_bad_guidance_value_is_one_line_and_exit_2(flags, message, txt2img, tmp_path, capsys):
     code = main_exit_code("txt2img.py", [*flags, "--config", txt2img.settings.config, "--ckpt", txt2img.settings.ckpt,
@@ -173,6 +174,49 @@ def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_region="sky")
     with pytest.raises(UsageError, match="--guide-color-space must be one of rgb, hue, latent, got 'lab'"):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_color_space="lab")
+
+
+# --- --guide-keep-layout: a pass without guidance, then a pull toward it recoloured ------------------
+LAYOUT = dict(guide_color=(40, 85, 220), guide_color_space="latent", guide_keep_layout=True)
+
+
+def test_keep_layout_at_scale_zero_gives_the_unguided_images_and_otherwise_changes_and_records_them(txt2img):
+    common = dict(steps=4, scale=3.0, seed=5, n=2)
+    plain = txt2img("a red circle", **common)
+    zero = txt2img("a red circle", guide_scale=0, **LAYOUT, **common)
+    guided = txt2img("a red circle", guide_scale=3000, **LAYOUT, **common)
+    assert np.array_equal(_pixels(plain), _pixels(zero))  # the first pass draws no noise of the second
+    assert not np.array_equal(_pixels(plain), _pixels(guided))
+    assert "Guidance color space: latent, Guidance keeps layout: True" in guided[0].info["parameters"]
+
+
+def test_keep_layout_refuses_other_spaces_the_object_region_and_img2img(txt2img, tiny_models, tmp_path):
+    with pytest.raises(UsageError, match="--guide-keep-layout pulls toward a recoloured latent: it needs "
+                                         "--guide-color-space latent, got 'rgb'"):
+        txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_keep_layout=True)
+    with pytest.raises(UsageError, match="leave --guide-region out \\(got 'object'\\)"):
+        txt2img("a red circle", steps=2, guide_region="object", **LAYOUT)
+    model = tiny_models["txt2img"]
+    img2img = ldm.load("img2img", ckpt=str(model.ckpt), config=str(model.config), device="cpu")
+    with pytest.raises(UsageError, match="--guide-keep-layout works in txt2img only"):
+        img2img("a red circle", steps=2, image=write_test_image(tmp_path / "in.png", size=(32, 32), seed=1), **LAYOUT)
+
+
+def test_keep_layout_turns_the_shipped_models_red_circle_blue_where_it_was():
+    """The shipped shapes model, seeds 0 and 1 (both kept in benchmarks/guidance_color.py --keep-layout):
+    the guided image shows a blue circle over the unguided red circle's pixels."""
+    from ldm.evaluation.detector import detect_object_masks
+
+    shapes = ldm.load("txt2img", device="cpu")
+    common = dict(steps=20, seed=0, n=2)
+    plain = shapes("a red circle", **common)
+    guided = shapes("a red circle", guide_scale=3000, **LAYOUT, **common)
+    for before, after in zip(_pixels(plain), _pixels(guided)):
+        (red, red_mask), = detect_object_masks(before)
+        assert (red.colour, red.shape) == ("red", "circle")
+        found = {(found.colour, found.shape): (mask & red_mask).sum() / (mask | red_mask).sum()
+                 for found, mask in detect_object_masks(after)}
+        assert found.get(("blue", "circle"), 0) >= 0.5, found
 
 
 # --- CLIP guidance: --guide-clip TEXT with a local transformers CLIP (--guide-clip-model) ------------

@@ -3,7 +3,13 @@ the pull along the guide colour's latent vector on the object only, and that vec
 import torch
 
 from ldm.inference.guidance import loss_guidance
-from ldm.inference.latent_color_guidance import guide_color_latent, latent_color_loss, read_object
+from ldm.inference.latent_color_guidance import (
+    guide_color_latent,
+    latent_color_loss,
+    layout_loss,
+    layout_target,
+    read_object,
+)
 from tests.inference import synthetic_latents
 
 BACKGROUND = torch.tensor([0.3, -0.1, 0.2, 0.0])
@@ -70,3 +76,21 @@ def test_a_latent_model_encodes_a_swatch(tiny_models):
     vector = guide_color_latent(model, (40 / 255, 85 / 255, 220 / 255))
     assert vector.shape == (model.first_stage_model.embed_dim,) and torch.isfinite(vector).all()
     assert not torch.allclose(vector, guide_color_latent(model, (220 / 255, 40 / 255, 40 / 255)))
+
+
+def test_keep_layout_recolours_the_unguided_image_in_place_and_pulls_every_pixel_toward_it():
+    """On a pixel model the latent is the image: a red square on grey becomes the guide colour where it was,
+    the grey stays, and the loss is zero there and pulls any other image toward it."""
+    pixel_model = torch.nn.Conv2d(3, 3, 1)
+    red, blue = torch.tensor([0.9, -0.8, -0.8]), torch.tensor([-0.7, -0.3, 0.7])
+    image = torch.zeros(1, 3, 16, 16)
+    image[0, :, 4:10, 4:10] = red[:, None, None]
+    target = layout_target(pixel_model, image, ((blue + 1) / 2).tolist())
+    expected = image.clone()
+    expected[0, :, 4:10, 4:10] = blue[:, None, None]
+    assert torch.allclose(target, expected, atol=1e-6)
+    loss = layout_loss(target, 2.0)
+    assert loss(target) == 0
+    other = torch.randn(1, 3, 16, 16, requires_grad=True)
+    gradient, = torch.autograd.grad(loss(other), other)
+    assert torch.allclose(-gradient, 2.0 * 2 * (target - other.detach()) / target[0].numel())
