@@ -11,7 +11,13 @@ import torch
 from tqdm import tqdm
 
 from ldm.inference.errors import RunInterrupted, UsageError
-from ldm.inference.guidance import DEFAULT_GUIDE_COLOR_SPACE, DEFAULT_GUIDE_REGION, GUIDE_COLOR_SPACES, GUIDE_REGIONS
+from ldm.inference.guidance import (
+    DEFAULT_GUIDE_COLOR_SPACE,
+    DEFAULT_GUIDE_REGION,
+    GUIDE_COLOR_SPACES,
+    GUIDE_REGIONS,
+    KEEP_LAYOUT_GUIDE_SCALE,
+)
 from ldm.models.diffusion.samplers import describe_samplers
 from ldm.models.diffusion.sampling_util import NonFiniteSampleError
 from ldm.modules.diffusionmodules.util import StepCountError
@@ -102,8 +108,9 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
     group.add_argument("--guide-color", type=str, default=None, metavar="R,G,B",
                        help="pull the image toward this colour (0-255 each, e.g. 40,85,220): the mean squared "
                             "distance of its pixels to the colour, through the decoder (default: off)")
-    group.add_argument("--guide-scale", type=float, default=default_scale,
-                       help="strength of --guide-color; 0 changes nothing (default: %(default)s)")
+    group.add_argument("--guide-scale", type=float, default=None,
+                       help=f"strength of --guide-color; 0 changes nothing (default: {default_scale:g}; "
+                            f"{KEEP_LAYOUT_GUIDE_SCALE:g} with --guide-keep-layout)")
     group.add_argument("--guide-region", choices=GUIDE_REGIONS, default=DEFAULT_GUIDE_REGION,
                        help="where --guide-color pulls: 'object' weights each pixel by its saturation (the "
                             "coloured object, not a grey background), 'image' every pixel alike, as the "
@@ -117,7 +124,7 @@ def add_guidance_args(parser: argparse.ArgumentParser, default_scale: float, def
     group.add_argument("--guide-keep-layout", action="store_true",
                        help="with --guide-color-space latent, in txt2img: sample each image first without "
                             "guidance, recolour its object in that latent, and pull the guided sample toward it, "
-                            "so the object keeps its place and shape (twice the time; try --guide-scale 3000; "
+                            "so the object keeps its place and shape (twice the time; "
                             "assumes one coloured object on a less colourful background, as the shapes world)")
     group.add_argument("--guide-max-step", type=float, default=None, metavar="X",
                        help="cap the loss guidance's change of the noise prediction at this root-mean-square per "

@@ -17,6 +17,7 @@ from ldm.models.diffusion.sampling_util import CondFn, append_dims, discrete_alp
 
 DEFAULT_GUIDE_REGION = "image"  # where --guide-color pulls: the whole image (the tutorial), or the coloured object
 DEFAULT_GUIDE_SCALE = 300.0  # chosen on the shipped shapes model: benchmarks/guidance_color.py (README)
+KEEP_LAYOUT_GUIDE_SCALE = 3000.0  # --guide-scale's default with --guide-keep-layout (the same benchmark, README)
 # The default strength of --guide-clip: that of diffusers' CLIP-guided Stable Diffusion community
 # pipeline (the same spherical-distance loss on latents); not tuned here (no CLIP weights offline).
 DEFAULT_GUIDE_CLIP_SCALE = 100.0
@@ -176,7 +177,10 @@ class ColorGuidanceRequest:
         if keep_layout and region != "image":
             raise UsageError("--guide-keep-layout pulls every pixel toward the recoloured image; leave "
                              f"--guide-region out (got {region!r})")
-        return cls(rgb, checked_scale(opt.guide_scale, "--guide-scale"), region, space, keep_layout)
+        scale = getattr(opt, "guide_scale", None)
+        if scale is None:
+            scale = KEEP_LAYOUT_GUIDE_SCALE if keep_layout else DEFAULT_GUIDE_SCALE
+        return cls(rgb, checked_scale(scale, "--guide-scale"), region, space, keep_layout)
 
     @property
     def in_latent_space(self) -> bool:

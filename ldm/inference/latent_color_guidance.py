@@ -6,7 +6,8 @@ shape"). This loss acts on the predicted x0 latent itself, along the first stage
 direction, so no decoder is differentiated:
 
 - the guide colour's latent vector ``v_guide``: a square of that colour on mid-grey, encoded by the
-  model's first stage, its interior's mean minus the background's (computed once per run);
+  model's first stage (the mode of a KL posterior, so the same run gives the same images), its
+  interior's mean minus the background's (computed once per run);
 - each latent pixel of the predicted x0 is read as background (the per-channel median) plus
   ``a(p) v``, ``v`` the object's current colour vector (the mean deviation of the 15% most deviant
   pixels) and ``a(p)`` how much of it the pixel shows (the projection on ``v``, clipped to [0, 1.2]);
@@ -41,7 +42,9 @@ def guide_color_latent(model: torch.nn.Module, rgb: Sequence[float]) -> torch.Te
     parameter = next(model.parameters())
     swatch = swatch.to(parameter.device)
     if hasattr(model, "encode_first_stage"):
-        latent = model.get_first_stage_encoding(model.encode_first_stage(swatch)).float()
+        encoded = model.encode_first_stage(swatch)
+        encoded = encoded.mode() if hasattr(encoded, "mode") else encoded  # a KL posterior: its mean, not a draw
+        latent = model.get_first_stage_encoding(encoded).float()
     else:
         latent = swatch
     size = latent.shape[-1]

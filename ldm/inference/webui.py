@@ -39,7 +39,7 @@ LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "source_prom
           "strength": "Denoising strength", "noise_level": "Noise level", "inversion_steps": "Inversion steps",
           "keep": "Keep (fraction of steps from the inversion)",
           "color_transfer": "Color transfer (recolour the object in place)", "W": "Width", "H": "Height",
-          "guide_color": "Guide colour R,G,B (blank: off)", "guide_scale": "Guide scale",
+          "guide_color": "Guide colour R,G,B (blank: off)", "guide_scale": "Guide scale (blank: 300)",
           "seed": "Seed (-1: random)", "n_iter": "Batch count", "n_samples": "Batch size",
           "batch_size": "Batch size (blank: as many as fit)",
           "token_merging": "Token merging ratio (0 up to, not including, 1; blank: off)"}

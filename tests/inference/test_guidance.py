@@ -176,18 +176,28 @@ def test_a_bad_guidance_value_from_the_api_raises_the_same_message(txt2img):
         txt2img("a red circle", steps=2, guide_color=(40, 85, 220), guide_color_space="lab")
 
 
+def test_latent_colour_guidance_gives_the_same_images_for_the_same_seed(txt2img):
+    """The guide colour's latent vector is the swatch's KL posterior mode, not a draw from the global RNG."""
+    common = dict(steps=4, scale=3.0, seed=5, n=1, guide_color=(40, 85, 220), guide_color_space="latent",
+                  guide_scale=3000)
+    assert np.array_equal(_pixels(txt2img("a red circle", **common)), _pixels(txt2img("a red circle", **common)))
+
+
 # --- --guide-keep-layout: a pass without guidance, then a pull toward it recoloured ------------------
 LAYOUT = dict(guide_color=(40, 85, 220), guide_color_space="latent", guide_keep_layout=True)
 
 
-def test_keep_layout_at_scale_zero_gives_the_unguided_images_and_otherwise_changes_and_records_them(txt2img):
+def test_keep_layout_at_scale_zero_gives_the_unguided_images_and_by_default_pulls_at_3000(txt2img):
     common = dict(steps=4, scale=3.0, seed=5, n=2)
     plain = txt2img("a red circle", **common)
     zero = txt2img("a red circle", guide_scale=0, **LAYOUT, **common)
-    guided = txt2img("a red circle", guide_scale=3000, **LAYOUT, **common)
+    guided = txt2img("a red circle", **LAYOUT, **common)
     assert np.array_equal(_pixels(plain), _pixels(zero))  # the first pass draws no noise of the second
     assert not np.array_equal(_pixels(plain), _pixels(guided))
-    assert "Guidance color space: latent, Guidance keeps layout: True" in guided[0].info["parameters"]
+    assert np.array_equal(_pixels(guided), _pixels(txt2img("a red circle", guide_scale=3000, **LAYOUT, **common)))
+    assert ("Guidance scale: 3000.0, Guidance region: image, Guidance color space: latent, Guidance keeps layout: "
+            "True") in guided[0].info["parameters"]
+    assert "Guidance scale: 300.0" in txt2img("a red circle", guide_color=(40, 85, 220), **common)[0].info["parameters"]
 
 
 def test_keep_layout_refuses_other_spaces_the_object_region_and_img2img(txt2img, tiny_models, tmp_path):
@@ -210,7 +220,7 @@ def test_keep_layout_turns_the_shipped_models_red_circle_blue_where_it_was():
     shapes = ldm.load("txt2img", device="cpu")
     common = dict(steps=20, seed=0, n=2)
     plain = shapes("a red circle", **common)
-    guided = shapes("a red circle", guide_scale=3000, **LAYOUT, **common)
+    guided = shapes("a red circle", **LAYOUT, **common)  # the default scale with --guide-keep-layout: 3000
     for before, after in zip(_pixels(plain), _pixels(guided)):
         (red, red_mask), = detect_object_masks(before)
         assert (red.colour, red.shape) == ("red", "circle")
