@@ -78,14 +78,14 @@ class Task:
     accepted_kinds: Tuple[str, ...] = ("text",)
     needs_partial_denoising = False
     blends_known_region = False
-    keeps_layout = False  # whether --guide-keep-layout's two passes are implemented
+    supports_keep_layout = False  # whether --guide-keep-layout's two passes are implemented
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         self.opt = opt
         self.spec = spec
         self._check_model()
         self.guidance = GuidanceRequests.from_options(opt)  # txt2img/img2img's --guide-color/--guide-clip
-        if self.guidance.keeps_layout and not self.keeps_layout:
+        if self.guidance.keeps_layout and not self.supports_keep_layout:
             raise UsageError(f"--guide-keep-layout works in txt2img only (it samples each image twice from its "
                              f"noise), not in {self.title or self.name}")
 
@@ -198,7 +198,7 @@ def check_strength(strength: float) -> None:
 
 class TextToImage(Task):
     name = "txt2img"
-    keeps_layout = True
+    supports_keep_layout = True
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
@@ -629,7 +629,7 @@ class UnCLIP(TextToImage):
     augmentation, then the sampler's start noise."""
     name = "unclip"
     accepted_kinds = ("unclip",)
-    keeps_layout = False
+    supports_keep_layout = False
 
     def __init__(self, opt: argparse.Namespace, spec: ModelSpec):
         super().__init__(opt, spec)
