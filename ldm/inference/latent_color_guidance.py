@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ldm.inference.color_transfer import recolored_latent
+
 SWATCH_SIZE = 128  # pixels: a swatch of the guide colour, its middle half coloured
 OBJECT_SHARE = 0.15  # the most deviant share of latent pixels that gives the object's current colour
 SHARE_MAX = 1.2  # a(p) is clipped to [0, SHARE_MAX]
@@ -67,6 +69,13 @@ def read_object(latent: torch.Tensor) -> tuple:
     return background, share.clamp(0, SHARE_MAX)
 
 
+def scaled_distance(latent: torch.Tensor, wanted: torch.Tensor, weight, scale: float) -> torch.Tensor:
+    """``scale`` times the weighted squared distance of ``latent`` to ``wanted``, its mean over each
+    image's pixels and channels, summed over the batch (so an image's gradient does not depend on the
+    batch): the form of both latent losses."""
+    return scale * (weight * (latent.float() - wanted).pow(2)).flatten(1).mean(1).sum()
+
+
 def latent_color_loss(target: torch.Tensor, scale: float, region: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The loss on predicted x0 latents [B, C, H, W] toward the colour vector ``target`` [C] (see the
     module docstring), per image (mean over pixels and channels), summed over the batch."""
@@ -75,7 +84,7 @@ def latent_color_loss(target: torch.Tensor, scale: float, region: str) -> Callab
             background, share = read_object(latent.float())
             wanted = background + share * target.to(latent.device).view(1, -1, 1, 1)
             weight = share if region == "object" else torch.ones_like(share)
-        return scale * (weight * (latent.float() - wanted).pow(2)).flatten(1).mean(1).sum()
+        return scaled_distance(latent, wanted, weight, scale)
 
     return loss
 
@@ -87,8 +96,6 @@ def layout_target(model: torch.nn.Module, reference: torch.Tensor, rgb: Sequence
     (``color_transfer.object_coverage``), and every latent pixel it touches moves by
     ``a(p) (v_guide - v)``, ``v`` the object's colour vector there and ``v_guide`` the guide colour's
     (:func:`guide_color_latent`). An image without a coloured object comes back unchanged."""
-    from ldm.inference.color_transfer import recolored_latent
-
     reference = reference.float()
     decode = getattr(model, "decode_first_stage", None)
     image = decode(reference).float() if decode is not None else reference
@@ -99,6 +106,6 @@ def layout_loss(target: torch.Tensor, scale: float) -> Callable[[torch.Tensor], 
     """The loss of ``--guide-keep-layout`` on predicted x0 latents: ``scale`` times the mean squared
     difference to ``target`` (:func:`layout_target`), per image, summed over the batch."""
     def loss(latent: torch.Tensor) -> torch.Tensor:
-        return scale * (latent.float() - target.to(latent.device)).pow(2).flatten(1).mean(1).sum()
+        return scaled_distance(latent, target.to(latent.device), 1.0, scale)
 
     return loss
